@@ -1,0 +1,116 @@
+"""Pyro's (and torch's) bijective transforms seen as relaxed layers."""
+
+from __future__ import annotations
+
+__all__ = ["TransformLayer", "as_layer"]
+
+from typing import Any
+
+import torch
+from pyro.distributions.conditional import ConditionalTransform
+from torch import Tensor, nn
+from torch.distributions import Transform
+
+from pyro_relax.surjections.base import RelaxedLayer, sum_event
+
+
+class TransformLayer(RelaxedLayer):
+    """Wrap a bijective ``torch.distributions.Transform`` (any Pyro transform) as a layer.
+
+    Pyro's transforms run from the base to the data (``x = t(z)``); this layer
+    runs ``t.inv`` in :meth:`encode` with ``V = -log|det dt/dz|`` and ``t`` in
+    :meth:`decode` with ``S = +log|det dt/dz|``. Pyro ``TransformModule``s keep
+    their parameters (they become submodules), and conditional transforms
+    (``ConditionalTransformModule``) are conditioned on the ``context``.
+
+    Arguments:
+        transform: a bijective transform or conditional transform.
+        event_dim: the number of event dimensions of the flow at this layer;
+            defaults to the transform's ``codomain.event_dim``.
+
+    Example:
+        >>> import torch, pyro.distributions.transforms as T
+        >>> layer = TransformLayer(T.affine_coupling(2))
+        >>> z, v = layer.encode(torch.randn(5, 2))
+        >>> v.shape
+        torch.Size([5])
+    """
+
+    bijective = True
+    accepts_context = True
+
+    def __init__(self, transform: Transform | ConditionalTransform, event_dim: int | None = None):
+        super().__init__()
+        if not isinstance(transform, Transform | ConditionalTransform):
+            raise TypeError(
+                f"TransformLayer: expected a torch Transform or Pyro ConditionalTransform, "
+                f"got {type(transform).__name__}"
+            )
+        if isinstance(transform, Transform) and not transform.bijective:
+            raise ValueError(f"TransformLayer: expected a bijective transform, got {transform!r}")
+        if isinstance(transform, nn.Module):
+            self.transform = transform  # registers its parameters
+        else:
+            self._plain = transform
+        self._conditional = isinstance(transform, ConditionalTransform)
+        if event_dim is None:
+            event_dim = 1 if self._conditional else transform.codomain.event_dim
+        self.event_dim = event_dim
+
+    @property
+    def wrapped(self) -> Any:
+        """The transform this layer wraps."""
+        return self._modules.get("transform", None) or self.__dict__["_plain"]
+
+    def _resolve(self, context: Tensor | None) -> Transform:
+        if self._conditional:
+            if context is None:
+                raise ValueError(f"{self.wrapped!r} is conditional: expected a context, got None")
+            return self.wrapped.condition(context)
+        return self.wrapped  # a plain transform ignores the context
+
+    def _reduce(self, ladj: Tensor, t: Tensor) -> Tensor:
+        batch_dims = t.dim() - self.event_dim
+        return sum_event(ladj, ladj.dim() - batch_dims)
+
+    def _encode(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        t = self._resolve(context)
+        z = t.inv(x)
+        return z, -self._reduce(t.log_abs_det_jacobian(z, x), x)
+
+    def _decode(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        t = self._resolve(context)
+        x = t(z)
+        return x, self._reduce(t.log_abs_det_jacobian(z, x), x)
+
+    def latent_shape(self, data_shape: torch.Size) -> torch.Size:
+        """Latent event shape, from the transform's ``inverse_shape``."""
+        if self._conditional:
+            return torch.Size(data_shape)
+        return torch.Size(self.wrapped.inverse_shape(data_shape))
+
+    def data_shape(self, latent_shape: torch.Size) -> torch.Size:
+        """Data event shape, from the transform's ``forward_shape``."""
+        if self._conditional:
+            return torch.Size(latent_shape)
+        return torch.Size(self.wrapped.forward_shape(latent_shape))
+
+    def extra_repr(self) -> str:
+        return "" if "transform" in self._modules else repr(self.wrapped)
+
+
+def as_layer(obj: RelaxedLayer | Transform | ConditionalTransform) -> RelaxedLayer:
+    """Return ``obj`` if it is a :class:`RelaxedLayer`, else wrap a transform in :class:`TransformLayer`.
+
+    Example:
+        >>> import pyro.distributions.transforms as T
+        >>> type(as_layer(T.ExpTransform())).__name__
+        'TransformLayer'
+    """
+    if isinstance(obj, RelaxedLayer):
+        return obj
+    if isinstance(obj, Transform | ConditionalTransform):
+        return TransformLayer(obj)
+    raise TypeError(
+        f"expected a RelaxedLayer or a torch/Pyro Transform, got {type(obj).__name__}"
+    )

@@ -1,0 +1,6 @@
+"""Shared checkers, hypothesis strategies and the layer registry, for our tests and yours."""
+
+from pyro_relax.testing import checks
+from pyro_relax.testing.registry import REGISTRY, LayerCase, get_case
+
+__all__ = ["REGISTRY", "LayerCase", "checks", "get_case"]

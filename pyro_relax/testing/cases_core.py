@@ -1,0 +1,47 @@
+"""Registry cases: the abs surjection and Pyro's own bijective transforms.
+
+Pyro's transforms are here to prove they stack with our layers unchanged: the
+generic checks run on them through :class:`~pyro_relax.distributions.TransformLayer`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CASES"]
+
+import pyro.distributions.transforms as T
+import torch
+
+from pyro_relax.surjections.abs import AbsSurjection
+from pyro_relax.testing.registry import LayerCase
+
+
+def _dim(shape: torch.Size) -> int:
+    return int(shape[0])
+
+
+CASES: list[LayerCase] = [
+    LayerCase("abs_fair", lambda s: AbsSurjection()),
+    LayerCase(
+        "abs_learned",
+        lambda s: AbsSurjection(_dim(s), hidden=(8,)),
+        grad_exempt=frozenset(),
+    ),
+    LayerCase("pyro_affine_coupling", lambda s: T.affine_coupling(_dim(s), hidden_dims=[8])),
+    LayerCase(
+        "pyro_spline_coupling",
+        lambda s: T.spline_coupling(_dim(s), hidden_dims=[8], count_bins=4),
+        meta=False,
+    ),
+    # Pyro's affine_autoregressive is left out: its AutoRegressiveNN keeps its masks
+    # as plain tensors, so ``.double()`` and ``.to(device)`` leave them behind and the
+    # float64 and meta checks fail inside Pyro (pyro-ppl 1.9.2).
+    LayerCase(
+        "pyro_permute",
+        lambda s: T.Permute(torch.arange(_dim(s) - 1, -1, -1)),
+    ),
+    LayerCase(
+        "pyro_conditional_affine_coupling",
+        lambda s: T.conditional_affine_coupling(_dim(s), context_dim=3, hidden_dims=[8]),
+        conditional=3,
+    ),
+]
