@@ -61,12 +61,22 @@ def _collect() -> list[LayerCase]:
     from pyro_relax.testing import (
         cases_bijections,
         cases_core,
+        cases_generative,
+        cases_snf,
         cases_stochastic,
         cases_surjections,
     )
 
     cases: list[LayerCase] = []
-    for module in (cases_core, cases_bijections, cases_surjections, cases_stochastic):
+    modules = (
+        cases_core,
+        cases_bijections,
+        cases_surjections,
+        cases_generative,
+        cases_stochastic,
+        cases_snf,
+    )
+    for module in modules:
         cases.extend(module.CASES)
     names = [c.name for c in cases]
     dupes = {n for n in names if names.count(n) > 1}
