@@ -96,8 +96,8 @@ def from_dict(groups: Mapping[str, Mapping[str, np.ndarray]], attrs: dict[str, A
     """
     az = import_arviz()
     groups = {k: dict(v) for k, v in groups.items() if v}
-    if _from_dict_takes_mapping():
-        return az.from_dict(groups, attrs=attrs)
+    if _from_dict_takes_mapping():  # 1.x: attrs per group, "/" is the root
+        return az.from_dict(groups, attrs={"/": attrs})
     return az.from_dict(**groups, attrs=attrs)
 
 

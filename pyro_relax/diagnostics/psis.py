@@ -137,18 +137,17 @@ def khat_verdict(k: float) -> str:
     return "unreliable"
 
 
-def _log_ess(lw: np.ndarray) -> np.ndarray:
-    top = lw.max(axis=0)
-    shifted = lw - top  # -inf stays -inf, exp gives exactly 0
-    log_sum = np.log(np.exp(shifted).sum(axis=0))
-    log_sum_sq = np.log(np.exp(2.0 * shifted).sum(axis=0))
-    return 2.0 * log_sum - log_sum_sq
+def _kish_ess(lw: np.ndarray) -> np.ndarray:
+    # Shift by the largest log weight: the weights then lie in [0, 1] with one equal to 1,
+    # so both sums lie in [1, n] and nothing can overflow or underflow to zero.
+    w = np.exp(lw - lw.max(axis=0))
+    return w.sum(axis=0) ** 2 / (w * w).sum(axis=0)
 
 
 def importance_ess(log_weights: Any) -> float | np.ndarray:
     """Kish effective sample size ``(sum w)^2 / sum w^2`` of importance weights.
 
-    Computed in log space after subtracting the largest log weight, so weights of any
+    Computed from the log weights after subtracting the largest one, so weights of any
     scale work. Equal weights give ``n``; one weight dominating gives ``1``.
 
     Arguments:
@@ -166,7 +165,7 @@ def importance_ess(log_weights: Any) -> float | np.ndarray:
         100.0
     """
     lw = _check_log_weights(log_weights, MIN_IS_DRAWS)
-    return _scalar_or_array(np.exp(_log_ess(lw)))
+    return _scalar_or_array(_kish_ess(lw))
 
 
 def importance_ess_fraction(log_weights: Any) -> float | np.ndarray:
@@ -184,7 +183,7 @@ def importance_ess_fraction(log_weights: Any) -> float | np.ndarray:
         0.05
     """
     lw = _check_log_weights(log_weights, MIN_IS_DRAWS)
-    return _scalar_or_array(np.exp(_log_ess(lw)) / lw.shape[0])
+    return _scalar_or_array(_kish_ess(lw) / lw.shape[0])
 
 
 def psis_expectation(values: Any, log_weights: Any) -> np.ndarray:

@@ -1,9 +1,41 @@
-"""Registry cases: bijections (filled in as the layers land)."""
+"""Registry cases: the Glow-lineage bijections of :mod:`pyro_relax.transforms`.
+
+They are Pyro ``TransformModule``s, so the registry wraps them in
+:class:`~pyro_relax.distributions.TransformLayer` (event dims from the codomain).
+Pyro's own 1x1 convolution is here too, as the reference point for ours.
+"""
 
 from __future__ import annotations
 
 __all__ = ["CASES"]
 
-from pyro_relax.testing.registry import LayerCase
+import pyro.distributions.transforms as T
+import torch
 
-CASES: list[LayerCase] = []
+from pyro_relax.testing.registry import LayerCase
+from pyro_relax.transforms.actnorm import ActNorm
+from pyro_relax.transforms.conv1x1 import InvertibleConv1x1
+from pyro_relax.transforms.lu_linear import LULinear
+
+_IMAGES = ((3, 4, 4), (2, 2, 2))
+
+
+def _features(shape: torch.Size) -> int:
+    return int(shape[0])
+
+
+CASES: list[LayerCase] = [
+    LayerCase("actnorm", lambda s: ActNorm(_features(s))),
+    LayerCase(
+        "actnorm_image",
+        lambda s: ActNorm(_features(s), event_dim=3),
+        event_shapes=((3, 4, 4),),
+    ),
+    LayerCase("lu_linear", lambda s: LULinear(_features(s))),
+    LayerCase("conv1x1", lambda s: InvertibleConv1x1(_features(s)), event_shapes=_IMAGES),
+    LayerCase(
+        "pyro_channel_permute",
+        lambda s: T.GeneralizedChannelPermute(channels=_features(s)),
+        event_shapes=_IMAGES,
+    ),
+]

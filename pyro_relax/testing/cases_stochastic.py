@@ -1,9 +1,36 @@
-"""Registry cases: stochastic (filled in as the layers land)."""
+"""Registry cases: stochastic layers (random permutation, VAE layer).
+
+No case needs ``grad_exempt``: the VAE layer's ``decode`` reaches the decoder
+through the reparametrized ``x`` and the encoder through ``log q(z | x)`` in ``S``;
+the permutation has no parameters.
+"""
 
 from __future__ import annotations
 
 __all__ = ["CASES"]
 
+import torch
+
+from pyro_relax.stochastic.vae import VAELayer
+from pyro_relax.surjections.permutation import StochasticPermutation
 from pyro_relax.testing.registry import LayerCase
 
-CASES: list[LayerCase] = []
+
+def _dim(shape: torch.Size) -> int:
+    return int(shape[0])
+
+
+CASES: list[LayerCase] = [
+    LayerCase("stochastic_permutation", lambda s: StochasticPermutation()),
+    LayerCase(
+        "stochastic_permutation_event2",
+        lambda s: StochasticPermutation(event_dim=2),
+        event_shapes=((2, 3), (3, 4)),
+    ),
+    LayerCase("vae_layer", lambda s: VAELayer(_dim(s), latent_dim=2, hidden=(8,))),
+    LayerCase(
+        "vae_layer_conditional",
+        lambda s: VAELayer(_dim(s), latent_dim=_dim(s) + 1, hidden=(8,), context_dim=3),
+        conditional=3,
+    ),
+]

@@ -1,0 +1,54 @@
+"""Pyro versions of seven posteriordb posteriors with gold-standard reference draws.
+
+Each module defines ``NAME`` (the posteriordb folder), ``LATENT_DIM`` (the
+unconstrained dimension), a zero-argument Pyro ``model()``,
+``to_reference_names(samples)`` and ``site_values_from_reference(draw)``.
+The data are loaded at import by :mod:`pyro_relax.testing.posteriordb`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MODELS", "load_model"]
+
+from types import ModuleType
+
+from . import (
+    arK,
+    eight_schools_centered,
+    eight_schools_noncentered,
+    garch11,
+    gp_pois_regr,
+    kilpisjarvi,
+    low_dim_gauss_mix,
+)
+
+MODELS: dict[str, ModuleType] = {
+    "arK": arK,
+    "eight_schools_centered": eight_schools_centered,
+    "eight_schools_noncentered": eight_schools_noncentered,
+    "garch11": garch11,
+    "gp_pois_regr": gp_pois_regr,
+    "kilpisjarvi": kilpisjarvi,
+    "low_dim_gauss_mix": low_dim_gauss_mix,
+}
+
+
+def load_model(short_name: str) -> ModuleType:
+    """The module of one posterior by its short name.
+
+    Arguments:
+        short_name: a key of :data:`MODELS`, e.g. ``"eight_schools_noncentered"``.
+
+    Returns:
+        The module, with ``NAME``, ``LATENT_DIM``, ``model``,
+        ``to_reference_names`` and ``site_values_from_reference``.
+
+    Example:
+        >>> load_model("kilpisjarvi").LATENT_DIM
+        3
+    """
+    if not isinstance(short_name, str):
+        raise TypeError(f"load_model: expected a str, got {type(short_name).__name__}")
+    if short_name not in MODELS:
+        raise ValueError(f"load_model: expected one of {sorted(MODELS)}, got {short_name!r}")
+    return MODELS[short_name]

@@ -1,0 +1,171 @@
+"""Built-in data sets: 2-D toy densities, exchangeable sets, and scikit-learn's digits."""
+
+from __future__ import annotations
+
+__all__ = [
+    "DATASETS",
+    "checkerboard",
+    "digits",
+    "eight_gaussians",
+    "exchangeable_sets",
+    "load",
+    "rings",
+    "sign_symmetric",
+    "two_moons",
+]
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def _check_n(n: int, name: str) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"{name}: expected a positive int number of points, got {n!r}")
+
+
+def _gen(seed: int | None) -> torch.Generator | None:
+    return None if seed is None else torch.Generator().manual_seed(seed)
+
+
+def two_moons(n: int, noise: float = 0.1, seed: int | None = None) -> Tensor:
+    """Two interleaving half circles in 2-D, scaled to about unit spread.
+
+    Example:
+        >>> two_moons(5, seed=0).shape
+        torch.Size([5, 2])
+    """
+    _check_n(n, "two_moons")
+    g = _gen(seed)
+    t = torch.rand(n, generator=g) * math.pi
+    upper = torch.rand(n, generator=g) < 0.5
+    x = torch.where(upper, torch.cos(t), 1.0 - torch.cos(t))
+    y = torch.where(upper, torch.sin(t), 0.5 - torch.sin(t))
+    pts = torch.stack([x - 0.5, y - 0.25], -1) * 2.0
+    return pts + noise * torch.randn(n, 2, generator=g)
+
+
+def checkerboard(n: int, seed: int | None = None) -> Tensor:
+    """Uniform on the black squares of a 4x4 checkerboard on [-2, 2]^2 (sharp edges).
+
+    Example:
+        >>> checkerboard(5, seed=0).shape
+        torch.Size([5, 2])
+    """
+    _check_n(n, "checkerboard")
+    g = _gen(seed)
+    x1 = torch.rand(n, generator=g) * 4 - 2
+    x2 = torch.rand(n, generator=g) - torch.randint(0, 2, (n,), generator=g) * 2.0
+    x2 = x2 + (torch.floor(x1) % 2)
+    return torch.stack([x1, x2], -1)
+
+
+def rings(n: int, noise: float = 0.04, seed: int | None = None) -> Tensor:
+    """Four concentric rings with radii 0.5 to 2 (thin, sharp-edged level sets).
+
+    Example:
+        >>> rings(5, seed=0).shape
+        torch.Size([5, 2])
+    """
+    _check_n(n, "rings")
+    g = _gen(seed)
+    radius = (torch.randint(0, 4, (n,), generator=g) + 1) * 0.5
+    angle = torch.rand(n, generator=g) * 2 * math.pi
+    pts = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], -1)
+    return pts + noise * torch.randn(n, 2, generator=g)
+
+
+def eight_gaussians(n: int, scale: float = 2.0, sd: float = 0.15, seed: int | None = None) -> Tensor:
+    """Eight Gaussians on a circle of radius ``scale``.
+
+    Example:
+        >>> eight_gaussians(5, seed=0).shape
+        torch.Size([5, 2])
+    """
+    _check_n(n, "eight_gaussians")
+    g = _gen(seed)
+    k = torch.randint(0, 8, (n,), generator=g).to(torch.get_default_dtype())
+    centers = torch.stack([torch.cos(k * math.pi / 4), torch.sin(k * math.pi / 4)], -1) * scale
+    return centers + sd * torch.randn(n, 2, generator=g)
+
+
+def sign_symmetric(n: int, seed: int | None = None) -> Tensor:
+    """A density symmetric under sign flips of each coordinate.
+
+    ``|x|`` follows a skewed, correlated law on the positive quadrant (a
+    curved ridge); each sign is then a fair coin, giving four mirrored copies.
+    This is where the abs surjection helps: a flow needs to model only one
+    quadrant.
+
+    Example:
+        >>> bool((sign_symmetric(100, seed=0).abs() > 0).all())
+        True
+    """
+    _check_n(n, "sign_symmetric")
+    g = _gen(seed)
+    t = torch.rand(n, generator=g)
+    a = 0.3 + 1.5 * t
+    b = 0.3 + 1.5 * t.square() + 0.08 * torch.randn(n, generator=g)
+    pos = torch.stack([a + 0.08 * torch.randn(n, generator=g), b], -1).abs()
+    signs = torch.randint(0, 2, (n, 2), generator=g) * 2.0 - 1.0
+    return pos * signs
+
+
+def exchangeable_sets(n: int, set_size: int = 4, seed: int | None = None) -> Tensor:
+    """Sets of ``set_size`` exchangeable numbers: i.i.d. draws from a bimodal 1-D mixture
+    around a per-set shared offset (so elements are dependent but exchangeable).
+
+    Example:
+        >>> exchangeable_sets(3, set_size=5, seed=0).shape
+        torch.Size([3, 5])
+    """
+    _check_n(n, "exchangeable_sets")
+    if not isinstance(set_size, int) or set_size < 2:
+        raise ValueError(f"exchangeable_sets: expected set_size >= 2, got {set_size!r}")
+    g = _gen(seed)
+    offset = 0.5 * torch.randn(n, 1, generator=g)
+    mode = torch.randint(0, 2, (n, set_size), generator=g) * 3.0 - 1.5
+    return offset + mode + 0.3 * torch.randn(n, set_size, generator=g)
+
+
+def digits(seed: int | None = 0) -> tuple[Tensor, Tensor]:
+    """scikit-learn's 8x8 digits as integer pixels 0..16, split 80/20 (train, test), shuffled.
+
+    Returns:
+        ``(train, test)`` float tensors of shape ``(n, 64)`` holding integers.
+
+    Example:
+        >>> train, test = digits()
+        >>> train.shape[1], int(train.max())
+        (64, 16)
+    """
+    from sklearn.datasets import load_digits
+
+    data = torch.as_tensor(load_digits().data, dtype=torch.get_default_dtype())
+    perm = torch.randperm(data.shape[0], generator=_gen(seed))
+    data = data[perm]
+    cut = int(0.8 * data.shape[0])
+    return data[:cut], data[cut:]
+
+
+DATASETS: dict[str, Callable[..., Tensor]] = {
+    "checkerboard": checkerboard,
+    "eight_gaussians": eight_gaussians,
+    "rings": rings,
+    "sign_symmetric": sign_symmetric,
+    "two_moons": two_moons,
+}
+
+
+def load(name: str, n: int, seed: int | None = None) -> Tensor:
+    """A 2-D toy data set by name (one of :data:`DATASETS`).
+
+    Example:
+        >>> load("rings", 10, seed=1).shape
+        torch.Size([10, 2])
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; expected one of {sorted(DATASETS)}")
+    return DATASETS[name](n, seed=seed)

@@ -1,0 +1,138 @@
+"""Tables of posterior summaries, with errors against reference draws."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from pyro_relax.diagnostics._compat import import_arviz
+from pyro_relax.diagnostics.convert import to_inference_data
+from pyro_relax.diagnostics.psis import (
+    importance_ess,
+    importance_ess_fraction,
+    khat_verdict,
+    psis_khat,
+)
+
+__all__ = ["SUMMARY_COLUMNS", "summarize", "weighted_report"]
+
+SUMMARY_COLUMNS = ("mean", "sd", "ess_bulk", "ess_tail", "r_hat")
+"""Columns :func:`summarize` always returns (before any reference columns)."""
+
+
+def _event_shapes(data: Any) -> dict[str, tuple[int, ...]]:
+    posterior = data["posterior"]
+    return {str(name): tuple(posterior[name].shape[2:]) for name in posterior.data_vars}
+
+
+def _az_summary(data: Any, kind: str) -> Any:
+    return import_arviz().summary(data, kind=kind, round_to="none")
+
+
+def summarize(
+    idata_or_samples: Any,
+    reference: Mapping[str, Any] | None = None,
+    *,
+    chains: int = 1,
+) -> Any:
+    """Mean, sd, bulk and tail ESS and R-hat of every scalar component, via ``az.summary``.
+
+    The table is unweighted: for importance-weighted draws, resample first or use
+    :func:`~pyro_relax.diagnostics.psis.psis_expectation`. R-hat needs two or more
+    chains; with one chain ArviZ 0.2x reports ``NaN``.
+
+    Arguments:
+        idata_or_samples: ArviZ data with a ``posterior`` group, or a dict of draws
+            ``{name: (n, *event)}`` (converted with ``to_inference_data``).
+        reference: Optional dict of reference draws ``{name: (m, *event)}`` (e.g. exact
+            samples of a benchmark target) for some or all posterior variables, with the
+            same event shapes. Adds columns ``ref_mean``, ``ref_sd``,
+            ``mean_err_sd = (mean - ref_mean) / ref_sd`` and
+            ``sd_err_sd = (sd - ref_sd) / ref_sd``; rows without a reference get ``NaN``.
+        chains: Chains to split a dict of draws into (ignored for ArviZ data).
+
+    Returns:
+        A ``pandas.DataFrame`` indexed by component (``"x"``, ``"x[0]"``, ...) with
+        columns ``mean, sd, ess_bulk, ess_tail, r_hat`` (+ the reference columns).
+
+    Example:
+        >>> import torch
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> table = summarize({"x": torch.randn(400, 2)}, reference={"x": torch.randn(400, 2)})
+        >>> list(table.index), bool((table["mean_err_sd"].abs() < 0.5).all())
+        (['x[0]', 'x[1]'], True)
+    """
+    if hasattr(idata_or_samples, "posterior") or _has_posterior(idata_or_samples):
+        data = idata_or_samples  # checked first: a 1.x DataTree is also a Mapping
+    elif isinstance(idata_or_samples, Mapping):
+        data = to_inference_data(idata_or_samples, chains=chains)
+    else:
+        raise TypeError(
+            "idata_or_samples must be ArviZ data with a posterior group or a dict of draws, "
+            f"got {type(idata_or_samples).__name__}"
+        )
+    shapes = _event_shapes(data)
+    n_draws = int(np.prod(data["posterior"][next(iter(shapes))].shape[:2]))
+    if n_draws < 4:
+        raise ValueError(f"summaries need at least 4 draws, got {n_draws}")
+    table = _az_summary(data, "all").loc[:, list(SUMMARY_COLUMNS)].astype(np.float64)
+    if reference is None:
+        return table
+    if not isinstance(reference, Mapping) or not reference:
+        raise TypeError(f"reference must be a non-empty dict of draws, got {type(reference)}")
+    ref_data = to_inference_data(reference)
+    ref_shapes = _event_shapes(ref_data)
+    for name, shape in ref_shapes.items():
+        if name not in shapes:
+            raise ValueError(f"reference variable {name!r} is not in the posterior {list(shapes)}")
+        if shape != shapes[name]:
+            raise ValueError(
+                f"reference {name!r}: expected event shape {shapes[name]}, got {shape}"
+            )
+    ref = _az_summary(ref_data, "stats").loc[:, ["mean", "sd"]].astype(np.float64)
+    ref = ref.rename(columns={"mean": "ref_mean", "sd": "ref_sd"})
+    table = table.join(ref, how="left")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table["mean_err_sd"] = (table["mean"] - table["ref_mean"]) / table["ref_sd"]
+        table["sd_err_sd"] = (table["sd"] - table["ref_sd"]) / table["ref_sd"]
+    return table
+
+
+def _has_posterior(data: Any) -> bool:
+    try:
+        return "posterior" in data.children  # ArviZ 1.x DataTree
+    except AttributeError:
+        return False
+
+
+def weighted_report(log_weights: Any) -> dict[str, Any]:
+    """One-look report on a set of log importance weights.
+
+    Arguments:
+        log_weights: 1-D log importance weights (``n >= 25``), finite or ``-inf``.
+
+    Returns:
+        ``{"n", "khat", "verdict", "ess", "ess_fraction"}``: the number of draws, the
+        PSIS k-hat and its verdict (:func:`khat_verdict`), and the Kish ESS of the raw
+        weights and its fraction of ``n``.
+
+    Example:
+        >>> import torch
+        >>> report = weighted_report(torch.zeros(100))
+        >>> report["verdict"], report["ess"]
+        ('good', 100.0)
+    """
+    shape = tuple(getattr(log_weights, "shape", np.shape(log_weights)))
+    if len(shape) != 1:
+        raise ValueError(f"log_weights must be 1-D, got shape {shape}")
+    _, khat = psis_khat(log_weights)
+    return {
+        "n": shape[0],
+        "khat": khat,
+        "verdict": khat_verdict(khat),
+        "ess": importance_ess(log_weights),
+        "ess_fraction": importance_ess_fraction(log_weights),
+    }

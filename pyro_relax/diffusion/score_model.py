@@ -1,0 +1,243 @@
+"""Continuous-time score models trained by denoising score matching."""
+
+from __future__ import annotations
+
+__all__ = ["ScoreModel", "ScoreProcess"]
+
+import itertools
+import math
+
+import torch
+from torch import Tensor, nn
+
+from pyro_relax.diffusion.divergence import exact_divergence, hutchinson_divergence
+from pyro_relax.diffusion.sde import SDE, as_time, check_time
+
+_PARAMETERIZATIONS = ("noise", "score")
+
+
+class ScoreProcess(nn.Module):
+    r"""A forward SDE ``dx = f(x, t) dt + g(t) dW`` with a learned score ``s(x, t)``.
+
+    The common base of :class:`ScoreModel` (``f`` the fixed SDE's drift) and
+    :class:`~pyro_relax.diffusion.DiffFlow` (``f`` learned too). It defines the
+    reverse SDE ``dx = [f - g^2 s] dt + g dW`` and the probability-flow ODE
+    ``dx/dt = f - g^2 s / 2`` that the samplers and :func:`ode_log_prob` use.
+    Subclasses may override :meth:`_forward_drift`; the underscore methods
+    skip input checks and are what sampler loops call.
+
+    Arguments:
+        sde: the noise process (its ``g``, prior and, for the ``"noise"``
+            parameterization, its marginal standard deviation).
+        network: an ``nn.Module`` mapping ``(x, t)`` to a tensor shaped like ``x``.
+        dim: the event size (default: ``network.dim`` when present).
+        parameterization: ``"noise"``: the network predicts the noise and
+            ``s = -network(x, t) / std(t)``; ``"score"``: ``s = network(x, t)``.
+        t_min: the smallest time of samplers and likelihoods (default ``sde.t_min``).
+    """
+
+    def __init__(
+        self,
+        sde: SDE,
+        network: nn.Module,
+        dim: int | None = None,
+        parameterization: str = "noise",
+        t_min: float | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if not isinstance(sde, SDE):
+            raise TypeError(f"{name}: expected an SDE, got {type(sde).__name__}")
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"{name}: expected an nn.Module network, got {type(network).__name__}")
+        net_dim = getattr(network, "dim", None)
+        dim = net_dim if dim is None else dim
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"{name}: expected a positive int dim, got {dim!r}")
+        if isinstance(net_dim, int) and net_dim != dim:
+            raise ValueError(
+                f"{name}: expected a network of dimension {dim}, got one of dimension {net_dim}"
+            )
+        if parameterization not in _PARAMETERIZATIONS:
+            raise ValueError(
+                f"{name}: expected parameterization in {_PARAMETERIZATIONS}, "
+                f"got {parameterization!r}"
+            )
+        t_min = sde.t_min if t_min is None else float(t_min)
+        if not 0.0 <= t_min < sde.T:
+            raise ValueError(f"{name}: expected t_min in [0, {sde.T:g}), got {t_min}")
+        self.sde, self.network, self.dim = sde, network, dim
+        self.parameterization, self.t_min = parameterization, t_min
+
+    # ---- unchecked pieces (sampler loops) -------------------------------------------
+    def _like(self) -> Tensor:
+        ref = next(itertools.chain(self.parameters(), self.buffers()), None)
+        return ref if ref is not None else torch.empty(())
+
+    def _net(self, net: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+        out = net(x, t)
+        if out.shape != x.shape:
+            raise ValueError(
+                f"{type(self).__name__}: expected the network to return shape {tuple(x.shape)}, "
+                f"got {tuple(out.shape)}"
+            )
+        return out
+
+    def _score(self, x: Tensor, t: Tensor) -> Tensor:
+        out = self._net(self.network, x, t)
+        if self.parameterization == "score":
+            return out
+        _, std = self.sde.marginal_coefs(t)
+        return -out / std.unsqueeze(-1)
+
+    def _forward_drift(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.sde.drift_coef(t).unsqueeze(-1) * x
+
+    def _reverse_drift(self, x: Tensor, t: Tensor) -> Tensor:
+        g2 = self.sde.diffusion_sq(t).unsqueeze(-1)
+        return self._forward_drift(x, t) - g2 * self._score(x, t)
+
+    def _ode_drift(self, x: Tensor, t: Tensor) -> Tensor:
+        g2 = self.sde.diffusion_sq(t).unsqueeze(-1)
+        return self._forward_drift(x, t) - 0.5 * g2 * self._score(x, t)
+
+    # ---- checked public versions ----------------------------------------------------
+    def check_input(self, x: Tensor, name: str) -> None:
+        """Check that ``x`` is finite with event shape ``(dim,)``."""
+        self.sde.check_input(x, self.dim, f"{type(self).__name__}.{name}")
+
+    def _checked(self, x: Tensor, t: Tensor | float, name: str) -> Tensor:
+        self.check_input(x, name)
+        t = as_time(t, x)
+        check_time(t, 0.0, self.sde.T, f"{type(self).__name__}.{name}")
+        return t.expand(x.shape[:-1])
+
+    def score(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """The score ``s(x, t) ~ grad log p_t(x)``; ``t`` broadcasts to ``x.shape[:-1]``."""
+        return self._score(x, self._checked(x, t, "score"))
+
+    def forward_drift(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """The forward drift ``f(x, t)``."""
+        return self._forward_drift(x, self._checked(x, t, "forward_drift"))
+
+    def reverse_drift(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """The reverse-SDE drift ``f - g^2 s`` (to be integrated backwards in time)."""
+        return self._reverse_drift(x, self._checked(x, t, "reverse_drift"))
+
+    def ode_drift(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """The probability-flow ODE velocity ``f - g^2 s / 2``."""
+        return self._ode_drift(x, self._checked(x, t, "ode_drift"))
+
+    def prior_sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        """Draw ``sample_shape + (dim,)`` from the prior at ``T``."""
+        return self.sde.prior_sample(torch.Size(sample_shape) + (self.dim,), self._like())
+
+
+class ScoreModel(ScoreProcess):
+    r"""A score model on a fixed SDE, trained by denoising score matching.
+
+    Arguments: as :class:`ScoreProcess`.
+
+    References:
+        Song et al., *Score-Based Generative Modeling through SDEs*, ICLR 2021;
+        Song, Durkan, Murray, Ermon, *Maximum Likelihood Training of
+        Score-Based Diffusion Models*, NeurIPS 2021; Huang, Lim, Courville,
+        *A Variational Perspective on Diffusion-Based Generative Models*, 2021.
+
+    Example:
+        >>> import torch
+        >>> from pyro_relax.diffusion import VPSDE
+        >>> from pyro_relax.nn.score import ScoreMLP
+        >>> model = ScoreModel(VPSDE(), ScoreMLP(2, hidden=(16,)))
+        >>> model.loss(torch.randn(8, 2)).shape
+        torch.Size([])
+    """
+
+    def loss(self, x0: Tensor, likelihood_weighting: bool = False) -> Tensor:
+        r"""The denoising score matching loss, averaged over the batch.
+
+        ``1/2 E_t E[lambda(t) |s(x_t, t) + z / std(t)|^2]`` with ``t ~ U(t_min, T)``,
+        ``x_t = a(t) x_0 + std(t) z``; ``lambda = std^2`` by default and
+        ``lambda = g^2`` with ``likelihood_weighting`` (then, up to a constant
+        and a factor ``T - t_min``, the score part of a bound on ``-log p``).
+
+        Arguments:
+            x0: data of shape ``batch_shape + (dim,)``.
+            likelihood_weighting: weight by ``g(t)^2``.
+        """
+        self.check_input(x0, "loss")
+        t = self.t_min + (self.sde.T - self.t_min) * torch.rand_like(x0[..., 0])
+        z = torch.randn_like(x0)
+        a, std = self.sde.marginal_coefs(t)
+        xt = a.unsqueeze(-1) * x0 + std.unsqueeze(-1) * z
+        s = self._score(xt, t)
+        if likelihood_weighting:
+            g2 = self.sde.diffusion_sq(t)
+            per = g2 * (s + z / std.unsqueeze(-1)).square().sum(-1)
+        else:
+            per = (std.unsqueeze(-1) * s + z).square().sum(-1)
+        return 0.5 * per.mean()
+
+    def elbo(
+        self, x0: Tensor, num_times: int = 1, t_min: float | None = None, divergence: str = "auto"
+    ) -> Tensor:
+        r"""A Monte Carlo lower bound on ``log p(x0)`` of the continuous reverse-SDE model.
+
+        ``log p(x) >= E[log prior(x_T)] - int_{t_min}^T E[g^2 |s|^2 / 2 + div(g^2 s - f)] dt``
+        (Huang et al. 2021, Song et al. 2021), with ``x_t`` drawn from the
+        forward marginal given ``x0``, stratified times and, above 10
+        dimensions (or with ``divergence="hutchinson"``), Hutchinson's estimator.
+        It is a bound for ``t_min = 0``; the default ``t_min`` truncates as
+        the samplers do.
+
+        Arguments:
+            x0: data of shape ``batch_shape + (dim,)``.
+            num_times: times drawn per data point.
+            t_min: the lower end of the time integral (default ``self.t_min``).
+            divergence: ``"exact"``, ``"hutchinson"`` or ``"auto"``.
+
+        Returns:
+            the bound, of shape ``batch_shape``.
+        """
+        self.check_input(x0, "elbo")
+        if not isinstance(num_times, int) or num_times < 1:
+            raise ValueError(f"ScoreModel.elbo: expected num_times >= 1, got {num_times!r}")
+        t_lo = self.t_min if t_min is None else float(t_min)
+        if not 0.0 <= t_lo < self.sde.T:
+            raise ValueError(f"ScoreModel.elbo: expected t_min in [0, {self.sde.T:g}), got {t_lo}")
+        if divergence == "auto":
+            divergence = "exact" if self.dim <= 10 else "hutchinson"
+        span = self.sde.T - t_lo
+        xs = x0.expand((num_times,) + x0.shape)
+        k = torch.arange(num_times, device=x0.device, dtype=x0.dtype).reshape(
+            (num_times,) + (1,) * (x0.dim() - 1)
+        )
+        t = t_lo + span * (k + torch.rand_like(xs[..., 0])) / num_times
+        xt = self._marginal_draw(xs, t)
+        g2 = self.sde.diffusion_sq(t)
+
+        def g2_score(x: Tensor) -> Tensor:
+            return g2.unsqueeze(-1) * self._score(x, t)
+
+        if divergence == "exact":
+            g2s, div = exact_divergence(g2_score, xt)
+        elif divergence == "hutchinson":
+            g2s, div = hutchinson_divergence(g2_score, xt)
+        else:
+            raise ValueError(
+                "ScoreModel.elbo: expected divergence 'exact', 'hutchinson' or 'auto', "
+                f"got {divergence!r}"
+            )
+        div_f = self.dim * self.sde.drift_coef(t)
+        integrand = 0.5 * (g2s.square().sum(-1) / g2) + div - div_f
+        a, std = self.sde.marginal_coefs(x0.new_full((), self.sde.T))
+        s2 = self.sde.prior_std**2
+        e_log_prior = -0.5 * (
+            (a.square() * x0.square().sum(-1) + self.dim * std.square()) / s2
+            + self.dim * math.log(2 * math.pi * s2)
+        )
+        return e_log_prior - span * integrand.mean(0)
+
+    def _marginal_draw(self, x0: Tensor, t: Tensor) -> Tensor:
+        a, std = self.sde.marginal_coefs(t)
+        return a.unsqueeze(-1) * x0 + std.unsqueeze(-1) * torch.randn_like(x0)

@@ -1,0 +1,226 @@
+"""Stochastic normalizing flows: a flow with stochastic blocks and importance weights."""
+
+from __future__ import annotations
+
+__all__ = [
+    "StochasticNormalizingFlow",
+    "ess_from_log_weights",
+    "log_Z_from_log_weights",
+    "self_normalized_expectation",
+]
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from pyro_relax._validation import validation, validation_enabled
+from pyro_relax.distributions.flow import Flow
+from pyro_relax.stochastic.annealing import AnnealedBlock, LogDensity
+from pyro_relax.surjections.base import RelaxedLayer
+
+
+def _check_log_weights(log_w: Tensor, name: str) -> None:
+    if not isinstance(log_w, Tensor) or not log_w.is_floating_point():
+        got = log_w.dtype if isinstance(log_w, Tensor) else type(log_w).__name__
+        raise TypeError(f"{name}: expected a floating-point tensor of log weights, got {got}")
+    if log_w.dim() < 1 or log_w.shape[0] < 1:
+        raise ValueError(f"{name}: expected log weights of shape (n, ...), got {tuple(log_w.shape)}")
+    if log_w.device.type != "meta" and bool(torch.isnan(log_w).any() | (log_w == math.inf).any()):
+        raise ValueError(f"{name}: expected log weights without NaN or +inf")
+
+
+def log_Z_from_log_weights(log_w: Tensor) -> tuple[Tensor, Tensor]:
+    r"""``log mean exp(log w)`` over dim 0 and its standard error (delta method).
+
+    With ``w = exp(log w)``, ``Z_hat = mean(w)`` is unbiased for ``Z``;
+    ``se(log Z_hat) = sd(w) / (sqrt(n) mean(w))`` (computed stably).
+
+    Example:
+        >>> import torch
+        >>> est, se = log_Z_from_log_weights(torch.zeros(100))
+        >>> float(est), float(se)
+        (0.0, 0.0)
+    """
+    _check_log_weights(log_w, "log_Z_from_log_weights")
+    n = log_w.shape[0]
+    log_mean = torch.logsumexp(log_w, 0) - math.log(n)
+    rel = torch.exp(log_w - log_mean)  # w / mean(w)
+    se = rel.std(0, correction=1) / math.sqrt(n) if n > 1 else torch.full_like(log_mean, math.inf)
+    return log_mean, se
+
+
+def ess_from_log_weights(log_w: Tensor, relative: bool = False) -> Tensor:
+    """Kish's effective sample size ``(sum w)^2 / sum w^2`` over dim 0 (``/ n`` if ``relative``).
+
+    Example:
+        >>> import torch
+        >>> float(ess_from_log_weights(torch.zeros(10)))
+        10.0
+    """
+    _check_log_weights(log_w, "ess_from_log_weights")
+    ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
+    return ess / log_w.shape[0] if relative else ess
+
+
+def self_normalized_expectation(values: Tensor, log_w: Tensor) -> Tensor:
+    """``sum_i w_i f_i / sum_i w_i`` over dim 0; ``values`` is ``(n, ...)``.
+
+    Example:
+        >>> import torch
+        >>> float(self_normalized_expectation(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0])))
+        0.5
+    """
+    _check_log_weights(log_w, "self_normalized_expectation")
+    if not isinstance(values, Tensor) or values.shape[: log_w.dim()] != log_w.shape:
+        got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(
+            f"self_normalized_expectation: expected values of shape {tuple(log_w.shape)} + (...), "
+            f"got {got}"
+        )
+    p = torch.softmax(log_w, 0)
+    return (p.reshape(p.shape + (1,) * (values.dim() - p.dim())) * values).sum(0)
+
+
+class StochasticNormalizingFlow(Flow):
+    r"""A flow of bijections, surjections and stochastic blocks with importance weights.
+
+    Samples run base -> data through ``layers``; each layer's path-weight
+    contribution ``S`` (``log|det|`` for a bijection, ``Delta S`` for a stochastic
+    block) adds up to
+
+    .. math::
+        \log w = \log \text{target}(x_K) - \log q_0(x_0) + \sum_k \Delta S_k,
+
+    with ``E[exp(log w)] = Z``, the target's normalizer. From the weights:
+    :meth:`log_Z_estimate` (with a standard error), :meth:`ess` and
+    :meth:`expectation`. Training objectives: reverse KL ``-E[log w]``
+    (:meth:`reverse_kl`) and maximum likelihood on data through the backward
+    path (``-log_prob(x)``, the bound of :class:`~pyro_relax.distributions.FlowDistribution`);
+    see :mod:`pyro_relax.infer.snf_training`.
+
+    Stochastic blocks (:class:`~pyro_relax.stochastic.annealing.AnnealedBlock`)
+    record non-finite values without synchronizing; :meth:`sample_with_log_weights`
+    checks them once per call (with validation on) and raises a ``ValueError``
+    naming the layer and the step.
+
+    Arguments:
+        base_shape: the latent event shape (standard normal base unless ``base``).
+        layers: the stack, base to data (Pyro transforms, relaxed layers, blocks).
+        target: the unnormalized target log density (a Target, module,
+            distribution or callable mapping ``batch + event`` to ``batch``).
+        base: optional base distribution or module returning one.
+
+    References:
+        Wu, Koehler and Noe. Stochastic Normalizing Flows. NeurIPS 2020 (arXiv 2002.06707).
+
+    Example:
+        >>> import torch, pyro.distributions.transforms as T
+        >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
+        >>> from pyro_relax.stochastic.mh import RandomWalkMH
+        >>> target = lambda x: standard_normal_log_prob(x - 1.0)
+        >>> snf = StochasticNormalizingFlow(
+        ...     (2,), [T.AffineTransform(torch.ones(2), 1.0), RandomWalkMH(target)], target)
+        >>> x, log_w = snf.sample_with_log_weights(8)
+        >>> x.shape, log_w.shape
+        (torch.Size([8, 2]), torch.Size([8]))
+    """
+
+    def __init__(
+        self,
+        base_shape: Sequence[int],
+        layers: Sequence[RelaxedLayer | torch.distributions.Transform],
+        target: LogDensity,
+        base: Distribution | nn.Module | None = None,
+    ) -> None:
+        super().__init__(base_shape, layers, base)
+        if isinstance(target, nn.Module):
+            self.target = target
+            self._target_fn = getattr(target, "log_prob", target)
+        elif isinstance(target, Distribution):
+            self._target_fn = target.log_prob
+        elif callable(target):
+            self._target_fn = target
+        else:
+            raise TypeError(
+                f"StochasticNormalizingFlow: expected a callable target log density, "
+                f"got {type(target).__name__}"
+            )
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, AnnealedBlock) and layer.name is None:
+                layer.name = f"layer {i}"
+
+    @property
+    def blocks(self) -> list[AnnealedBlock]:
+        """The stochastic blocks of the stack, in sampling order."""
+        return [layer for layer in self.layers if isinstance(layer, AnnealedBlock)]
+
+    def target_log_prob(self, x: Tensor) -> Tensor:
+        """The target's unnormalized log density (no input checks)."""
+        with validation(False):
+            return self._target_fn(x)
+
+    def _check_run(self, log_w: Tensor) -> None:
+        """One host synchronization: raise if a block or the weights went non-finite."""
+        if log_w.device.type == "meta":
+            return
+        blocks = self.blocks
+        flags = [b.last_bad_step for b in blocks if b.last_bad_step is not None]
+        nan_w = (torch.isnan(log_w).any() | (log_w == math.inf).any()).to(torch.long)
+        values = torch.stack([*(f.to(log_w.device) for f in flags), nan_w]).tolist()
+        for block in blocks:
+            if block.last_bad_step is not None and values.pop(0):
+                block.raise_if_nonfinite()
+        if values[-1]:
+            raise ValueError(
+                "StochasticNormalizingFlow: expected finite log weights, got NaN or +inf "
+                "(check the target's log_prob at the samples and the layers' outputs)"
+            )
+
+    def sample_with_log_weights(
+        self, n: int | Sequence[int], context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw samples and their log importance weights ``log w`` (differentiable).
+
+        Arguments:
+            n: the number of samples, or a sample shape.
+            context: a conditioning context for conditional layers.
+
+        Returns:
+            ``(x, log_w)`` of shapes ``shape + event_shape`` and ``shape``.
+        """
+        shape = (n,) if isinstance(n, numbers.Integral) and not isinstance(n, bool) else n
+        if not isinstance(shape, Sequence) or not shape or any(
+            isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in shape
+        ):
+            raise ValueError(f"sample_with_log_weights: expected a positive int or shape, got {n!r}")
+        x, log_q = self(context).rsample_and_log_q(torch.Size(int(s) for s in shape))
+        log_w = self.target_log_prob(x) - log_q
+        if validation_enabled():
+            self._check_run(log_w)
+        return x, log_w
+
+    def reverse_kl(self, n: int) -> Tensor:
+        """``-mean(log w)``: reverse KL of the path distributions up to ``log Z`` (minimize it)."""
+        return -self.sample_with_log_weights(n)[1].mean()
+
+    def log_Z_estimate(self, n: int) -> tuple[Tensor, Tensor]:
+        """``(log Z_hat, standard error)`` from ``n`` fresh weighted samples (no gradients)."""
+        with torch.no_grad():
+            return log_Z_from_log_weights(self.sample_with_log_weights(n)[1])
+
+    def ess(self, n: int, relative: bool = True) -> Tensor:
+        """Kish ESS of ``n`` fresh weighted samples (a fraction of ``n`` if ``relative``)."""
+        with torch.no_grad():
+            return ess_from_log_weights(self.sample_with_log_weights(n)[1], relative)
+
+    def expectation(self, f: Callable[[Tensor], Tensor], n: int) -> Tensor:
+        """Self-normalized importance estimate of ``E_target[f(x)]`` from ``n`` samples."""
+        if not callable(f):
+            raise TypeError(f"expectation: expected a callable f, got {type(f).__name__}")
+        with torch.no_grad():
+            x, log_w = self.sample_with_log_weights(n)
+            return self_normalized_expectation(f(x), log_w)

@@ -1,0 +1,334 @@
+"""Tests of the posteriordb loader and the seven Pyro models in examples/posteriordb.
+
+The density checks compare each Pyro model with an independent numpy/scipy
+transcription of the Stan program, in the constrained parameters (the Stan
+``target`` without the log-Jacobian Stan adds for its unconstrained sampling
+space). Both sides drop different constants (``log 2`` of half-distributions,
+normalizers of flat priors), so the check is on differences between draws:
+``log p_pyro(a) - log p_pyro(b) == log p_np(a) - log p_np(b)``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import MCMC, NUTS
+from scipy import special, stats
+from torch.distributions import biject_to
+
+from pyro_relax.testing import posteriordb as pdb
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from examples.posteriordb import MODELS, load_model  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+SHORT = sorted(MODELS)
+# 8 reference draws spread over the 10 chains; draw 0 is the baseline "b".
+DRAW_INDEX = np.array([0, 1237, 2519, 3841, 5003, 6172, 7777, 9998])
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+# ----------------------------------------------------------------------------------------------
+# numpy/scipy transcriptions of the Stan programs, vectorized over draws (leading axis)
+
+
+def _np_eight_schools(v: dict, d: dict, centered: bool) -> np.ndarray:
+    mu, tau = v["mu"], v["tau"]
+    lp = stats.norm.logpdf(mu, 0, 5) + stats.cauchy.logpdf(tau, 0, 5)
+    if centered:
+        theta = v["theta"]
+        lp = lp + stats.norm.logpdf(theta, mu[:, None], tau[:, None]).sum(-1)
+    else:
+        theta = v["theta_trans"] * tau[:, None] + mu[:, None]
+        lp = lp + stats.norm.logpdf(v["theta_trans"]).sum(-1)
+    return lp + stats.norm.logpdf(d["y"], theta, d["sigma"]).sum(-1)
+
+
+def _np_kilpisjarvi(v: dict, d: dict) -> np.ndarray:
+    a, b, s = v["alpha"], v["beta"], v["sigma"]
+    lp = stats.norm.logpdf(a, d["pmualpha"], d["psalpha"])
+    lp = lp + stats.norm.logpdf(b, d["pmubeta"], d["psbeta"])
+    return lp + stats.norm.logpdf(d["y"], a[:, None] + b[:, None] * d["x"], s[:, None]).sum(-1)
+
+
+def _np_garch(v: dict, d: dict) -> np.ndarray:
+    mu, a0 = v["mu"], v["alpha0"]
+    a1, b1 = v["alpha1_beta1"][:, 0], v["alpha1_beta1"][:, 1]
+    y = d["y"]
+    sigma = np.full_like(mu, d["sigma1"])
+    lp = stats.norm.logpdf(y[0], mu, sigma)
+    for t in range(1, d["T"]):  # the Stan loop, literally
+        sigma = np.sqrt(a0 + a1 * (y[t - 1] - mu) ** 2 + b1 * sigma**2)
+        lp = lp + stats.norm.logpdf(y[t], mu, sigma)
+    return lp  # flat priors on the triangle 0 < alpha1, 0 < beta1 < 1 - alpha1
+
+
+def _np_gp(v: dict, d: dict) -> np.ndarray:
+    rho, alpha, ft = v["rho"], v["alpha"], v["f_tilde"]
+    x = d["x"].astype(float)
+    cov = alpha[:, None, None] ** 2 * np.exp(
+        -((x[:, None] - x[None, :]) ** 2) / (2 * rho[:, None, None] ** 2)
+    ) + 1e-10 * np.eye(len(x))
+    f = np.einsum("nij,nj->ni", np.linalg.cholesky(cov), ft)
+    lp = stats.gamma.logpdf(rho, 25, scale=1 / 4) + stats.norm.logpdf(alpha, 0, 2)
+    lp = lp + stats.norm.logpdf(ft).sum(-1)
+    k = d["k"]
+    return lp + (k * f - np.exp(f) - special.gammaln(k + 1)).sum(-1)
+
+
+def _np_arK(v: dict, d: dict) -> np.ndarray:
+    alpha, beta, sigma = v["alpha"], v["beta"], v["sigma"]
+    lp = stats.norm.logpdf(alpha, 0, 10) + stats.norm.logpdf(beta, 0, 10).sum(-1)
+    lp = lp + stats.cauchy.logpdf(sigma, 0, 2.5)
+    y, K = d["y"], d["K"]
+    for t in range(K, d["T"]):
+        mu = alpha + sum(beta[:, k] * y[t - k - 1] for k in range(K))
+        lp = lp + stats.norm.logpdf(y[t], mu, sigma)
+    return lp
+
+
+def _np_gauss_mix(v: dict, d: dict) -> np.ndarray:
+    mu, sigma, theta = v["mu"], v["sigma"], v["theta"]
+    lp = stats.norm.logpdf(sigma, 0, 2).sum(-1) + stats.norm.logpdf(mu, 0, 2).sum(-1)
+    lp = lp + stats.beta.logpdf(theta, 5, 5)
+    y = d["y"][None, :]
+    one = np.log(theta)[:, None] + stats.norm.logpdf(y, mu[:, :1], sigma[:, :1])
+    two = np.log1p(-theta)[:, None] + stats.norm.logpdf(y, mu[:, 1:], sigma[:, 1:])
+    return lp + np.logaddexp(one, two).sum(-1)
+
+
+NUMPY_DENSITY = {
+    "arK": _np_arK,
+    "eight_schools_centered": lambda v, d: _np_eight_schools(v, d, centered=True),
+    "eight_schools_noncentered": lambda v, d: _np_eight_schools(v, d, centered=False),
+    "garch11": _np_garch,
+    "gp_pois_regr": _np_gp,
+    "kilpisjarvi": _np_kilpisjarvi,
+    "low_dim_gauss_mix": _np_gauss_mix,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _latent_sites(trace: poutine.Trace) -> dict[str, dict]:
+    return {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
+
+
+def _log_joint_per_draw(model, values: dict[str, torch.Tensor]) -> torch.Tensor:
+    trace = poutine.trace(poutine.condition(model, data=values)).get_trace()
+    assert not _latent_sites(trace), "conditioning left latent sites unset"
+    trace.compute_log_prob()
+    total = torch.zeros(())
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            total = total + site["log_prob"].to(total)
+    return total
+
+
+def _draws(name: str, index: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[index] for k, v in pdb.load_reference_draws(name).items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# loader
+
+
+def test_find_posteriordb_paths(tmp_path, monkeypatch):
+    found = pdb.find_posteriordb()
+    assert sorted(p.name for p in found.iterdir() if p.is_dir()) == sorted(pdb.POSTERIOR_NAMES)
+    assert pdb.find_posteriordb(str(found)) == found
+    with pytest.raises(FileNotFoundError, match="does not hold"):
+        pdb.find_posteriordb(tmp_path)
+    monkeypatch.setenv(pdb.ENV_VAR, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=pdb.ENV_VAR):
+        pdb.find_posteriordb()
+    monkeypatch.setenv(pdb.ENV_VAR, str(found))
+    assert pdb.find_posteriordb() == found
+    with pytest.raises(TypeError):
+        pdb.find_posteriordb(3)
+
+
+def test_loader_rejects_bad_names():
+    with pytest.raises(ValueError, match="expected a posterior name"):
+        pdb.load_data("eight_schools")
+    with pytest.raises(TypeError):
+        pdb.load_reference_draws(7)
+    with pytest.raises(TypeError):
+        pdb.load_reference_draws("arK-arK", by_chain="yes")
+    with pytest.raises(ValueError, match="expected one of"):
+        load_model("nope")
+
+
+def test_load_data_types():
+    data = pdb.load_data("eight_schools-eight_schools_noncentered")
+    assert data["J"] == 8 and isinstance(data["J"], int)
+    assert data["y"].shape == (8,) and data["sigma"].shape == (8,)
+    kilp = pdb.load_data("kilpisjarvi_mod-kilpisjarvi")
+    assert isinstance(kilp["psbeta"], float) and kilp["x"].shape == (kilp["N"],)
+    tensors = pdb.data_tensors("arK-arK", dtype=torch.float64)
+    assert tensors["y"].dtype == torch.float64 and tensors["y"].shape == (200,)
+    with pytest.raises(TypeError, match="floating"):
+        pdb.data_tensors("arK-arK", dtype=torch.int64)
+
+
+@pytest.mark.parametrize("name", pdb.POSTERIOR_NAMES)
+def test_reference_draws_and_moments(name):
+    flat = pdb.load_reference_draws(name)
+    chains = pdb.load_reference_draws(name, by_chain=True)
+    assert list(flat) == list(chains)
+    for k in flat:
+        assert chains[k].shape == (10, 1000) and flat[k].shape == (10000,)
+        np.testing.assert_array_equal(chains[k].reshape(-1), flat[k])
+        assert np.all(np.isfinite(flat[k]))
+    moments = pdb.reference_moments(name)
+    for k, (mean, sd) in moments.items():
+        assert mean == pytest.approx(flat[k].mean(), rel=1e-12, abs=1e-12)
+        assert sd == pytest.approx(flat[k].std(ddof=1), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# models
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("short", SHORT)
+def test_model_sites_and_dimension(short, device):
+    module = load_model(short)
+    with torch.device(device):
+        trace = poutine.trace(module.model).get_trace()
+    latent = _latent_sites(trace)
+    dim = 0
+    for name, site in latent.items():
+        support = site["fn"].support
+        assert not support.is_discrete, f"{short}: site {name} is discrete"
+        assert site["value"].device.type == device
+        assert site["value"].dtype == torch.get_default_dtype()
+        dim += biject_to(support).inv(site["value"]).numel()
+    assert dim == module.LATENT_DIM
+    # conditioning on a reference draw must set every latent site
+    draw = {k: float(v[0]) for k, v in pdb.load_reference_draws(module.NAME).items()}
+    with torch.device(device):
+        assert set(module.site_values_from_reference(draw)) == set(latent)
+    assert torch.isfinite(trace.log_prob_sum())
+
+
+@pytest.mark.parametrize("short", SHORT)
+def test_reference_name_round_trip(short, float64):
+    module = load_model(short)
+    draws = _draws(module.NAME, DRAW_INDEX)
+    back = module.to_reference_names(module.site_values_from_reference(draws))
+    assert list(back) == list(draws)
+    for k in draws:
+        # float64 round trip; gp_pois_regr goes through a Cholesky solve with condition
+        # numbers up to ~2e11, whence the absolute tolerance (2e11 * 1e-16 * |f| ~ 1e-4 worst case)
+        np.testing.assert_allclose(back[k], draws[k], rtol=1e-8, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("short", SHORT)
+def test_log_joint_finite_at_reference_mean(short, dtype):
+    module = load_model(short)
+    means = {k: m for k, (m, _) in pdb.reference_moments(module.NAME).items()}
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        values = module.site_values_from_reference(means)
+        conditioned = poutine.condition(module.model, data=values)
+        log_joint = poutine.trace(conditioned).get_trace().log_prob_sum()
+    finally:
+        torch.set_default_dtype(old)
+    assert torch.isfinite(log_joint)
+
+
+@pytest.mark.parametrize("short", SHORT)
+def test_density_matches_numpy_stan_transcription(short, float64):
+    module = load_model(short)
+    data = pdb.load_data(module.NAME)
+    draws = _draws(module.NAME, DRAW_INDEX)
+    values = module.site_values_from_reference(draws)
+    lp_np = NUMPY_DENSITY[short]({k: v.numpy() for k, v in values.items()}, data)
+    # batched: all 8 draws in one conditioned trace (exercises leading batch dimensions)
+    lp_pyro = _log_joint_per_draw(module.model, values).numpy()
+    assert lp_pyro.shape == (len(DRAW_INDEX),)
+    diff_pyro, diff_np = lp_pyro - lp_pyro[0], lp_np - lp_np[0]
+    # float64 sums of at most ~1000 terms: rounding error ~1e-12, far inside 1e-6 relative
+    np.testing.assert_allclose(diff_pyro, diff_np, rtol=1e-6, atol=1e-6)
+    # not a vacuous check: the draws differ in density
+    assert np.ptp(diff_np) > 1e-3
+    # and the unbatched form, two draws through log_prob_sum
+    one = {k: v[0] for k, v in values.items()}
+    two = {k: v[-1] for k, v in values.items()}
+    lp_one = poutine.trace(poutine.condition(module.model, one)).get_trace().log_prob_sum()
+    lp_two = poutine.trace(poutine.condition(module.model, two)).get_trace().log_prob_sum()
+    assert float(lp_one - lp_two) == pytest.approx(lp_np[0] - lp_np[-1], rel=1e-6, abs=1e-6)
+
+
+def test_input_validation():
+    es = load_model("eight_schools_noncentered")
+    draw = {k: float(v[0]) for k, v in pdb.load_reference_draws(es.NAME).items()}
+    with pytest.raises(KeyError, match="tau"):
+        es.site_values_from_reference({k: v for k, v in draw.items() if k != "tau"})
+    with pytest.raises(ValueError, match="tau"):
+        es.site_values_from_reference({**draw, "tau": -1.0})
+    with pytest.raises(ValueError, match="finite"):
+        es.site_values_from_reference({**draw, "mu": float("nan")})
+    bad = {"mu": torch.zeros(3), "tau": torch.ones(3), "theta_trans": torch.zeros(3, 7)}
+    with pytest.raises(ValueError, match=r"expected event shape \(8,\)"):
+        es.to_reference_names(bad)
+    garch = load_model("garch11")
+    gdraw = {"mu": 5.0, "alpha0": 0.1, "alpha1": 0.6, "beta1": 0.5}
+    with pytest.raises(ValueError, match="alpha1 \\+ beta1"):
+        garch.site_values_from_reference(gdraw)
+
+
+# ----------------------------------------------------------------------------------------------
+# NUTS smoke runs
+
+
+def _nuts_smoke(short: str) -> float:
+    module = load_model(short)
+    pyro.set_rng_seed(0)
+    start = time.perf_counter()
+    mcmc = MCMC(NUTS(module.model), num_samples=50, warmup_steps=50, disable_progbar=True)
+    mcmc.run()
+    elapsed = time.perf_counter() - start
+    samples = mcmc.get_samples()
+    ref = module.to_reference_names(samples)
+    assert list(ref) == list(pdb.load_reference_draws(module.NAME))
+    for k, v in ref.items():
+        assert v.shape == (50,), k
+        assert np.all(np.isfinite(v)), k
+    return elapsed
+
+
+def test_nuts_smoke_eight_schools_noncentered():
+    elapsed = _nuts_smoke("eight_schools_noncentered")
+    assert elapsed < 60
+
+
+@pytest.mark.slow
+def test_nuts_smoke_kilpisjarvi():
+    _nuts_smoke("kilpisjarvi")
