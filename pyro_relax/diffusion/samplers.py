@@ -131,8 +131,10 @@ def predictor_corrector(
     r"""Predictor-corrector sampling: Langevin corrector steps, then an Euler-Maruyama predictor.
 
     At each time the corrector moves ``x <- x + eps s + sqrt(2 eps) z`` with the
-    signal-to-noise step ``eps = 2 alpha (snr |z| / |s|)^2`` (norms per
-    sample; ``alpha = 1 - beta(t) dt`` for VP, 1 otherwise).
+    signal-to-noise step ``eps = 2 alpha (snr |z| / |s|)^2`` (``alpha = 1 - beta(t) dt``
+    for VP, 1 otherwise), the norms averaged over all the samples of the batch as in
+    Song et al.: per-sample norms blow up the step where a score happens to be
+    near zero, which in low dimension is frequent.
 
     Arguments:
         process: a score model or DiffFlow.
@@ -176,7 +178,7 @@ def predictor_corrector(
         for _ in range(corrector_steps):
             s = process._score(x, t)
             z = torch.randn_like(x)
-            ratio = z.norm(dim=-1, keepdim=True) / s.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+            ratio = z.norm(dim=-1).mean() / s.norm(dim=-1).mean().clamp_min(1e-30)
             eps = 2 * alpha * (snr * ratio).square()
             x = x + eps * s + (2 * eps).sqrt() * z
         x = x - process._reverse_drift(x, t) * dt

@@ -115,7 +115,7 @@ class LearnedSchedule(nn.Module):
 
     Example:
         >>> s = LearnedSchedule(4)
-        >>> [round(float(v), 2) for v in s()]
+        >>> [round(v, 2) for v in s().tolist()]
         [0.25, 0.5, 0.75, 1.0]
     """
 
@@ -130,7 +130,9 @@ class LearnedSchedule(nn.Module):
             raise ValueError(f"LearnedSchedule: end_at_one needs init ending at 1, got {lams[-1]}")
         if not end_at_one:
             lams = lams + [1.0]
-        inc = torch.tensor(lams, dtype=torch.float64).diff(prepend=torch.zeros(1, dtype=torch.float64))
+        inc = torch.tensor(lams, dtype=torch.float64).diff(
+            prepend=torch.zeros(1, dtype=torch.float64)
+        )
         if not bool((inc > 0).all()) or lams[-1] > 1.0:
             raise ValueError(f"LearnedSchedule: expected increasing lambdas in (0, 1], got {lams}")
         self.n = n
@@ -211,7 +213,9 @@ class AnnealedDensity(nn.Module):
             else:
                 self.register_buffer("lam_value", torch.tensor(fixed))
         if base is None and (fixed is None or fixed != 1.0 or learn_lam):
-            raise ValueError(f"{owner}: lam other than a fixed 1.0 needs a base log density, got none")
+            raise ValueError(
+                f"{owner}: lam other than a fixed 1.0 needs a base log density, got none"
+            )
 
     def _attach(self, name: str, fn: object, owner: str) -> Callable[[Tensor], Tensor]:
         if isinstance(fn, nn.Module):
@@ -221,7 +225,9 @@ class AnnealedDensity(nn.Module):
             return fn.log_prob
         if callable(fn):
             return fn  # type: ignore[return-value]
-        raise TypeError(f"{owner}: expected a callable log density for {name}, got {type(fn).__name__}")
+        raise TypeError(
+            f"{owner}: expected a callable log density for {name}, got {type(fn).__name__}"
+        )
 
     def lam(self) -> Tensor:
         """The current lambda as a 0-dim tensor."""
@@ -240,7 +246,9 @@ class AnnealedDensity(nn.Module):
         return lam * lp_target + (1.0 - lam) * self._base_fn(x)
 
     def extra_repr(self) -> str:
-        kind = "module" if "lam_module" in self._modules else "learned" if self.learn_lam else "fixed"
+        kind = (
+            "module" if "lam_module" in self._modules else "learned" if self.learn_lam else "fixed"
+        )
         return f"lam={kind}, base={'none' if self._base_fn is None else 'given'}"
 
 
@@ -313,7 +321,9 @@ class AnnealedBlock(RelaxedLayer):
     def _register_positive(self, name: str, value: float | Tensor, learnable: bool) -> None:
         owner = type(self).__name__
         if isinstance(value, bool) or not isinstance(value, numbers.Real | Tensor):
-            raise TypeError(f"{owner}: expected {name} as a float or tensor, got {type(value).__name__}")
+            raise TypeError(
+                f"{owner}: expected {name} as a float or tensor, got {type(value).__name__}"
+            )
         t = torch.as_tensor(value, dtype=torch.get_default_dtype()).detach().clone()
         if not bool(torch.isfinite(t).all()) or not bool((t > 0).all()):
             shown = float(value) if isinstance(value, numbers.Real) else t.tolist()

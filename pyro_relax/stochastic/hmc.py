@@ -122,7 +122,12 @@ class HMC(AnnealedBlock):
         inv_mass = 1.0 / mass
         v = mass.sqrt() * torch.randn_like(x)
         y, w, lp_y, grad_y = leapfrog(
-            x, v, grad_x, self.positive("step_size", x), inv_mass, self.n_leapfrog,
+            x,
+            v,
+            grad_x,
+            self.positive("step_size", x),
+            inv_mass,
+            self.n_leapfrog,
             self.log_pi_and_grad,
         )
         # log alpha = H(x, v) - H(y', w); NaN compares False: rejected.

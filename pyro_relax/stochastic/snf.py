@@ -28,7 +28,9 @@ def _check_log_weights(log_w: Tensor, name: str) -> None:
         got = log_w.dtype if isinstance(log_w, Tensor) else type(log_w).__name__
         raise TypeError(f"{name}: expected a floating-point tensor of log weights, got {got}")
     if log_w.dim() < 1 or log_w.shape[0] < 1:
-        raise ValueError(f"{name}: expected log weights of shape (n, ...), got {tuple(log_w.shape)}")
+        raise ValueError(
+            f"{name}: expected log weights of shape (n, ...), got {tuple(log_w.shape)}"
+        )
     if log_w.device.type != "meta" and bool(torch.isnan(log_w).any() | (log_w == math.inf).any()):
         raise ValueError(f"{name}: expected log weights without NaN or +inf")
 
@@ -193,10 +195,16 @@ class StochasticNormalizingFlow(Flow):
             ``(x, log_w)`` of shapes ``shape + event_shape`` and ``shape``.
         """
         shape = (n,) if isinstance(n, numbers.Integral) and not isinstance(n, bool) else n
-        if not isinstance(shape, Sequence) or not shape or any(
-            isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in shape
+        if (
+            not isinstance(shape, Sequence)
+            or not shape
+            or any(
+                isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in shape
+            )
         ):
-            raise ValueError(f"sample_with_log_weights: expected a positive int or shape, got {n!r}")
+            raise ValueError(
+                f"sample_with_log_weights: expected a positive int or shape, got {n!r}"
+            )
         x, log_q = self(context).rsample_and_log_q(torch.Size(int(s) for s in shape))
         log_w = self.target_log_prob(x) - log_q
         if validation_enabled():

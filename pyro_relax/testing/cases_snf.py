@@ -69,7 +69,9 @@ CASES: list[LayerCase] = [
         "snf_langevin",
         lambda s: OverdampedLangevin(step_size=0.05, n_steps=2, **_annealed()),
     ),
-    LayerCase("snf_langevin_target", lambda s: OverdampedLangevin(GaussianLogDensity(), step_size=0.1)),
+    LayerCase(
+        "snf_langevin_target", lambda s: OverdampedLangevin(GaussianLogDensity(), step_size=0.1)
+    ),
     LayerCase("snf_mala", lambda s: MALA(step_size=0.2, n_steps=2, **_annealed())),
     LayerCase(
         "snf_underdamped",

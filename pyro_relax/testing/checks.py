@@ -53,7 +53,7 @@ def _close(a: Tensor, b: Tensor, what: str, atol: float, rtol: float = 1e-5) -> 
     if a.shape != b.shape:
         raise AssertionError(f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
     if not torch.allclose(a, b, atol=atol, rtol=rtol):
-        err = (a - b).abs().max()
+        err = (a - b).detach().abs().max()
         raise AssertionError(f"{what}: max abs difference {float(err):.3g} exceeds atol {atol:g}")
 
 

@@ -1,5 +1,8 @@
-"""Bijective TransformModules Pyro lacks, and ready-made stacks."""
+"""Bijective TransformModules Pyro lacks (Glow lineage), and ready-made stacks."""
 
+from pyro_relax.transforms.actnorm import ActNorm
+from pyro_relax.transforms.conv1x1 import InvertibleConv1x1
+from pyro_relax.transforms.lu_linear import LULinear, LUWeight
 from pyro_relax.transforms.stacks import coupling_stack
 
-__all__ = ["coupling_stack"]
+__all__ = ["ActNorm", "InvertibleConv1x1", "LULinear", "LUWeight", "coupling_stack"]
