@@ -22,8 +22,8 @@ def exact_divergence(
     Arguments:
         fn: a map ``batch_shape + (d,) -> batch_shape + (d,)`` acting per batch element.
         x: the point, of shape ``batch_shape + (d,)``.
-        create_graph: keep the graph for a gradient of the divergence
-            (default: whether grad mode is on).
+        create_graph: keep the graph for gradients of ``fn(x)`` and of the divergence
+            (default: whether grad mode is on); without it both come back detached.
 
     Returns:
         ``(fn(x), div)`` with ``div`` of shape ``batch_shape``.
@@ -48,7 +48,7 @@ def exact_divergence(
                 out[..., i].sum(), x, create_graph=create_graph, retain_graph=True
             )
             div = div + g[..., i]
-    return out, div
+    return (out, div) if create_graph else (out.detach(), div.detach())
 
 
 def hutchinson_divergence(
@@ -67,7 +67,8 @@ def hutchinson_divergence(
         num_probes: probes averaged per batch element.
         noise: ``"rademacher"`` (lower variance) or ``"gaussian"``.
         probes: fixed probes of shape ``(num_probes,) + x.shape`` (drawn if None).
-        create_graph: keep the graph (default: whether grad mode is on).
+        create_graph: keep the graph (default: whether grad mode is on); without it
+            both outputs come back detached.
 
     Returns:
         ``(fn(x), div_estimate)``.
@@ -106,4 +107,5 @@ def hutchinson_divergence(
                 out, x, probes[k], create_graph=create_graph, retain_graph=True
             )
             div = div + (g * probes[k]).sum(-1)
-    return out, div / probes.shape[0]
+    div = div / probes.shape[0]
+    return (out, div) if create_graph else (out.detach(), div.detach())

@@ -103,7 +103,10 @@ def ode_log_prob(
             f"ode_log_prob: expected divergence 'exact', 'hutchinson' or 'auto', got {divergence!r}"
         )
     options = ode_options(method, steps, "ode_log_prob")
-    create_graph = torch.is_grad_enabled()
+    # a graph only when something can take a gradient: the data or the model's parameters
+    create_graph = torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in process.parameters())
+    )
     batch = x.shape[:-1]
     flat = x.reshape(-1, x.shape[-1])
     probes = None

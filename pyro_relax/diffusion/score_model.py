@@ -219,10 +219,13 @@ class ScoreModel(ScoreProcess):
         def g2_score(x: Tensor) -> Tensor:
             return g2.unsqueeze(-1) * self._score(x, t)
 
+        graph = torch.is_grad_enabled() and (
+            x0.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
         if divergence == "exact":
-            g2s, div = exact_divergence(g2_score, xt)
+            g2s, div = exact_divergence(g2_score, xt, graph)
         elif divergence == "hutchinson":
-            g2s, div = hutchinson_divergence(g2_score, xt)
+            g2s, div = hutchinson_divergence(g2_score, xt, create_graph=graph)
         else:
             raise ValueError(
                 "ScoreModel.elbo: expected divergence 'exact', 'hutchinson' or 'auto', "

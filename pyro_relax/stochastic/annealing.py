@@ -111,7 +111,7 @@ class LearnedSchedule(nn.Module):
     Arguments:
         n: number of lambdas.
         end_at_one: whether ``lambda_n = 1``.
-        init: initial lambdas (increasing, in ``(0, 1]``); linear by default.
+        init: initial lambdas (increasing, in ``(0, 1]``); evenly spaced by default.
 
     Example:
         >>> s = LearnedSchedule(4)
@@ -123,7 +123,9 @@ class LearnedSchedule(nn.Module):
         super().__init__()
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"LearnedSchedule: expected an int n >= 1, got {n!r}")
-        lams = linear_schedule(n) if init is None else [float(v) for v in init]
+        if init is None:
+            init = linear_schedule(n) if end_at_one else linear_schedule(n + 1)[:n]
+        lams = [float(v) for v in init]
         if len(lams) != n:
             raise ValueError(f"LearnedSchedule: expected {n} initial lambdas, got {len(lams)}")
         if end_at_one and lams[-1] != 1.0:

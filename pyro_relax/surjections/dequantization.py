@@ -170,7 +170,7 @@ class VariationalDequantization(_Dequantization):
 
     def _encode(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if not x.is_floating_point():
-            x = x.to(self.noise.net.net[-1].weight.dtype)
+            x = x.to(next(self.parameters()).dtype)
         y, log_n = self.noise.rsample(self._features(x), context)
         m = self._margin(x)
         u = torch.sigmoid(y).clamp(m, 1.0 - m)

@@ -24,7 +24,8 @@ class GenerativeAbs(RelaxedLayer):
     from a small network) and returns ``z = s x`` with ``V = -log q(s | x)``; so
     ``log p(x) >= E_s[log p(s x) - log q(s | x)]``, tight when ``q`` is the
     model's posterior over signs. ``decode`` is the deterministic ``x = |z|`` with
-    ``S = log q(sign(z) | |z|)`` (a zero entry counts as ``+``). The network
+    ``S = log q(sign(z) | |z|)`` (the sign bit decides, so the ``-0.0`` that
+    ``encode`` makes of a zero with a negative sign counts as ``-``). The network
     starts at zero: a fair sign, ``V = D log 2``.
 
     The sign is discrete: the gradient of ``V`` with respect to the sign
@@ -72,6 +73,7 @@ class GenerativeAbs(RelaxedLayer):
         return logsigmoid(logits), logsigmoid(-logits)
 
     def _encode(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        x = x + 0.0  # turns a -0.0 datum into +0.0, so the sign bit of z is the drawn sign
         log_pos, log_neg = self._sign_log_probs(x)
         positive = torch.rand_like(x) < log_pos.exp()
         z = torch.where(positive, x, -x)
@@ -81,7 +83,7 @@ class GenerativeAbs(RelaxedLayer):
     def _decode(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         x = z.abs()
         log_pos, log_neg = self._sign_log_probs(x)
-        log_q = torch.where(z >= 0, log_pos, log_neg)
+        log_q = torch.where(torch.signbit(z), log_neg, log_pos)  # -0.0 from encode is "-"
         return x, sum_event(log_q, 1)
 
     def extra_repr(self) -> str:

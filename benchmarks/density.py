@@ -1,0 +1,679 @@
+"""Density estimation benchmark: plain coupling flows versus SurVAE flows, and versus zuko.
+
+Sections (``--sections``, all by default):
+
+* ``toy``: test NLL on five 2-D data sets of a plain spline and a plain affine
+  coupling flow and of SurVAE variants built on the spline flow (abs, sort,
+  max, augment), all with the same training budget and with hidden widths
+  chosen so that every model's parameter count is within a few percent of the
+  plain spline flow's.
+* ``sets``: a plain flow versus a sort flow on exchangeable (set-valued) data.
+* ``digits``: bits per dimension on scikit-learn's 8x8 digits (integer pixels
+  0..16) under uniform versus variational dequantization.
+* ``zuko``: the plain spline flow built with zuko, trained with the same
+  budget (NLL difference), and the training-step time of ours, of the same
+  Pyro transforms in a raw ``TransformedDistribution``, and of zuko, measured
+  interleaved on one thread; the ratio ours/zuko is the headline number. When
+  it is above 1, a cProfile breakdown says where our step spends its time.
+
+Usage::
+
+    python benchmarks/density.py              # the full run (under 10 minutes on 2 cores)
+    python benchmarks/density.py --quick      # about a minute
+    python benchmarks/density.py --json out.json --sections toy,zuko
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT",
+    "QUICK",
+    "TOY_MODELS",
+    "Config",
+    "build_parser",
+    "config_from_args",
+    "fit_zuko",
+    "main",
+    "match_hidden",
+    "run_digits",
+    "run_sets",
+    "run_toy",
+    "run_zuko",
+    "toy_builders",
+]
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro.distributions as dist
+import pyro.distributions.transforms as T
+import torch
+from pyro.nn import DenseNN
+from torch import Tensor, nn
+
+from pyro_relax import datasets, validation
+from pyro_relax.distributions.flow import Flow
+from pyro_relax.infer.density import count_parameters, evaluate_nll, fit_density
+from pyro_relax.surjections.abs import AbsSurjection
+from pyro_relax.surjections.augment import AugmentSurjection
+from pyro_relax.surjections.dequantization import UniformDequantization, VariationalDequantization
+from pyro_relax.surjections.max import MaxSurjection
+from pyro_relax.surjections.sort import SortSurjection
+from pyro_relax.transforms.actnorm import ActNorm
+from pyro_relax.transforms.stacks import coupling_stack
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _common when imported elsewhere
+
+from _common import (  # noqa: E402
+    Column,
+    interleaved_timing,
+    median,
+    print_table,
+    profile_breakdown,
+    write_json,
+)
+
+TOY_MODELS: tuple[str, ...] = ("spline", "affine", "abs", "sort", "max", "augment")
+SECTIONS: tuple[str, ...] = ("toy", "sets", "digits", "zuko")
+DIGIT_LEVELS = 17  # pixels of load_digits take the values 0..16
+
+Layers = list[Any]
+Builder = Callable[[int], tuple[tuple[int, ...], Layers]]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes and budgets of one benchmark run (``DEFAULT`` and ``QUICK`` are presets)."""
+
+    sections: tuple[str, ...] = SECTIONS
+    datasets: tuple[str, ...] = tuple(sorted(datasets.DATASETS))
+    models: tuple[str, ...] = TOY_MODELS
+    n_train: int = 10_000
+    n_test: int = 4_000
+    steps: int = 400
+    batch_size: int = 256
+    lr: float = 3e-3
+    num_layers: int = 4
+    hidden: int = 32
+    surj_hidden: int = 16
+    extra: int = 2
+    num_particles: int = 100
+    set_size: int = 4
+    set_steps: int = 400
+    digits_steps: int = 1_000
+    digits_layers: int = 6
+    digits_hidden: int = 64
+    digits_noise_hidden: int = 64
+    digits_batch: int = 128
+    digits_lr: float = 2e-3
+    timing_rounds: int = 20
+    timing_inner: int = 5
+    timing_warmup: int = 10
+    profile_calls: int = 20
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type == "int" and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise ValueError(f"Config: expected a non-negative int {f.name}, got {v!r}")
+        positive = ("n_train", "n_test", "steps", "batch_size", "num_layers", "hidden",
+                    "surj_hidden", "extra", "num_particles", "set_steps", "digits_steps",
+                    "digits_layers", "digits_hidden", "digits_noise_hidden", "digits_batch",
+                    "timing_rounds", "timing_inner", "profile_calls")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"Config: expected {name} >= 1, got {getattr(self, name)}")
+        if self.set_size < 2:
+            raise ValueError(f"Config: expected set_size >= 2, got {self.set_size}")
+        for name in ("lr", "digits_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"Config: expected a positive {name}, got {getattr(self, name)}")
+        for value, allowed, what in ((self.sections, SECTIONS, "sections"),
+                                     (self.datasets, tuple(datasets.DATASETS), "datasets"),
+                                     (self.models, TOY_MODELS, "models")):
+            bad = [v for v in value if v not in allowed]
+            if bad or not value:
+                raise ValueError(f"Config: expected {what} from {list(allowed)}, got {list(value)}")
+        if "spline" not in self.models:
+            raise ValueError("Config: the models must include 'spline' (the reference flow)")
+
+
+DEFAULT = Config()
+QUICK = Config(
+    n_train=2_000, n_test=1_000, steps=60, num_particles=16, set_steps=60, digits_steps=60,
+    digits_layers=4, timing_rounds=6, timing_inner=3, timing_warmup=3, profile_calls=5,
+)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def toy_builders(cfg: Config) -> dict[str, Builder]:
+    """The 2-D models, each a function of the coupling hidden width returning (base shape, layers).
+
+    Layers run from the base to the data. ``abs`` puts a softplus under the
+    abs surjection so the flow models ``|x|`` on the positive orthant; ``sort``
+    puts Pyro's ``OrderedTransform`` under the sort surjection; ``augment``
+    runs the flow in ``2 + extra`` dimensions.
+
+    Example:
+        >>> base_shape, layers = toy_builders(QUICK)["augment"](8)
+        >>> base_shape
+        (4,)
+    """
+    L, s = cfg.num_layers, (cfg.surj_hidden,)
+
+    def spline(h: int) -> Layers:
+        return coupling_stack(2, L, h)
+
+    return {
+        "spline": lambda h: ((2,), spline(h)),
+        "affine": lambda h: ((2,), coupling_stack(2, L, h, kind="affine")),
+        "abs": lambda h: ((2,), spline(h) + [T.SoftplusTransform(), AbsSurjection()]),
+        "sort": lambda h: ((2,), spline(h) + [T.OrderedTransform(), SortSurjection()]),
+        "max": lambda h: ((2,), spline(h) + [MaxSurjection(2, hidden=s)]),
+        "augment": lambda h: (
+            (2 + cfg.extra,),
+            coupling_stack(2 + cfg.extra, L, h) + [AugmentSurjection(2, cfg.extra, hidden=s)],
+        ),
+    }
+
+
+def _flow(builder: Builder, hidden: int) -> Flow:
+    base_shape, layers = builder(hidden)
+    return Flow(base_shape, layers)
+
+
+def match_hidden(builder: Builder, target: int, low: int = 2, high: int = 4096) -> tuple[int, int]:
+    """The hidden width whose model has the parameter count closest to ``target``.
+
+    The count grows with the width, so a bisection finds the first width at or
+    above the target and the closer of it and its predecessor wins.
+
+    Returns:
+        ``(hidden, count)``.
+
+    Example:
+        >>> b = toy_builders(QUICK)
+        >>> target = count_parameters(_flow(b["spline"], 32))
+        >>> h, n = match_hidden(b["affine"], target)
+        >>> abs(n - target) / target < 0.05
+        True
+    """
+    if not isinstance(target, int) or target < 1:
+        raise ValueError(f"match_hidden: expected a positive int target, got {target!r}")
+
+    def count(h: int) -> int:
+        return count_parameters(_flow(builder, h))
+
+    lo, hi = low, high
+    if count(hi) < target:
+        return hi, count(hi)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(mid) < target:
+            lo = mid + 1
+        else:
+            hi = mid
+    best = min({lo, max(low, lo - 1)}, key=lambda h: (abs(count(h) - target), h))
+    return best, count(best)
+
+
+def _seconds_and_fit(flow: Flow, data: Tensor, steps: int, batch_size: int, lr: float,
+                     seed: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    losses = fit_density(flow, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    return time.perf_counter() - start, losses[-1]
+
+
+def _plain_rows(rows: list[dict[str, Any]], model: str, dataset: str) -> dict[str, Any] | None:
+    return next((r for r in rows if r["model"] == model and r["dataset"] == dataset), None)
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def run_toy(cfg: Config) -> dict[str, Any]:
+    """Train every toy model on every 2-D data set; return parameter counts and test NLLs.
+
+    Returns:
+        ``{"params": {model: {"hidden", "params", "relative"}}, "rows": [...]}``; each
+        row has ``dataset``, ``model``, ``test_nll`` (nats per point, importance
+        weighted for the augmented flow), ``final_loss`` and ``train_seconds``.
+    """
+    device = torch.device(cfg.device)
+    builders = {k: v for k, v in toy_builders(cfg).items() if k in cfg.models}
+    target = count_parameters(_flow(builders["spline"], cfg.hidden))
+    params: dict[str, dict[str, Any]] = {}
+    for name, builder in builders.items():
+        h, n = (cfg.hidden, target) if name == "spline" else match_hidden(builder, target)
+        params[name] = {"hidden": h, "params": n, "relative": n / target - 1.0}
+    print_table(
+        "Parameter counts (hidden width chosen to match the plain spline flow)",
+        [{"model": k, **v} for k, v in params.items()],
+        [Column("model", "model"), Column("hidden", "hidden"), Column("params", "params"),
+         Column("relative", "vs spline", "+.1%")],
+    )
+    rows: list[dict[str, Any]] = []
+    for ds in cfg.datasets:
+        train = datasets.load(ds, cfg.n_train, seed=cfg.seed).to(device)
+        test = datasets.load(ds, cfg.n_test, seed=cfg.seed + 1000).to(device)
+        for name, builder in builders.items():
+            torch.manual_seed(cfg.seed)
+            flow = _flow(builder, params[name]["hidden"]).to(device)
+            secs, last = _seconds_and_fit(flow, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed)
+            nll = evaluate_nll(flow, test, num_particles=cfg.num_particles)
+            rows.append({"dataset": ds, "model": name, "test_nll": nll, "final_loss": last,
+                         "train_seconds": secs, "params": params[name]["params"]})
+            print(f"  {ds:<16} {name:<8} test NLL {nll:7.3f}  ({secs:5.1f} s)", flush=True)
+    pivot = [{"dataset": ds, **{m: _plain_rows(rows, m, ds)["test_nll"] for m in builders}}
+             for ds in cfg.datasets]
+    print_table(
+        f"2-D test NLL (nats per point, lower is better; {cfg.steps} Adam steps, "
+        f"batch {cfg.batch_size}; augment: importance-weighted, K={cfg.num_particles})",
+        pivot, [Column("dataset", "dataset")] + [Column(m, m, ".3f") for m in builders],
+    )
+    return {"params": params, "rows": rows}
+
+
+def run_sets(cfg: Config) -> dict[str, Any]:
+    """A plain spline flow versus a sort flow on exchangeable sets of ``set_size`` numbers.
+
+    The sort flow models the sorted set with ``OrderedTransform`` and recovers the
+    ``log D!`` of the orderings exactly; both flows have the same parameters.
+    """
+    device = torch.device(cfg.device)
+    d = cfg.set_size
+    train = datasets.exchangeable_sets(cfg.n_train, d, seed=cfg.seed).to(device)
+    test = datasets.exchangeable_sets(cfg.n_test, d, seed=cfg.seed + 1000).to(device)
+    builders: dict[str, Builder] = {
+        "spline": lambda h: ((d,), coupling_stack(d, cfg.num_layers, h)),
+        "sort": lambda h: ((d,), coupling_stack(d, cfg.num_layers, h)
+                           + [T.OrderedTransform(), SortSurjection()]),
+    }
+    rows = []
+    for name, builder in builders.items():
+        torch.manual_seed(cfg.seed)
+        flow = _flow(builder, cfg.hidden).to(device)
+        secs, _ = _seconds_and_fit(flow, train, cfg.set_steps, cfg.batch_size, cfg.lr, cfg.seed)
+        rows.append({"model": name, "params": count_parameters(flow),
+                     "test_nll": evaluate_nll(flow, test, cfg.num_particles),
+                     "train_seconds": secs})
+    print_table(
+        f"Exchangeable sets of {d} (test NLL nats per set; log {d}! = {math.lgamma(d + 1):.3f})",
+        rows, [Column("model", "model"), Column("params", "params"),
+               Column("test_nll", "test NLL", ".3f"), Column("train_seconds", "train s", ".1f")],
+    )
+    return {"set_size": d, "rows": rows}
+
+
+def _digits_builder(cfg: Config, variational: bool) -> Builder:
+    def build(h: int) -> tuple[tuple[int, ...], Layers]:
+        deq: nn.Module = (
+            VariationalDequantization(64, DIGIT_LEVELS, hidden=(cfg.digits_noise_hidden,))
+            if variational else UniformDequantization(DIGIT_LEVELS)
+        )
+        layers = coupling_stack(64, cfg.digits_layers, h, kind="affine")
+        return (64,), layers + [ActNorm(64), T.SigmoidTransform(), deq]
+    return build
+
+
+def run_digits(cfg: Config) -> dict[str, Any]:
+    """Bits per dimension on the 8x8 digits under uniform and variational dequantization.
+
+    The flow (affine couplings, ActNorm, sigmoid onto the unit cube) is the same;
+    the variational model's coupling width is reduced so that its parameter
+    count, noise network included, matches the uniform one's. Bits/dim is the
+    NLL in nats of the integer images divided by ``64 ln 2``; ``bound`` is the
+    single-sample bound and ``iw`` the importance-weighted estimate (both upper
+    bounds on the discrete NLL; ``iw`` the tighter).
+    """
+    device = torch.device(cfg.device)
+    train, test = datasets.digits(seed=cfg.seed)
+    train, test = train.to(device), test.to(device)
+    per_dim = 64 * math.log(2)
+    uniform = _digits_builder(cfg, variational=False)
+    target = count_parameters(_flow(uniform, cfg.digits_hidden))
+    variational = _digits_builder(cfg, variational=True)
+    h_var, _ = match_hidden(variational, target)
+    rows = []
+    for name, builder, h in (("uniform", uniform, cfg.digits_hidden),
+                             ("variational", variational, h_var)):
+        torch.manual_seed(cfg.seed)
+        flow = _flow(builder, h).to(device)
+        secs, _ = _seconds_and_fit(flow, train, cfg.digits_steps, cfg.digits_batch,
+                                   cfg.digits_lr, cfg.seed)
+        torch.manual_seed(cfg.seed + 1)
+        bound = evaluate_nll(flow, test, num_particles=1) / per_dim
+        iw = evaluate_nll(flow, test, num_particles=cfg.num_particles) / per_dim
+        train_iw = evaluate_nll(flow, train, num_particles=cfg.num_particles) / per_dim
+        rows.append({"dequantization": name, "hidden": h, "params": count_parameters(flow),
+                     "test_bpd_bound": bound, "test_bpd_iw": iw, "train_bpd_iw": train_iw,
+                     "train_seconds": secs})
+    print_table(
+        f"Digits 8x8, {DIGIT_LEVELS} levels ({train.shape[0]} train / {test.shape[0]} test, "
+        f"{cfg.digits_steps} steps; bits/dim, lower is better; iw: K={cfg.num_particles})",
+        rows, [Column("dequantization", "dequantization"), Column("hidden", "hidden"),
+               Column("params", "params"), Column("test_bpd_bound", "test bound", ".3f"),
+               Column("test_bpd_iw", "test iw", ".3f"), Column("train_bpd_iw", "train iw", ".3f"),
+               Column("train_seconds", "train s", ".1f")],
+    )
+    return {"rows": rows}
+
+
+# ----------------------------------------------------------------------------- zuko
+
+
+def _zuko_nsf(cfg: Config) -> nn.Module:
+    import zuko
+
+    return zuko.flows.NSF(features=2, transforms=cfg.num_layers,
+                          hidden_features=[cfg.hidden, cfg.hidden], passes=2)
+
+
+def fit_zuko(flow: nn.Module, data: Tensor, steps: int, batch_size: int, lr: float,
+             seed: int) -> list[float]:
+    """Train a zuko flow exactly as ``fit_density`` trains ours (Adam, cosine decay,
+    minibatches drawn with replacement after ``torch.manual_seed(seed)``)."""
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(flow.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, data.shape[0], (batch_size,), device=data.device)
+        loss = -flow().log_prob(data[idx]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.detach())
+    out = torch.stack(losses).tolist()
+    if not all(math.isfinite(v) for v in out):
+        raise FloatingPointError("fit_zuko: the loss became NaN or inf")
+    return out
+
+
+def _whatif_stack(cfg: Config) -> tuple[Layers, nn.ModuleList]:
+    """Pyro spline couplings as zuko computes them: one quadratic spline per coupling
+    (``identity=True``: the first half passes through unchanged) evaluated in its cheap
+    direction (``.inv``) during ``log_prob``. Returns the layers and their modules
+    (``Flow`` does not register the parameters of an inverted Pyro module)."""
+    layers: Layers = []
+    modules = nn.ModuleList()
+    bins = 8
+    for i in range(cfg.num_layers):
+        net = DenseNN(1, [cfg.hidden, cfg.hidden], [bins, bins, bins - 1])
+        t = T.SplineCoupling(2, 1, net, bins, 4.0, order="quadratic", identity=True)
+        modules.append(t)
+        layers.append(t.inv)
+        if i < cfg.num_layers - 1:
+            layers.append(T.Permute(torch.tensor([1, 0])))
+    return layers, modules
+
+
+def _whatif_flow(cfg: Config) -> Flow:
+    layers, modules = _whatif_stack(cfg)
+    flow = Flow((2,), layers)
+    flow.whatif_modules = modules  # registers the parameters
+    return flow
+
+
+def _timed_step(log_prob: Callable[[Tensor], Tensor], params: list[nn.Parameter], data: Tensor,
+                batch_size: int, phases: dict[str, list[float]]) -> Callable[[], None]:
+    """One training step (fresh minibatch, log_prob, backward, Adam) recording phase times."""
+    opt = torch.optim.Adam(params, lr=1e-3)
+    sync = torch.cuda.synchronize if data.device.type == "cuda" else (lambda: None)
+
+    def step() -> None:
+        x = data[torch.randint(0, data.shape[0], (batch_size,), device=data.device)]
+        sync()
+        t0 = time.perf_counter()
+        loss = -log_prob(x).mean()
+        sync()
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        opt.step()
+        sync()
+        t3 = time.perf_counter()
+        for k, v in (("forward", t1 - t0), ("backward", t2 - t1), ("optimizer", t3 - t2)):
+            phases.setdefault(k, []).append(v)
+
+    return step
+
+
+def _timing_rows(flows: dict[str, tuple[Any, list[nn.Parameter]]],
+                 samples: dict[str, list[float]], phases: dict[str, dict[str, list[float]]],
+                 inner: int) -> list[dict[str, Any]]:
+    rows = []
+    for name, (_, params) in flows.items():
+        timed = len(samples[name]) * inner  # the last calls recorded are the timed ones
+        rows.append({
+            "flow": name, "params": sum(p.numel() for p in params),
+            "step_ms": 1e3 * median(samples[name]),
+            **{f"{k}_ms": 1e3 * median(v[-timed:]) for k, v in phases[name].items()},
+            "vs_zuko": median([a / b for a, b in zip(samples[name], samples["zuko NSF"],
+                                                     strict=True)]),
+        })
+    return rows
+
+
+def _timing(cfg: Config, data: Tensor) -> dict[str, Any]:
+    """Interleaved step times of ours, raw Pyro, zuko and the what-if flow, plus a profile."""
+    device = data.device
+    torch.manual_seed(cfg.seed)
+    ours = Flow((2,), coupling_stack(2, cfg.num_layers, cfg.hidden)).to(device)
+    torch.manual_seed(cfg.seed)
+    raw_transforms = coupling_stack(2, cfg.num_layers, cfg.hidden)
+    raw_modules = nn.ModuleList(t for t in raw_transforms if isinstance(t, nn.Module)).to(device)
+    zero = torch.zeros(2, device=device)
+    torch.manual_seed(cfg.seed)
+    zflow = _zuko_nsf(cfg).to(device)
+    torch.manual_seed(cfg.seed)
+    whatif = _whatif_flow(cfg).to(device)
+
+    def ours_lp(x: Tensor) -> Tensor:
+        with validation(False):  # as in fit_density
+            return ours.log_prob(x)
+
+    def raw_lp(x: Tensor) -> Tensor:
+        base = dist.Normal(zero, torch.ones_like(zero)).to_event(1)
+        return dist.TransformedDistribution(base, raw_transforms).log_prob(x)
+
+    def whatif_lp(x: Tensor) -> Tensor:
+        with validation(False):
+            return whatif.log_prob(x)
+
+    flows = {
+        "pyro-relax Flow": (ours_lp, list(ours.parameters())),
+        "raw Pyro TransformedDistribution": (raw_lp, list(raw_modules.parameters())),
+        "zuko NSF": (lambda x: zflow().log_prob(x), list(zflow.parameters())),
+        "what-if: Flow, zuko-style couplings": (whatif_lp, list(whatif.parameters())),
+    }
+    phases: dict[str, dict[str, list[float]]] = {k: {} for k in flows}
+    steps = {k: _timed_step(lp, p, data, cfg.batch_size, phases[k]) for k, (lp, p) in flows.items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        samples = interleaved_timing(steps, rounds=cfg.timing_rounds, inner=cfg.timing_inner,
+                                     warmup=cfg.timing_warmup)
+        ratio_samples = [a / b for a, b in zip(samples["pyro-relax Flow"], samples["zuko NSF"],
+                                               strict=True)]
+        overhead_samples = [a / b for a, b in zip(samples["pyro-relax Flow"],
+                                                  samples["raw Pyro TransformedDistribution"],
+                                                  strict=True)]
+        ratio = median(ratio_samples)
+        rows = _timing_rows(flows, samples, phases, cfg.timing_inner)
+        profile = None
+        if ratio > 1.0:
+            groups = {
+                "Pyro spline math (spline.py)": ["pyro/distributions/transforms/spline.py"],
+                "Pyro coupling, DenseNN, other Pyro": ["pyro/"],
+                "pyro-relax wrapper (Flow, adapter, layers)": ["pyro_relax/"],
+                "autograd backward (C++ engine)": ["run_backward"],
+                "Adam step": ["torch/optim/"],
+                "torch (other Python)": ["torch/"],
+            }
+            profile = profile_breakdown(steps["pyro-relax Flow"], cfg.profile_calls, groups)
+    finally:
+        torch.set_num_threads(threads)
+    return {"rows": rows, "ratio_ours_over_zuko": ratio,
+            "ratio_ours_over_raw_pyro": median(overhead_samples),
+            "ratio_samples": ratio_samples, "profile": profile,
+            "batch_size": cfg.batch_size, "rounds": cfg.timing_rounds, "inner": cfg.timing_inner}
+
+
+def run_zuko(cfg: Config, toy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The plain spline flow against zuko's NSF: test NLL on the 2-D sets and step time.
+
+    Our plain-flow NLLs are taken from ``toy`` when given (same seeds and budget),
+    else trained here. The what-if flow (zuko-style couplings in Pyro, see
+    :func:`_whatif_stack`) is trained too, so its NLL can be weighed against its speed.
+    """
+    device = torch.device(cfg.device)
+    rows = []
+    for ds in cfg.datasets:
+        train = datasets.load(ds, cfg.n_train, seed=cfg.seed).to(device)
+        test = datasets.load(ds, cfg.n_test, seed=cfg.seed + 1000).to(device)
+        found = _plain_rows(toy["rows"], "spline", ds) if toy else None
+        if found is None:
+            torch.manual_seed(cfg.seed)
+            ours = _flow(toy_builders(cfg)["spline"], cfg.hidden).to(device)
+            fit_density(ours, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed)
+            ours_nll = evaluate_nll(ours, test)
+        else:
+            ours_nll = found["test_nll"]
+        torch.manual_seed(cfg.seed)
+        zflow = _zuko_nsf(cfg).to(device)
+        fit_zuko(zflow, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed)
+        with torch.no_grad():
+            zuko_nll = float(-zflow().log_prob(test).mean())
+        torch.manual_seed(cfg.seed)
+        whatif = _whatif_flow(cfg).to(device)
+        fit_density(whatif, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed)
+        rows.append({"dataset": ds, "ours_nll": ours_nll, "zuko_nll": zuko_nll,
+                     "diff": ours_nll - zuko_nll, "whatif_nll": evaluate_nll(whatif, test)})
+    print_table(
+        "Plain spline flow: pyro-relax vs zuko NSF (test NLL nats, same budget; "
+        "diff = ours - zuko)", rows,
+        [Column("dataset", "dataset"), Column("ours_nll", "ours", ".3f"),
+         Column("zuko_nll", "zuko", ".3f"), Column("diff", "diff", "+.3f"),
+         Column("whatif_nll", "what-if", ".3f")],
+    )
+    timing = _timing(cfg, datasets.load(cfg.datasets[0], cfg.n_train, seed=cfg.seed).to(device))
+    print_table(
+        f"Training step time (1 thread, batch {cfg.batch_size}, medians of "
+        f"{cfg.timing_rounds} interleaved rounds x {cfg.timing_inner} steps)",
+        timing["rows"],
+        [Column("flow", "flow"), Column("params", "params"), Column("step_ms", "step ms", ".2f"),
+         Column("forward_ms", "fwd ms", ".2f"), Column("backward_ms", "bwd ms", ".2f"),
+         Column("optimizer_ms", "adam ms", ".2f"), Column("vs_zuko", "/ zuko", ".2f")],
+    )
+    print(f"ratio ours/zuko = {timing['ratio_ours_over_zuko']:.2f} (goal <= 1.0); "
+          f"wrapper overhead ours/raw Pyro = {timing['ratio_ours_over_raw_pyro']:.2f}")
+    if timing["profile"] is not None:
+        prof = timing["profile"]
+        print_table("Where our training step spends its time (cProfile, own time by group)",
+                    [{"group": k, "share": v} for k, v in
+                     sorted(prof["groups"].items(), key=lambda kv: -kv[1])],
+                    [Column("group", "group"), Column("share", "share", ".1%")])
+        print_table("Costliest functions (own time)", prof["top"],
+                    [Column("function", "function"), Column("group", "group"),
+                     Column("calls", "calls"), Column("fraction", "share", ".1%")])
+    return {"nll": rows, "timing": timing,
+            "zuko_params": count_parameters(_zuko_nsf(cfg)),
+            "ours_params": count_parameters(_flow(toy_builders(cfg)["spline"], cfg.hidden))}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (every size of :class:`Config` can be overridden)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    p.add_argument("--json", type=Path, default=None, help="write the results to this file")
+    p.add_argument("--sections", type=str, default=None,
+                   help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--datasets", type=str, default=None,
+                   help=f"comma-separated subset of {','.join(sorted(datasets.DATASETS))}")
+    p.add_argument("--models", type=str, default=None,
+                   help=f"comma-separated subset of {','.join(TOY_MODELS)} (spline required)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    for f in dataclasses.fields(Config):
+        if f.name in ("sections", "datasets", "models"):
+            continue
+        kind = {"int": int, "float": float, "str": str}[str(f.type)]
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The preset (``--quick`` or the default) with the options given on the command line."""
+    base = QUICK if args.quick else DEFAULT
+    changes: dict[str, Any] = {}
+    for name in ("sections", "datasets", "models"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = tuple(v.strip() for v in value.split(",") if v.strip())
+    for f in dataclasses.fields(Config):
+        value = getattr(args, f.name, None)
+        if f.name not in changes and value is not None:
+            changes[f.name] = value
+    return dataclasses.replace(base, **changes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; return the exit status (2 for bad options)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as err:
+        print(f"density.py: error: {err}", file=sys.stderr)
+        return 2
+    if not isinstance(args.threads, int) or args.threads < 1:
+        print(f"density.py: error: expected --threads >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        print("density.py: error: --device cuda asked for, but CUDA is not available",
+              file=sys.stderr)
+        return 2
+    if args.json is not None and not args.json.parent.exists():
+        print(f"density.py: error: folder {str(args.json.parent)!r} does not exist",
+              file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    print(f"density benchmark ({'quick' if args.quick else 'default'}): "
+          f"sections {','.join(cfg.sections)}, device {cfg.device}, {args.threads} thread(s)")
+    results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "quick": bool(args.quick)}
+    if "toy" in cfg.sections:
+        results["toy"] = run_toy(cfg)
+    if "sets" in cfg.sections:
+        results["sets"] = run_sets(cfg)
+    if "digits" in cfg.sections:
+        results["digits"] = run_digits(cfg)
+    if "zuko" in cfg.sections:
+        results["zuko"] = run_zuko(cfg, results.get("toy"))
+    results["total_seconds"] = time.perf_counter() - start
+    print(f"\ntotal time {results['total_seconds']:.0f} s")
+    if args.json is not None:
+        write_json(args.json, results)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

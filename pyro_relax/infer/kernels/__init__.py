@@ -1,0 +1,7 @@
+"""MCMC kernels driven by ``pyro.infer.MCMC``: MALA, guide-proposal IMH, and NeuTra NUTS."""
+
+from pyro_relax.infer.kernels.imh import AutoContinuousProposal, FlowIMH, Proposal
+from pyro_relax.infer.kernels.mala import MALA
+from pyro_relax.infer.kernels.neutra import NeuTraNUTS, neutra
+
+__all__ = ["AutoContinuousProposal", "FlowIMH", "MALA", "NeuTraNUTS", "Proposal", "neutra"]
