@@ -13,12 +13,15 @@ __all__ = [
     "format_table",
     "interleaved_timing",
     "median",
+    "parallel_map",
     "print_table",
     "profile_breakdown",
+    "shutdown_pools",
     "stopwatch",
     "write_json",
 ]
 
+import atexit
 import contextlib
 import cProfile
 import dataclasses
@@ -99,6 +102,67 @@ def print_table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence
     """Print a title line and :func:`format_table` of the rows, followed by a blank line."""
     print(f"\n{title}")
     print(format_table(rows, columns), flush=True)
+
+
+def _init_worker(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+_POOLS: dict[tuple[int, int | None], Any] = {}
+
+
+def _pool(workers: int, threads: int | None) -> Any:
+    """A process pool kept for the whole run (spawning imports torch: seconds per worker)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    key = (workers, threads)
+    if key not in _POOLS:
+        ctx = multiprocessing.get_context("spawn")
+        _POOLS[key] = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                          initargs=(threads,))
+    return _POOLS[key]
+
+
+def shutdown_pools() -> None:
+    """Stop the worker processes that :func:`parallel_map` started."""
+    while _POOLS:
+        _, pool = _POOLS.popitem()
+        pool.shutdown()
+
+
+atexit.register(shutdown_pools)
+
+
+def parallel_map(
+    fn: Callable[..., Any],
+    jobs: Sequence[tuple[Any, ...]],
+    workers: int = 1,
+    threads: int | None = 1,
+) -> list[Any]:
+    """``[fn(*job) for job in jobs]``, in up to ``workers`` spawned worker processes.
+
+    With ``workers == 1`` (or a single job) everything runs here, in order. ``fn``
+    must be a module-level function and the jobs picklable; results keep the
+    order of ``jobs``. Each worker process uses ``threads`` torch threads (``None``:
+    leave torch alone, and do not import it, in the workers). The workers stay
+    up for later calls with the same ``workers`` and ``threads`` until
+    :func:`shutdown_pools` (or the end of the program).
+
+    Example:
+        >>> parallel_map(divmod, [(7, 2), (9, 4)])
+        [(3, 1), (2, 1)]
+    """
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"parallel_map: expected workers >= 1, got {workers!r}")
+    if workers == 1 or len(jobs) <= 1:
+        return [fn(*job) for job in jobs]
+    pool = _pool(workers, threads)
+    futures = [pool.submit(fn, *job) for job in jobs]
+    return [f.result() for f in futures]
 
 
 def median(values: Sequence[float]) -> float:

@@ -75,8 +75,10 @@ from _common import (  # noqa: E402
     Column,
     interleaved_timing,
     median,
+    parallel_map,
     print_table,
     profile_breakdown,
+    shutdown_pools,
     write_json,
 )
 
@@ -119,6 +121,8 @@ class Config:
     profile_calls: int = 20
     seed: int = 0
     device: str = "cpu"
+    workers: int = 2
+    threads: int = 1
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -128,7 +132,7 @@ class Config:
         positive = ("n_train", "n_test", "steps", "batch_size", "num_layers", "hidden",
                     "surj_hidden", "extra", "num_particles", "set_steps", "digits_steps",
                     "digits_layers", "digits_hidden", "digits_noise_hidden", "digits_batch",
-                    "timing_rounds", "timing_inner", "profile_calls")
+                    "timing_rounds", "timing_inner", "profile_calls", "workers", "threads")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"Config: expected {name} >= 1, got {getattr(self, name)}")
@@ -149,7 +153,7 @@ class Config:
 
 DEFAULT = Config()
 QUICK = Config(
-    n_train=2_000, n_test=1_000, steps=60, num_particles=16, set_steps=60, digits_steps=60,
+    n_train=2_000, n_test=1_000, steps=100, num_particles=16, set_steps=100, digits_steps=100,
     digits_layers=4, timing_rounds=6, timing_inner=3, timing_warmup=3, profile_calls=5,
 )
 
@@ -196,8 +200,8 @@ def _flow(builder: Builder, hidden: int) -> Flow:
 def match_hidden(builder: Builder, target: int, low: int = 2, high: int = 4096) -> tuple[int, int]:
     """The hidden width whose model has the parameter count closest to ``target``.
 
-    The count grows with the width, so a bisection finds the first width at or
-    above the target and the closer of it and its predecessor wins.
+    The count grows with the width, so doubling and then bisection find the first
+    width at or above the target; the closer of it and its predecessor wins.
 
     Returns:
         ``(hidden, count)``.
@@ -215,9 +219,11 @@ def match_hidden(builder: Builder, target: int, low: int = 2, high: int = 4096) 
     def count(h: int) -> int:
         return count_parameters(_flow(builder, h))
 
-    lo, hi = low, high
-    if count(hi) < target:
-        return hi, count(hi)
+    lo, hi = low, low
+    while count(hi) < target:  # doubling first: huge widths are slow to build
+        if hi >= high:
+            return high, count(high)
+        lo, hi = hi + 1, min(2 * hi, high)
     while lo < hi:
         mid = (lo + hi) // 2
         if count(mid) < target:
@@ -235,11 +241,29 @@ def _seconds_and_fit(flow: Flow, data: Tensor, steps: int, batch_size: int, lr: 
     return time.perf_counter() - start, losses[-1]
 
 
-def _plain_rows(rows: list[dict[str, Any]], model: str, dataset: str) -> dict[str, Any] | None:
-    return next((r for r in rows if r["model"] == model and r["dataset"] == dataset), None)
+def _find(rows: list[dict[str, Any]], model: str, dataset: str) -> dict[str, Any]:
+    return next(r for r in rows if r["model"] == model and r["dataset"] == dataset)
 
 
 # ----------------------------------------------------------------------------- sections
+
+
+def _toy_split(cfg: Config, ds: str) -> tuple[Tensor, Tensor]:
+    device = torch.device(cfg.device)
+    train = datasets.load(ds, cfg.n_train, seed=cfg.seed).to(device)
+    test = datasets.load(ds, cfg.n_test, seed=cfg.seed + 1000).to(device)
+    return train, test
+
+
+def _toy_job(cfg: Config, ds: str, name: str, hidden: int) -> dict[str, Any]:
+    """Train one toy model on one data set (one worker's job)."""
+    train, test = _toy_split(cfg, ds)
+    torch.manual_seed(cfg.seed)
+    flow = _flow(toy_builders(cfg)[name], hidden).to(train.device)
+    secs, last = _seconds_and_fit(flow, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed)
+    return {"dataset": ds, "model": name, "params": count_parameters(flow),
+            "test_nll": evaluate_nll(flow, test, num_particles=cfg.num_particles),
+            "final_loss": last, "train_seconds": secs}
 
 
 def run_toy(cfg: Config) -> dict[str, Any]:
@@ -247,10 +271,9 @@ def run_toy(cfg: Config) -> dict[str, Any]:
 
     Returns:
         ``{"params": {model: {"hidden", "params", "relative"}}, "rows": [...]}``; each
-        row has ``dataset``, ``model``, ``test_nll`` (nats per point, importance
-        weighted for the augmented flow), ``final_loss`` and ``train_seconds``.
+        row has ``dataset``, ``model``, ``params``, ``test_nll`` (nats per point,
+        importance weighted for the augmented flow), ``final_loss`` and ``train_seconds``.
     """
-    device = torch.device(cfg.device)
     builders = {k: v for k, v in toy_builders(cfg).items() if k in cfg.models}
     target = count_parameters(_flow(builders["spline"], cfg.hidden))
     params: dict[str, dict[str, Any]] = {}
@@ -263,19 +286,9 @@ def run_toy(cfg: Config) -> dict[str, Any]:
         [Column("model", "model"), Column("hidden", "hidden"), Column("params", "params"),
          Column("relative", "vs spline", "+.1%")],
     )
-    rows: list[dict[str, Any]] = []
-    for ds in cfg.datasets:
-        train = datasets.load(ds, cfg.n_train, seed=cfg.seed).to(device)
-        test = datasets.load(ds, cfg.n_test, seed=cfg.seed + 1000).to(device)
-        for name, builder in builders.items():
-            torch.manual_seed(cfg.seed)
-            flow = _flow(builder, params[name]["hidden"]).to(device)
-            secs, last = _seconds_and_fit(flow, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed)
-            nll = evaluate_nll(flow, test, num_particles=cfg.num_particles)
-            rows.append({"dataset": ds, "model": name, "test_nll": nll, "final_loss": last,
-                         "train_seconds": secs, "params": params[name]["params"]})
-            print(f"  {ds:<16} {name:<8} test NLL {nll:7.3f}  ({secs:5.1f} s)", flush=True)
-    pivot = [{"dataset": ds, **{m: _plain_rows(rows, m, ds)["test_nll"] for m in builders}}
+    jobs = [(cfg, ds, m, params[m]["hidden"]) for ds in cfg.datasets for m in builders]
+    rows = parallel_map(_toy_job, jobs, cfg.workers, cfg.threads)
+    pivot = [{"dataset": ds, **{m: _find(rows, m, ds)["test_nll"] for m in builders}}
              for ds in cfg.datasets]
     print_table(
         f"2-D test NLL (nats per point, lower is better; {cfg.steps} Adam steps, "
@@ -285,29 +298,35 @@ def run_toy(cfg: Config) -> dict[str, Any]:
     return {"params": params, "rows": rows}
 
 
+def _sets_builders(cfg: Config) -> dict[str, Builder]:
+    d = cfg.set_size
+    return {
+        "spline": lambda h: ((d,), coupling_stack(d, cfg.num_layers, h)),
+        "sort": lambda h: ((d,), coupling_stack(d, cfg.num_layers, h)
+                           + [T.OrderedTransform(), SortSurjection()]),
+    }
+
+
+def _sets_job(cfg: Config, name: str) -> dict[str, Any]:
+    device = torch.device(cfg.device)
+    train = datasets.exchangeable_sets(cfg.n_train, cfg.set_size, seed=cfg.seed).to(device)
+    test = datasets.exchangeable_sets(cfg.n_test, cfg.set_size, seed=cfg.seed + 1000).to(device)
+    torch.manual_seed(cfg.seed)
+    flow = _flow(_sets_builders(cfg)[name], cfg.hidden).to(device)
+    secs, _ = _seconds_and_fit(flow, train, cfg.set_steps, cfg.batch_size, cfg.lr, cfg.seed)
+    return {"model": name, "params": count_parameters(flow),
+            "test_nll": evaluate_nll(flow, test, cfg.num_particles), "train_seconds": secs}
+
+
 def run_sets(cfg: Config) -> dict[str, Any]:
     """A plain spline flow versus a sort flow on exchangeable sets of ``set_size`` numbers.
 
     The sort flow models the sorted set with ``OrderedTransform`` and recovers the
     ``log D!`` of the orderings exactly; both flows have the same parameters.
     """
-    device = torch.device(cfg.device)
     d = cfg.set_size
-    train = datasets.exchangeable_sets(cfg.n_train, d, seed=cfg.seed).to(device)
-    test = datasets.exchangeable_sets(cfg.n_test, d, seed=cfg.seed + 1000).to(device)
-    builders: dict[str, Builder] = {
-        "spline": lambda h: ((d,), coupling_stack(d, cfg.num_layers, h)),
-        "sort": lambda h: ((d,), coupling_stack(d, cfg.num_layers, h)
-                           + [T.OrderedTransform(), SortSurjection()]),
-    }
-    rows = []
-    for name, builder in builders.items():
-        torch.manual_seed(cfg.seed)
-        flow = _flow(builder, cfg.hidden).to(device)
-        secs, _ = _seconds_and_fit(flow, train, cfg.set_steps, cfg.batch_size, cfg.lr, cfg.seed)
-        rows.append({"model": name, "params": count_parameters(flow),
-                     "test_nll": evaluate_nll(flow, test, cfg.num_particles),
-                     "train_seconds": secs})
+    rows = parallel_map(_sets_job, [(cfg, m) for m in ("spline", "sort")], cfg.workers,
+                        cfg.threads)
     print_table(
         f"Exchangeable sets of {d} (test NLL nats per set; log {d}! = {math.lgamma(d + 1):.3f})",
         rows, [Column("model", "model"), Column("params", "params"),
@@ -327,6 +346,22 @@ def _digits_builder(cfg: Config, variational: bool) -> Builder:
     return build
 
 
+def _digits_job(cfg: Config, name: str, hidden: int) -> dict[str, Any]:
+    device = torch.device(cfg.device)
+    train, test = (t.to(device) for t in datasets.digits(seed=cfg.seed))
+    per_dim = 64 * math.log(2)
+    torch.manual_seed(cfg.seed)
+    flow = _flow(_digits_builder(cfg, name == "variational"), hidden).to(device)
+    secs, _ = _seconds_and_fit(flow, train, cfg.digits_steps, cfg.digits_batch, cfg.digits_lr,
+                               cfg.seed)
+    torch.manual_seed(cfg.seed + 1)
+    return {"dequantization": name, "hidden": hidden, "params": count_parameters(flow),
+            "test_bpd_bound": evaluate_nll(flow, test, num_particles=1) / per_dim,
+            "test_bpd_iw": evaluate_nll(flow, test, cfg.num_particles) / per_dim,
+            "train_bpd_iw": evaluate_nll(flow, train, cfg.num_particles) / per_dim,
+            "n_train": int(train.shape[0]), "n_test": int(test.shape[0]), "train_seconds": secs}
+
+
 def run_digits(cfg: Config) -> dict[str, Any]:
     """Bits per dimension on the 8x8 digits under uniform and variational dequantization.
 
@@ -335,33 +370,15 @@ def run_digits(cfg: Config) -> dict[str, Any]:
     count, noise network included, matches the uniform one's. Bits/dim is the
     NLL in nats of the integer images divided by ``64 ln 2``; ``bound`` is the
     single-sample bound and ``iw`` the importance-weighted estimate (both upper
-    bounds on the discrete NLL; ``iw`` the tighter).
+    bounds on the discrete NLL in expectation; ``iw`` the tighter).
     """
-    device = torch.device(cfg.device)
-    train, test = datasets.digits(seed=cfg.seed)
-    train, test = train.to(device), test.to(device)
-    per_dim = 64 * math.log(2)
-    uniform = _digits_builder(cfg, variational=False)
-    target = count_parameters(_flow(uniform, cfg.digits_hidden))
-    variational = _digits_builder(cfg, variational=True)
-    h_var, _ = match_hidden(variational, target)
-    rows = []
-    for name, builder, h in (("uniform", uniform, cfg.digits_hidden),
-                             ("variational", variational, h_var)):
-        torch.manual_seed(cfg.seed)
-        flow = _flow(builder, h).to(device)
-        secs, _ = _seconds_and_fit(flow, train, cfg.digits_steps, cfg.digits_batch,
-                                   cfg.digits_lr, cfg.seed)
-        torch.manual_seed(cfg.seed + 1)
-        bound = evaluate_nll(flow, test, num_particles=1) / per_dim
-        iw = evaluate_nll(flow, test, num_particles=cfg.num_particles) / per_dim
-        train_iw = evaluate_nll(flow, train, num_particles=cfg.num_particles) / per_dim
-        rows.append({"dequantization": name, "hidden": h, "params": count_parameters(flow),
-                     "test_bpd_bound": bound, "test_bpd_iw": iw, "train_bpd_iw": train_iw,
-                     "train_seconds": secs})
+    target = count_parameters(_flow(_digits_builder(cfg, False), cfg.digits_hidden))
+    h_var, _ = match_hidden(_digits_builder(cfg, True), target)
+    jobs = [(cfg, "uniform", cfg.digits_hidden), (cfg, "variational", h_var)]
+    rows = parallel_map(_digits_job, jobs, cfg.workers, cfg.threads)
     print_table(
-        f"Digits 8x8, {DIGIT_LEVELS} levels ({train.shape[0]} train / {test.shape[0]} test, "
-        f"{cfg.digits_steps} steps; bits/dim, lower is better; iw: K={cfg.num_particles})",
+        f"Digits 8x8, {DIGIT_LEVELS} levels ({rows[0]['n_train']} train / {rows[0]['n_test']} "
+        f"test, {cfg.digits_steps} steps; bits/dim, lower is better; iw: K={cfg.num_particles})",
         rows, [Column("dequantization", "dequantization"), Column("hidden", "hidden"),
                Column("params", "params"), Column("test_bpd_bound", "test bound", ".3f"),
                Column("test_bpd_iw", "test iw", ".3f"), Column("train_bpd_iw", "train iw", ".3f"),
@@ -534,6 +551,25 @@ def _timing(cfg: Config, data: Tensor) -> dict[str, Any]:
             "batch_size": cfg.batch_size, "rounds": cfg.timing_rounds, "inner": cfg.timing_inner}
 
 
+def _zuko_job(cfg: Config, ds: str, which: str) -> float:
+    """Test NLL after training ``which`` (``"ours"``, ``"zuko"`` or ``"whatif"``) on one set."""
+    train, test = _toy_split(cfg, ds)
+    torch.manual_seed(cfg.seed)
+    if which == "zuko":
+        zflow = _zuko_nsf(cfg).to(train.device)
+        fit_zuko(zflow, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed)
+        with torch.no_grad():
+            return float(-zflow().log_prob(test).mean())
+    if which == "ours":
+        flow = _flow(toy_builders(cfg)["spline"], cfg.hidden).to(train.device)
+    elif which == "whatif":
+        flow = _whatif_flow(cfg).to(train.device)
+    else:
+        raise ValueError(f"_zuko_job: expected 'ours', 'zuko' or 'whatif', got {which!r}")
+    fit_density(flow, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed)
+    return evaluate_nll(flow, test)
+
+
 def run_zuko(cfg: Config, toy: dict[str, Any] | None = None) -> dict[str, Any]:
     """The plain spline flow against zuko's NSF: test NLL on the 2-D sets and step time.
 
@@ -541,37 +577,24 @@ def run_zuko(cfg: Config, toy: dict[str, Any] | None = None) -> dict[str, Any]:
     else trained here. The what-if flow (zuko-style couplings in Pyro, see
     :func:`_whatif_stack`) is trained too, so its NLL can be weighed against its speed.
     """
-    device = torch.device(cfg.device)
-    rows = []
-    for ds in cfg.datasets:
-        train = datasets.load(ds, cfg.n_train, seed=cfg.seed).to(device)
-        test = datasets.load(ds, cfg.n_test, seed=cfg.seed + 1000).to(device)
-        found = _plain_rows(toy["rows"], "spline", ds) if toy else None
-        if found is None:
-            torch.manual_seed(cfg.seed)
-            ours = _flow(toy_builders(cfg)["spline"], cfg.hidden).to(device)
-            fit_density(ours, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed)
-            ours_nll = evaluate_nll(ours, test)
-        else:
-            ours_nll = found["test_nll"]
-        torch.manual_seed(cfg.seed)
-        zflow = _zuko_nsf(cfg).to(device)
-        fit_zuko(zflow, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed)
-        with torch.no_grad():
-            zuko_nll = float(-zflow().log_prob(test).mean())
-        torch.manual_seed(cfg.seed)
-        whatif = _whatif_flow(cfg).to(device)
-        fit_density(whatif, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed)
-        rows.append({"dataset": ds, "ours_nll": ours_nll, "zuko_nll": zuko_nll,
-                     "diff": ours_nll - zuko_nll, "whatif_nll": evaluate_nll(whatif, test)})
+    known = {r["dataset"]: r["test_nll"] for r in (toy or {}).get("rows", [])
+             if r["model"] == "spline"}
+    jobs = [(cfg, ds, w) for ds in cfg.datasets for w in ("zuko", "whatif")]
+    jobs += [(cfg, ds, "ours") for ds in cfg.datasets if ds not in known]
+    values = parallel_map(_zuko_job, jobs, cfg.workers, cfg.threads)
+    nll = {(ds, which): v for (_, ds, which), v in zip(jobs, values, strict=True)}
+    nll.update({(ds, "ours"): v for ds, v in known.items()})
+    rows = [{"dataset": ds, "ours_nll": nll[ds, "ours"], "zuko_nll": nll[ds, "zuko"],
+             "diff": nll[ds, "ours"] - nll[ds, "zuko"], "whatif_nll": nll[ds, "whatif"]}
+            for ds in cfg.datasets]
     print_table(
         "Plain spline flow: pyro-relax vs zuko NSF (test NLL nats, same budget; "
-        "diff = ours - zuko)", rows,
+        "diff = ours - zuko; what-if: zuko-style couplings in Pyro)", rows,
         [Column("dataset", "dataset"), Column("ours_nll", "ours", ".3f"),
          Column("zuko_nll", "zuko", ".3f"), Column("diff", "diff", "+.3f"),
          Column("whatif_nll", "what-if", ".3f")],
     )
-    timing = _timing(cfg, datasets.load(cfg.datasets[0], cfg.n_train, seed=cfg.seed).to(device))
+    timing = _timing(cfg, _toy_split(cfg, cfg.datasets[0])[0])
     print_table(
         f"Training step time (1 thread, batch {cfg.batch_size}, medians of "
         f"{cfg.timing_rounds} interleaved rounds x {cfg.timing_inner} steps)",
@@ -610,12 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of {','.join(sorted(datasets.DATASETS))}")
     p.add_argument("--models", type=str, default=None,
                    help=f"comma-separated subset of {','.join(TOY_MODELS)} (spline required)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     for f in dataclasses.fields(Config):
         if f.name in ("sections", "datasets", "models"):
             continue
         kind = {"int": int, "float": float, "str": str}[str(f.type)]
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
+                       help=f"default {getattr(DEFAULT, f.name)}, quick {getattr(QUICK, f.name)}")
     return p
 
 
@@ -643,9 +666,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"density.py: error: {err}", file=sys.stderr)
         return 2
-    if not isinstance(args.threads, int) or args.threads < 1:
-        print(f"density.py: error: expected --threads >= 1, got {args.threads}", file=sys.stderr)
-        return 2
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         print("density.py: error: --device cuda asked for, but CUDA is not available",
               file=sys.stderr)
@@ -654,19 +674,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"density.py: error: folder {str(args.json.parent)!r} does not exist",
               file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     print(f"density benchmark ({'quick' if args.quick else 'default'}): "
-          f"sections {','.join(cfg.sections)}, device {cfg.device}, {args.threads} thread(s)")
+          f"sections {','.join(cfg.sections)}, device {cfg.device}, "
+          f"{cfg.workers} worker(s) x {cfg.threads} thread(s)")
     results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "quick": bool(args.quick)}
-    if "toy" in cfg.sections:
-        results["toy"] = run_toy(cfg)
-    if "sets" in cfg.sections:
-        results["sets"] = run_sets(cfg)
-    if "digits" in cfg.sections:
-        results["digits"] = run_digits(cfg)
-    if "zuko" in cfg.sections:
-        results["zuko"] = run_zuko(cfg, results.get("toy"))
+    try:
+        if "toy" in cfg.sections:
+            results["toy"] = run_toy(cfg)
+        if "sets" in cfg.sections:
+            results["sets"] = run_sets(cfg)
+        if "digits" in cfg.sections:
+            results["digits"] = run_digits(cfg)
+        if "zuko" in cfg.sections:
+            results["zuko"] = run_zuko(cfg, results.get("toy"))
+    finally:
+        shutdown_pools()
     results["total_seconds"] = time.perf_counter() - start
     print(f"\ntotal time {results['total_seconds']:.0f} s")
     if args.json is not None:

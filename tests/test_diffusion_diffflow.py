@@ -53,6 +53,40 @@ def test_zero_drift_reduces_to_the_fixed_sde(device):
     assert not torch.allclose(flow.elbo(x), w_fixed)
 
 
+class _FirstHalf(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.inner = net
+
+    def forward(self, x, t):
+        return self.inner(x, t)[..., : x.shape[-1]]
+
+
+def test_shared_network_with_zero_scale_is_the_fixed_sde():
+    torch.manual_seed(0)
+    sde = VPSDE()
+    net = ScoreMLP(2, hidden=(16,), out_features=4).double()
+    flow = DiffFlow(sde, net, "shared", num_steps=10)
+    fixed = ScoreModel(sde, _FirstHalf(net), dim=2)
+    x = _gaussian("cpu").sample((32,))
+    torch.manual_seed(1)
+    w = flow.elbo(x)
+    torch.manual_seed(1)
+    assert torch.allclose(w, path_log_weight(fixed, x, flow.times))
+    flow.loss(x).backward()
+    assert flow.drift_scale.grad is not None and flow.drift_scale.grad.abs() > 0
+    with torch.no_grad():
+        flow.drift_scale.fill_(1.0)
+    t = torch.full((32,), 0.3, dtype=torch.float64)
+    expected = sde.drift(x, t) + net(x, t)[..., 2:]
+    assert torch.allclose(flow.forward_drift(x, t), expected)
+    assert torch.allclose(flow.score(x, t), fixed.score(x, t))
+    with pytest.raises(ValueError, match="shared network to return shape"):
+        DiffFlow(sde, ScoreMLP(2, hidden=(8,)), "shared").loss(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="'shared'"):
+        DiffFlow(sde, ScoreMLP(2, hidden=(8,)), "joint")
+
+
 @pytest.mark.parametrize("kind", ["exact", "mlp"])
 def test_path_elbo_converges_to_the_continuous_bound(kind):
     # With f_theta = 0, the Euler-Maruyama path KL of DiffFlow tends, as the steps shrink, to

@@ -181,8 +181,9 @@ def test_default_sized_guides_train_tightly(problem, kind):
 
 
 # -- path weights are unbiased before any training ------------------------------------------
-@pytest.mark.parametrize("kind", ["flow", "snf-langevin", "snf-mala", "snf-mh", "snf-hmc",
-                                  "pis", "dds", "augmented"])
+@pytest.mark.parametrize(
+    "kind", ["flow", "snf-langevin", "snf-mala", "snf-mh", "snf-hmc", "pis", "dds", "augmented"]
+)
 def test_path_weights_estimate_the_evidence_untrained(problem, kind):
     """E[w] = Z holds for any guide parameters: the IS estimate of log Z must match.
 
@@ -193,24 +194,35 @@ def test_path_weights_estimate_the_evidence_untrained(problem, kind):
     init = problem.init_at_posterior()
     model = problem.model
     if kind == "flow":
-        guide = AutoFlowGuide(model, num_layers=1, hidden=8, kind="affine", init_loc_fn=init,
-                              init_scale=0.25)
+        guide = AutoFlowGuide(
+            model, num_layers=1, hidden=8, kind="affine", init_loc_fn=init, init_scale=0.25
+        )
     elif kind.startswith("snf"):
         block = kind.split("-")[1]
         options = {"step_size": 0.02} if block in ("langevin", "mala") else {"step_size": 0.1}
-        guide = AutoSNFGuide(model, num_layers=1, hidden=8, blocks=[(block, options)] * 2,
-                             init_loc_fn=init, init_scale=0.25)
+        guide = AutoSNFGuide(
+            model,
+            num_layers=1,
+            hidden=8,
+            blocks=[(block, options)] * 2,
+            init_loc_fn=init,
+            init_scale=0.25,
+        )
     elif kind == "augmented":
         loc = torch.cat([problem.mean_mu, torch.tensor([problem.mean_logtau])])
 
         def layers(d):
-            return [T.affine_coupling(d + 2, hidden_dims=[8]), AugmentSurjection(d, 2, hidden=(8,)),
-                    LocScaleTransform(loc, 0.25)]
+            return [
+                T.affine_coupling(d + 2, hidden_dims=[8]),
+                AugmentSurjection(d, 2, hidden=(8,)),
+                LocScaleTransform(loc, 0.25),
+            ]
 
         guide = AutoFlowGuide(model, layers, init_loc_fn=init)
     else:
-        guide = AutoDiffusionGuide(model, num_steps=6, hidden=(16,), reference=kind,
-                                   init_loc_fn=init, init_scale=0.25)
+        guide = AutoDiffusionGuide(
+            model, num_steps=6, hidden=(16,), reference=kind, init_loc_fn=init, init_scale=0.25
+        )
     guide(problem.y, problem.w)
     if kind in ("pis", "dds"):
         with torch.no_grad():
@@ -370,8 +382,9 @@ def test_get_transform_refuses_a_non_bijective_stack(problem):
 
 @pytest.mark.parametrize("kind", ["spline", "affine", "iaf"])
 def test_one_dimensional_latent(kind):
+    # float64: Pyro's float32 spline inverse alone is off by ~1e-2 in log-density
     def model():
-        pyro.sample("s", dist.LogNormal(0.0, 1.0))
+        pyro.sample("s", dist.LogNormal(torch.zeros((), dtype=torch.float64), 1.0))
 
     guide = AutoFlowGuide(model, num_layers=2, hidden=8, kind=kind)
     z, log_q = guide.sample_unconstrained(7)
@@ -421,7 +434,7 @@ def test_bad_input_raises(problem):
         AutoDiffusionGuide(model, reference="vp")
     with pytest.raises(ValueError, match="sigma"):
         AutoDiffusionGuide(model, sigma=-1.0)
-    with pytest.raises(ValueError, match=r"event shape \(3,\), got \(2,\)"):
+    with pytest.raises(ValueError, match=r"layers producing event shape \(3,\)"):
         AutoFlowGuide(model, layers=lambda d: [T.AffineTransform(torch.zeros(2), 1.0)])(
             problem.y, problem.w
         )

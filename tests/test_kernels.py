@@ -507,3 +507,31 @@ def test_neutra_function_and_bad_input() -> None:
     pyro.clear_param_store()
     with pytest.raises(ValueError, match="trained guide"):
         NeuTraNUTS(AutoIAFNormal(funnel), funnel)
+
+
+# ----------------------------------------------------------------------------- pyro-relax guides
+def test_kernels_run_with_pyro_relax_flow_guide() -> None:
+    """Smoke test with the package's own AutoFlowGuide (untrained: shapes and plumbing only)."""
+    from pyro_relax.infer.guides import AutoFlowGuide
+
+    pyro.set_rng_seed(15)
+    pyro.clear_param_store()
+
+    def model() -> None:
+        s = pyro.sample("s", dist.LogNormal(0.0, 0.5))
+        pyro.sample("x", dist.Normal(s, 1.0).expand([3]).to_event(1))
+
+    guide = AutoFlowGuide(model, num_layers=1, hidden=8, kind="affine", init_scale=1.0)
+    guide()
+    mcmc = MCMC(FlowIMH(guide, model, batch_size=16), num_samples=40, warmup_steps=0,
+                disable_progbar=True)
+    mcmc.run()
+    samples = mcmc.get_samples()
+    assert samples["s"].shape == (40,) and samples["x"].shape == (40, 3)
+    assert bool((samples["s"] > 0).all())
+    assert mcmc.diagnostics()["acceptance rate"]["chain 0"] > 0  # the chain moves
+    nt = NeuTraNUTS(guide, model, max_tree_depth=3)
+    mcmc = MCMC(nt.kernel, num_samples=5, warmup_steps=5, disable_progbar=True)
+    mcmc.run()
+    out = nt.transform_samples(mcmc.get_samples())
+    assert out["x"].shape == (5, 3) and bool((out["s"] > 0).all())

@@ -74,10 +74,10 @@ def path_log_weight(process: ScoreProcess, x0: Tensor, times: Sequence[float]) -
         noise = torch.randn_like(x)
         x_next = x + f * dt + (g * math.sqrt(dt)).unsqueeze(-1) * noise
         t_next = x0.new_full(x0.shape[:-1], times[i + 1])
-        f_next = process._forward_drift(x_next, t_next)
+        f_next, s_next = process._drift_and_score(x_next, t_next)
         g2_next = process.sde.diffusion_sq(t_next)
         g_next = g2_next.sqrt()
-        back = f_next - g2_next.unsqueeze(-1) * process._score(x_next, t_next)
+        back = f_next - g2_next.unsqueeze(-1) * s_next
         d_back = (x - x_next + back * dt) / (g_next * math.sqrt(dt)).unsqueeze(-1)
         log_w = log_w + 0.5 * (noise.square().sum(-1) - d_back.square().sum(-1))
         log_w = log_w + d * (g.log() - g_next.log())
@@ -98,8 +98,12 @@ class DiffFlow(ScoreProcess):
 
     Arguments:
         sde: the noise process (its ``g``, its linear drift, its prior).
-        score_net: network ``(x, t) -> score`` (or noise, see ``parameterization``).
-        drift_net: network ``(x, t) -> drift correction``, or None.
+        score_net: network ``(x, t) -> score`` (or noise, see ``parameterization``);
+            with ``drift_net="shared"`` a network ``(x, t) -> [score, drift]`` of
+            ``2 * dim`` outputs, one call per step for both.
+        drift_net: network ``(x, t) -> drift correction``, ``None`` (fixed SDE) or
+            ``"shared"``: the second half of ``score_net``'s output times a learned
+            scale that starts at zero.
         dim: event size (default ``score_net.dim``).
         num_steps: steps of the discretization (about 30).
         grid: ``"quadratic"``, ``"uniform"`` or an explicit increasing sequence from 0 to ``T``.
@@ -123,7 +127,7 @@ class DiffFlow(ScoreProcess):
         self,
         sde: SDE,
         score_net: nn.Module,
-        drift_net: nn.Module | None = None,
+        drift_net: nn.Module | str | None = None,
         dim: int | None = None,
         num_steps: int = 30,
         grid: str | Sequence[float] = "quadratic",
@@ -131,7 +135,15 @@ class DiffFlow(ScoreProcess):
         t_min: float | None = None,
     ) -> None:
         super().__init__(sde, score_net, dim, parameterization, t_min)
-        if drift_net is not None:
+        self.shared = isinstance(drift_net, str)
+        if self.shared:
+            if drift_net != "shared":
+                raise ValueError(
+                    f"DiffFlow: expected drift_net 'shared', a module or None, got {drift_net!r}"
+                )
+            self.drift_scale = nn.Parameter(torch.zeros(()))
+            drift_net = None
+        elif drift_net is not None:
             if not isinstance(drift_net, nn.Module):
                 raise TypeError(
                     f"DiffFlow: expected an nn.Module drift_net, got {type(drift_net).__name__}"
@@ -159,10 +171,31 @@ class DiffFlow(ScoreProcess):
         return len(self.times) - 1
 
     def _forward_drift(self, x: Tensor, t: Tensor) -> Tensor:
+        if self.shared:
+            return self._drift_and_score(x, t)[0]
         base = super()._forward_drift(x, t)
         if self.drift_net is None:
             return base
         return base + self._net(self.drift_net, x, t)
+
+    def _score(self, x: Tensor, t: Tensor) -> Tensor:
+        if self.shared:
+            return self._drift_and_score(x, t)[1]
+        return super()._score(x, t)
+
+    def _drift_and_score(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.shared:
+            return super()._drift_and_score(x, t)
+        out = self.network(x, t)
+        d = self.dim
+        if out.shape != x.shape[:-1] + (2 * d,):
+            raise ValueError(
+                f"DiffFlow: expected the shared network to return shape "
+                f"{tuple(x.shape[:-1]) + (2 * d,)}, got {tuple(out.shape)}"
+            )
+        base = self.sde.drift_coef(t).unsqueeze(-1) * x
+        drift = base + self.drift_scale.to(x.dtype) * out[..., d:]
+        return drift, self._as_score(out[..., :d], t)
 
     def elbo(self, x0: Tensor, num_particles: int = 1) -> Tensor:
         """The path ELBO of ``log p_B(x0)``, averaged over ``num_particles`` forward paths."""

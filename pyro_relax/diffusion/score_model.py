@@ -83,23 +83,30 @@ class ScoreProcess(nn.Module):
             )
         return out
 
-    def _score(self, x: Tensor, t: Tensor) -> Tensor:
-        out = self._net(self.network, x, t)
+    def _as_score(self, out: Tensor, t: Tensor) -> Tensor:
+        """The score from a network output, by the parameterization."""
         if self.parameterization == "score":
             return out
         _, std = self.sde.marginal_coefs(t)
         return -out / std.unsqueeze(-1)
 
+    def _score(self, x: Tensor, t: Tensor) -> Tensor:
+        return self._as_score(self._net(self.network, x, t), t)
+
     def _forward_drift(self, x: Tensor, t: Tensor) -> Tensor:
         return self.sde.drift_coef(t).unsqueeze(-1) * x
 
+    def _drift_and_score(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(f(x, t), s(x, t))`` together (one network call where a subclass can share one)."""
+        return self._forward_drift(x, t), self._score(x, t)
+
     def _reverse_drift(self, x: Tensor, t: Tensor) -> Tensor:
-        g2 = self.sde.diffusion_sq(t).unsqueeze(-1)
-        return self._forward_drift(x, t) - g2 * self._score(x, t)
+        f, s = self._drift_and_score(x, t)
+        return f - self.sde.diffusion_sq(t).unsqueeze(-1) * s
 
     def _ode_drift(self, x: Tensor, t: Tensor) -> Tensor:
-        g2 = self.sde.diffusion_sq(t).unsqueeze(-1)
-        return self._forward_drift(x, t) - 0.5 * g2 * self._score(x, t)
+        f, s = self._drift_and_score(x, t)
+        return f - 0.5 * self.sde.diffusion_sq(t).unsqueeze(-1) * s
 
     # ---- checked public versions ----------------------------------------------------
     def check_input(self, x: Tensor, name: str) -> None:

@@ -61,6 +61,8 @@ class ScoreMLP(nn.Module):
         embed_features: size of the time embedding.
         activation: the nonlinearity class.
         zero_last: start with a zero output (for a drift that starts at zero).
+        out_features: output size (default ``dim``; ``2 * dim`` for a network
+            shared by DiffFlow's score and drift).
 
     Example:
         >>> import torch
@@ -76,13 +78,15 @@ class ScoreMLP(nn.Module):
         embed_features: int = 32,
         activation: type[nn.Module] = nn.SiLU,
         zero_last: bool = False,
+        out_features: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"ScoreMLP: expected a positive int dim, got {dim!r}")
+        out = dim if out_features is None else out_features
         self.dim = dim
         self.embed = TimeEmbedding(embed_features)
-        self.net = MLP(dim + embed_features, dim, hidden, activation, zero_last=zero_last)
+        self.net = MLP(dim + embed_features, out, hidden, activation, zero_last=zero_last)
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         """Evaluate the network at ``(x, t)``."""

@@ -1,5 +1,21 @@
-"""Autoguides for any Pyro model: flows with surjections, stochastic flows, diffusions."""
+"""Autoguides for any Pyro model: flows with surjections, stochastic flows, diffusions.
 
-from pyro_relax.infer.guides.flow import AutoFlowGuide, LocScaleTransform
+All three are Pyro ``AutoContinuous`` guides returning their path sample as a
+Delta with its log-density estimate, so ``Trace_ELBO`` optimizes the
+auxiliary-variable (path-weight) bound (see :mod:`pyro_relax.infer.guides.base`).
+"""
 
-__all__ = ["AutoFlowGuide", "LocScaleTransform"]
+from pyro_relax.infer.guides.base import RelaxedGuideMixin
+from pyro_relax.infer.guides.diffusion import AutoDiffusionGuide
+from pyro_relax.infer.guides.flow import AutoFlowGuide, LocScaleTransform, build_flow_layers
+from pyro_relax.infer.guides.snf import BLOCKS, AutoSNFGuide
+
+__all__ = [
+    "BLOCKS",
+    "AutoDiffusionGuide",
+    "AutoFlowGuide",
+    "AutoSNFGuide",
+    "LocScaleTransform",
+    "RelaxedGuideMixin",
+    "build_flow_layers",
+]

@@ -30,17 +30,8 @@ reparametrized sample ``z`` and through ``log_density``. Pyro's
 ``Trace_ELBO`` is used unchanged; vectorized particles work because the
 guide draws one path per element of the enclosing plates.
 
-**The model's density in unconstrained space.**
-:meth:`RelaxedGuideMixin.log_joint_unconstrained` returns
-``log p(x, T(z)) + log|det dT/dz|`` (minus the potential energy), with ``T``
-the sites' ``biject_to`` transforms. It runs the (unwrapped) model under
-``poutine.condition`` with the constrained values, blocked from any outer
-trace, and sums the sites' ``log_prob`` (with their scales and masks, as
-``Trace_ELBO`` does). It is vectorized: the rows of ``z`` run in one pass
-inside a ``pyro.plate`` left of the model's plates. On the first call the
-vectorized result is compared with a one-row run of the model; if the model
-cannot be vectorized (it raises, or the results disagree) the method falls
-back to a loop over the rows for good and warns once.
+The model's density in unconstrained space is in
+:mod:`pyro_relax.infer.guides.potential`.
 """
 
 from __future__ import annotations
@@ -49,24 +40,21 @@ __all__ = ["RelaxedGuideMixin", "check_num_samples"]
 
 import math
 import numbers
-import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.distributions.transforms import biject_to
 from pyro.poutine.runtime import get_plates
 from torch import Tensor
 
 from pyro_relax.diagnostics.psis import importance_ess, khat_verdict, psis_khat
+from pyro_relax.infer.guides.potential import PotentialMixin
 from pyro_relax.stochastic.snf import log_Z_from_log_weights
-from pyro_relax.surjections.base import check_event_shape, check_finite
+from pyro_relax.surjections.base import check_finite
 
-_PARTICLE_PLATE = "_pyro_relax_log_joint_particles"
 _QUANTILE_SAMPLES = 1000
 
 
@@ -112,17 +100,7 @@ def _plate_batch_shape() -> torch.Size:
     return torch.Size(shape)
 
 
-def _per_particle(t: Tensor | float, p: int, m: int, like: Tensor) -> Tensor:
-    """Sum a site's log-prob tensor (batch dims only, particle dim at ``-p``) to shape ``(m,)``."""
-    if not isinstance(t, Tensor):
-        return like.new_full((m,), float(t))
-    if t.dim() < p:
-        t = t.reshape((1,) * (p - t.dim()) + t.shape)
-    t = t.reshape(t.shape[: t.dim() - p + 1] + (-1,)).sum(-1)
-    return t.expand(m)
-
-
-class RelaxedGuideMixin:
+class RelaxedGuideMixin(PotentialMixin):
     """The common API of the relaxed autoguides (mixed into ``AutoContinuous``).
 
     A subclass lists this mixin before ``AutoContinuous`` and implements
@@ -178,13 +156,6 @@ class RelaxedGuideMixin:
         self._vectorize = None
         self._build(self._init_loc())
 
-    def _ensure_setup(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
-
-    def _args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict]:
-        return (args, kwargs) if args or kwargs else self._model_args
-
     def get_posterior(self, *args: Any, **kwargs: Any) -> dist.Delta:
         """Draw a path sample and return it as a Delta carrying its log-density estimate.
 
@@ -217,114 +188,6 @@ class RelaxedGuideMixin:
         with torch.no_grad():
             z, log_q = self._draw(torch.Size([n]))
         return z.detach(), log_q.detach()
-
-    def log_joint_unconstrained(self, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        """``log p(x, T(z)) + log|det dT/dz|``: minus the potential energy at ``z``.
-
-        Differentiable in ``z``. Vectorized over any batch shape (see the
-        module docstring for the fallback loop).
-
-        Arguments:
-            z: unconstrained latents, shape ``batch_shape + (latent_dim,)``.
-            *args: the model's arguments; by default those of the last guide call.
-            **kwargs: the model's keyword arguments (same default).
-
-        Returns:
-            A tensor of shape ``batch_shape``.
-        """
-        name = f"{type(self).__name__}.log_joint_unconstrained"
-        self._ensure_setup(args, kwargs)
-        check_event_shape(z, (self.latent_dim,), name)
-        check_finite(z, name)
-        return self._log_joint(z, *self._args(args, kwargs))
-
-    def _log_joint(self, z: Tensor, args: tuple, kwargs: dict) -> Tensor:
-        batch = z.shape[:-1]
-        flat = z.reshape(-1, self.latent_dim)
-        if flat.shape[0] == 0:
-            return z.new_zeros(batch)
-        if self._vectorize is not False:
-            try:
-                out = self._log_joint_vectorized(flat, args, kwargs)
-            except Exception as err:  # the model cannot take a particle plate
-                self._fall_back(f"it raised {type(err).__name__}: {err}")
-            else:
-                if self._vectorize is None:
-                    with torch.no_grad():
-                        ref = self._log_joint_loop(flat[:1].detach(), args, kwargs)
-                    if torch.allclose(out[:1].detach(), ref, rtol=1e-4, atol=1e-4):
-                        self._vectorize = True
-                    else:
-                        self._fall_back("its result differs from a one-row run")
-                if self._vectorize:
-                    return out.reshape(batch)
-        return self._log_joint_loop(flat, args, kwargs).reshape(batch)
-
-    def _fall_back(self, why: str) -> None:
-        self._vectorize = False
-        warnings.warn(
-            f"{type(self).__name__}: the model does not vectorize over a particle plate "
-            f"({why}); log_joint_unconstrained loops over the rows instead",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-    def _constrain(self, latent: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """Constrained values per site and ``log|det dT/dz|`` summed to ``latent.shape[:1]``."""
-        values: dict[str, Tensor] = {}
-        lead = latent.shape[0] if latent.dim() > 1 else 1
-        ladj = latent.new_zeros(lead)
-        for site, u in self._unpack_latent(latent):
-            t = biject_to(site["fn"].support)
-            x = t(u)
-            values[site["name"]] = x
-            j = t.log_abs_det_jacobian(u, x)
-            if latent.dim() > 1:
-                ladj = ladj + j.reshape(lead, -1).sum(-1)
-            else:
-                ladj = ladj + j.sum()
-        return values, ladj
-
-    def _log_joint_vectorized(self, flat: Tensor, args: tuple, kwargs: dict) -> Tensor:
-        m = flat.shape[0]
-        outer = [-f.dim for f in get_plates() if f.vectorized and f.dim is not None]
-        p = max([self._max_plate_nesting, *outer]) + 1
-        latent = flat.reshape((m,) + (1,) * (p - 1) + (self.latent_dim,))
-        values, total = self._constrain(latent)
-        model = poutine.condition(self._raw_model[0], data=values)
-        with poutine.block(), pyro.plate(_PARTICLE_PLATE, m, dim=-p):
-            trace = poutine.trace(model).get_trace(*args, **kwargs)
-        trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and "log_prob" in site:
-                total = total + _per_particle(site["log_prob"], p, m, flat)
-        return total
-
-    def _log_joint_loop(self, flat: Tensor, args: tuple, kwargs: dict) -> Tensor:
-        out = []
-        for row in flat:
-            values, ladj = self._constrain(row)
-            model = poutine.condition(self._raw_model[0], data=values)
-            with poutine.block():
-                trace = poutine.trace(model).get_trace(*args, **kwargs)
-            out.append(trace.log_prob_sum() + ladj.sum())
-        return torch.stack(out)
-
-    def unconstrained_to_samples(self, z: Tensor) -> dict[str, Tensor]:
-        """Map unconstrained latents ``(n, latent_dim)`` to constrained site values ``(n, ...)``."""
-        name = f"{type(self).__name__}.unconstrained_to_samples"
-        if self.prototype_trace is None:
-            raise RuntimeError(f"{name}: run the guide once (or sample_unconstrained) first")
-        check_event_shape(z, (self.latent_dim,), name)
-        if z.dim() != 2:
-            raise ValueError(f"{name}: expected z of shape (n, {self.latent_dim}), got {tuple(z.shape)}")
-        n = z.shape[0]
-        latent = z.reshape((n,) + (1,) * self._max_plate_nesting + (self.latent_dim,))
-        values, _ = self._constrain(latent)
-        return {
-            k: v.reshape((n,) + self.prototype_trace.nodes[k]["value"].shape)
-            for k, v in values.items()
-        }
 
     def importance_weights(
         self, num_samples: int, *args: Any, **kwargs: Any

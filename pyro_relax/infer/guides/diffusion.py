@@ -121,7 +121,9 @@ class AutoDiffusionGuide(RelaxedGuideMixin, AutoContinuous):
         ):
             raise ValueError(f"{owner}: expected hidden as a list of positive ints, got {hidden!r}")
         if drift is not None and not callable(drift):
-            raise TypeError(f"{owner}: expected a drift module or callable, got {type(drift).__name__}")
+            raise TypeError(
+                f"{owner}: expected a drift module or callable, got {type(drift).__name__}"
+            )
         self.num_steps = num_steps
         self.reference = reference
         self.sigma = float(sigma)

@@ -138,10 +138,16 @@ def make_flow(
 ) -> Flow:
     """A ``Flow`` whose base shape is read back from the layers; checks the event shape."""
     shape = torch.Size([latent_dim])
-    for layer in reversed(layers):
-        shape = layer.latent_shape(shape)
-    flow = cls(shape, layers, **kwargs)
-    got = flow().event_shape
+    try:
+        for layer in reversed(layers):
+            shape = layer.latent_shape(shape)
+        flow = cls(shape, layers, **kwargs)
+        got = flow().event_shape
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"{owner}: expected layers producing event shape ({latent_dim},), "
+            f"got layers that do not fit it ({err})"
+        ) from err
     if tuple(got) != (latent_dim,):
         raise ValueError(
             f"{owner}: expected layers producing event shape ({latent_dim},), got {tuple(got)}"
@@ -233,7 +239,8 @@ class AutoFlowGuide(RelaxedGuideMixin, AutoContinuous):
         check_flow_config(owner, num_layers, hidden, kind)
         if layers is not None and not callable(layers) and not isinstance(layers, Sequence):
             raise TypeError(
-                f"{owner}: expected layers as None, a list or a callable, got {type(layers).__name__}"
+                f"{owner}: expected layers as None, a list or a callable, "
+                f"got {type(layers).__name__}"
             )
         self._layer_spec = layers
         self._num_layers, self._hidden, self._kind = num_layers, hidden, kind
@@ -243,8 +250,13 @@ class AutoFlowGuide(RelaxedGuideMixin, AutoContinuous):
 
     def _build(self, init_loc: Tensor) -> None:
         layers = build_flow_layers(
-            self.latent_dim, self._layer_spec, init_loc, self._init_scale,
-            self._num_layers, self._hidden, self._kind,
+            self.latent_dim,
+            self._layer_spec,
+            init_loc,
+            self._init_scale,
+            self._num_layers,
+            self._hidden,
+            self._kind,
         )
         flow = make_flow(layers, self.latent_dim, type(self).__name__)
         self.flow = flow.to(device=init_loc.device, dtype=init_loc.dtype)

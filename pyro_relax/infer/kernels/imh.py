@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["AutoContinuousProposal", "FlowIMH", "Proposal"]
+__all__ = ["FlowIMH"]
 
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from pyro.infer.autoguide import AutoContinuous, init_to_uniform
@@ -21,79 +21,9 @@ from pyro_relax.infer.kernels.ops import (
     metropolis_accept,
     unflatten_params,
 )
+from pyro_relax.infer.kernels.proposal import AutoContinuousProposal, Proposal
 
 PotentialFn = Callable[[dict[str, Tensor]], Tensor]
-
-
-@runtime_checkable
-class Proposal(Protocol):
-    """What :class:`FlowIMH` needs from a guide: flat unconstrained draws with log densities."""
-
-    latent_dim: int
-
-    def sample_unconstrained(self, num_samples: int) -> tuple[Tensor, Tensor]:
-        """Draw ``(z, log_q)`` with shapes ``(num_samples, latent_dim)`` and ``(num_samples,)``."""
-        ...
-
-
-class AutoContinuousProposal:
-    """Adapter giving any set-up Pyro ``AutoContinuous`` guide the :class:`Proposal` interface.
-
-    Draws come from ``guide.get_posterior()`` (a distribution over the flat
-    unconstrained latent vector) and ``log_q`` is its exact ``log_prob``.
-
-    Arguments:
-        guide: an ``AutoContinuous`` guide that has been run at least once
-            (e.g. trained with SVI), so its prototype trace exists.
-
-    Example:
-        >>> import pyro, pyro.distributions as dist
-        >>> from pyro.infer.autoguide import AutoMultivariateNormal
-        >>> pyro.clear_param_store()
-        >>> def model():
-        ...     pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-        >>> guide = AutoMultivariateNormal(model)
-        >>> _ = guide()
-        >>> z, log_q = AutoContinuousProposal(guide).sample_unconstrained(5)
-        >>> z.shape, log_q.shape
-        (torch.Size([5, 2]), torch.Size([5]))
-    """
-
-    def __init__(self, guide: AutoContinuous) -> None:
-        if not isinstance(guide, AutoContinuous):
-            raise TypeError(
-                f"AutoContinuousProposal: expected an AutoContinuous guide, got "
-                f"{type(guide).__name__}"
-            )
-        if getattr(guide, "prototype_trace", None) is None:
-            raise ValueError(
-                "AutoContinuousProposal: expected a guide that has been run (trained), "
-                "got one without a prototype trace; call guide(*model_args) once first"
-            )
-        self.guide = guide
-
-    @property
-    def latent_dim(self) -> int:
-        """Size of the flat unconstrained latent vector."""
-        return int(self.guide.latent_dim)
-
-    def sample_unconstrained(self, num_samples: int) -> tuple[Tensor, Tensor]:
-        """Draw ``num_samples`` flat latents and their exact log densities.
-
-        Arguments:
-            num_samples: number of draws, ``>= 1``.
-
-        Returns:
-            ``(z, log_q)`` of shapes ``(num_samples, latent_dim)`` and ``(num_samples,)``.
-        """
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(
-                f"sample_unconstrained: expected num_samples >= 1, got {num_samples!r}"
-            )
-        with torch.no_grad():
-            posterior = self.guide.get_posterior()
-            z = posterior.sample((num_samples,))
-            return z, posterior.log_prob(z)
 
 
 class FlowIMH(MCMCKernel):

@@ -67,11 +67,11 @@ class MALA(MCMCKernel):
             :class:`~pyro.infer.MCMC` or :attr:`initial_params`).
         step_size: initial step size ``eps > 0``.
         adapt_step_size: tune the step size during warmup.
-        adapt_mass_matrix: estimate a diagonal inverse mass matrix during warmup.
         target_accept_prob: acceptance probability that the adaptation aims at.
         transforms: site transforms to the unconstrained space (as in Pyro's HMC).
-        max_plate_nesting: passed to ``initialize_model``.
         init_strategy: per-site initialization (a Pyro ``init_to_*`` function).
+        adapt_mass_matrix: estimate a diagonal inverse mass matrix during warmup.
+        max_plate_nesting: passed to ``initialize_model``.
         min_step_size: lower bound of the step-size search.
         max_step_size: upper bound of the step-size search.
 
@@ -98,11 +98,12 @@ class MALA(MCMCKernel):
         potential_fn: PotentialFn | None = None,
         step_size: float = 0.1,
         adapt_step_size: bool = True,
-        adapt_mass_matrix: bool = True,
         target_accept_prob: float = 0.574,
         transforms: dict[str, Any] | None = None,
-        max_plate_nesting: int | None = None,
         init_strategy: Callable[..., Any] = init_to_uniform,
+        *,
+        adapt_mass_matrix: bool = True,
+        max_plate_nesting: int | None = None,
         min_step_size: float = 1e-10,
         max_step_size: float = 1e10,
     ) -> None:
@@ -178,6 +179,8 @@ class MALA(MCMCKernel):
     @property
     def inverse_mass_matrix(self) -> Tensor:
         """Diagonal of the inverse mass matrix, in the sorted site order."""
+        if not self._names:
+            raise ValueError("MALA: expected setup() before reading inverse_mass_matrix")
         return self._adapter.mass_matrix_adapter.inverse_mass_matrix[self._names]
 
     # ------------------------------------------------------------------ helpers

@@ -1,0 +1,240 @@
+"""High-level runs behind the ``pyro-relax`` command: fit a guide, run a kernel.
+
+Nothing here parses arguments or writes files (that is :mod:`pyro_relax.cli`);
+each function returns tensors and numbers.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GUIDES",
+    "KERNELS",
+    "FitResult",
+    "McmcResult",
+    "check_continuous_model",
+    "fit_guide",
+    "guide_draws",
+    "run_mcmc",
+]
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoContinuous, AutoIAFNormal, AutoNormal
+from pyro.infer.importance import vectorized_importance_weights
+from pyro.poutine.util import site_is_subsample
+from torch import Tensor
+from tqdm.auto import tqdm
+
+GUIDES = ("normal", "iaf", "flow", "snf", "diffusion")
+KERNELS = ("nuts", "mala", "flow-imh", "neutra")
+
+
+def check_continuous_model(model: Callable[[], Any]) -> dict[str, tuple[int, ...]]:
+    """Trace a zero-argument model; return its latent sites and shapes.
+
+    Raises:
+        TypeError: if ``model`` is not callable.
+        ValueError: if it has no latent site or a discrete latent site.
+    """
+    if not callable(model):
+        raise TypeError(f"expected a callable Pyro model, got {type(model).__name__}")
+    tr = poutine.trace(model).get_trace()
+    sites: dict[str, tuple[int, ...]] = {}
+    for name, site in tr.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or site["infer"].get("is_auxiliary"):
+            continue
+        if site_is_subsample(site):
+            continue
+        if site["fn"].support.is_discrete:
+            raise ValueError(
+                f"the model has a discrete latent site {name!r}; pyro-relax fits continuous "
+                "latents only (marginalize it out or observe it)"
+            )
+        sites[name] = tuple(site["value"].shape)
+    if not sites:
+        raise ValueError("the model has no latent sample site to infer")
+    return sites
+
+
+def _make_guide(model: Callable[[], Any], name: str, **kwargs: Any) -> AutoContinuous | AutoNormal:
+    from pyro_relax.infer import guides as g
+
+    if name == "normal":
+        return AutoNormal(model)
+    if name == "iaf":
+        return AutoIAFNormal(model, num_transforms=2)
+    if name == "flow":
+        return g.AutoFlowGuide(model, **kwargs)
+    if name == "snf":
+        return g.AutoSNFGuide(model, **kwargs)
+    if name == "diffusion":
+        return g.AutoDiffusionGuide(model, **kwargs)
+    raise ValueError(f"unknown guide {name!r}; expected one of {GUIDES}")
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_guide` returns."""
+
+    guide: Any
+    elbo: list[float]
+    seconds: float
+    name: str
+
+
+def fit_guide(
+    model: Callable[[], Any],
+    guide: str = "flow",
+    steps: int = 2000,
+    lr: float = 1e-2,
+    seed: int = 0,
+    num_particles: int = 1,
+    progress: bool = True,
+    guide_kwargs: dict[str, Any] | None = None,
+) -> FitResult:
+    """Fit a guide to a zero-argument model with SVI and ``Trace_ELBO``.
+
+    Raises:
+        FloatingPointError: if the ELBO becomes NaN or inf.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> fit_guide(model, "normal", steps=5, progress=False).elbo[-1] < 10
+        True
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"fit_guide: expected steps >= 1, got {steps!r}")
+    if not (isinstance(lr, float | int) and lr > 0):
+        raise ValueError(f"fit_guide: expected a positive learning rate, got {lr!r}")
+    check_continuous_model(model)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    g = _make_guide(model, guide, **(guide_kwargs or {}))
+    optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / steps), "clip_norm": 10.0})
+    svi = SVI(model, g, optim, Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1))
+    elbo: list[float] = []
+    start = time.perf_counter()
+    bar = tqdm(range(steps), disable=not progress, desc=f"fit {guide}")
+    for i in bar:
+        loss = svi.step()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the ELBO became {loss} at step {i}; lower --lr")
+        elbo.append(-loss)
+        if progress and i % 50 == 0:
+            bar.set_postfix(elbo=f"{-loss:.3f}")
+    return FitResult(g, elbo, time.perf_counter() - start, guide)
+
+
+@torch.no_grad()
+def guide_draws(fit: FitResult, model: Callable[[], Any], num_samples: int) -> tuple[dict[str, Tensor], Tensor]:
+    """Posterior draws of the latent sites and their log importance weights.
+
+    Our guides carry path weights (:meth:`importance_weights`); Pyro's guides
+    get ``log p(x, z) - log q(z)`` from Pyro's vectorized importance weights.
+    """
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"guide_draws: expected num_samples >= 1, got {num_samples!r}")
+    guide = fit.guide
+    if hasattr(guide, "importance_weights"):
+        return guide.importance_weights(num_samples)
+    sites = check_continuous_model(model)
+    log_w, model_trace, _ = vectorized_importance_weights(
+        model, guide, num_samples=num_samples, max_plate_nesting=_plate_nesting(model)
+    )
+    samples = {k: model_trace.nodes[k]["value"].reshape((num_samples,) + sites[k]) for k in sites}
+    return samples, log_w
+
+
+def _plate_nesting(model: Callable[[], Any]) -> int:
+    tr = poutine.trace(model).get_trace()
+    dims = [-f.dim for s in tr.nodes.values() if s["type"] == "sample" for f in s["cond_indep_stack"] if f.vectorized]
+    return max(dims, default=0)
+
+
+@dataclass
+class McmcResult:
+    """What :func:`run_mcmc` returns."""
+
+    samples: dict[str, Tensor]  # (chains, draws, ...)
+    seconds: float
+    kernel: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    mcmc: MCMC | None = None
+
+
+def run_mcmc(
+    model: Callable[[], Any],
+    kernel: str = "nuts",
+    num_samples: int = 1000,
+    warmup_steps: int = 500,
+    num_chains: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+    guide_steps: int = 2000,
+) -> McmcResult:
+    """Run a kernel through ``pyro.infer.MCMC``; guide-based kernels fit an ``AutoFlowGuide`` first.
+
+    Returns draws grouped by chain; the time includes the guide's training.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> run_mcmc(model, "mala", 20, 20, progress=False).samples["x"].shape
+        torch.Size([1, 20])
+    """
+    from pyro_relax.infer.kernels import MALA, FlowIMH, NeuTraNUTS
+
+    for name, v, lowest in (
+        ("num_samples", num_samples, 1),
+        ("warmup_steps", warmup_steps, 0),
+        ("num_chains", num_chains, 1),
+    ):
+        if not isinstance(v, int) or v < lowest:
+            raise ValueError(f"run_mcmc: expected an int {name} >= {lowest}, got {v!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
+    check_continuous_model(model)
+    start = time.perf_counter()
+    extra: dict[str, Any] = {}
+    transform = None
+    if kernel in ("flow-imh", "neutra"):
+        fit = fit_guide(model, "flow", steps=guide_steps, seed=seed, progress=progress)
+        extra["guide_final_elbo"] = fit.elbo[-1]
+        extra["guide_seconds"] = fit.seconds
+    pyro.set_rng_seed(seed)
+    if kernel == "nuts":
+        k = NUTS(model)
+    elif kernel == "mala":
+        k = MALA(model)
+    elif kernel == "flow-imh":
+        k = FlowIMH(fit.guide, model)
+    else:
+        nt = NeuTraNUTS(fit.guide, model)
+        k, transform = nt.kernel, nt.transform_samples
+    mcmc = MCMC(
+        k,
+        num_samples=num_samples,
+        warmup_steps=warmup_steps,
+        num_chains=num_chains,
+        disable_progbar=not progress,
+    )
+    mcmc.run()
+    samples = mcmc.get_samples(group_by_chain=True)
+    if transform is not None:
+        flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
+        back = transform(flat)
+        samples = {k: v.reshape((num_chains, num_samples) + v.shape[1:]) for k, v in back.items()}
+    sites = check_continuous_model(model)
+    samples = {k: v for k, v in samples.items() if k in sites}
+    return McmcResult(samples, time.perf_counter() - start, kernel, extra, mcmc)
