@@ -149,6 +149,10 @@ class Config:
                 raise ValueError(f"Config: expected {what} from {list(allowed)}, got {list(value)}")
         if "spline" not in self.models:
             raise ValueError("Config: the models must include 'spline' (the reference flow)")
+        try:
+            torch.device(self.device)
+        except RuntimeError as err:
+            raise ValueError(f"Config: expected a torch device, got {self.device!r}") from err
 
 
 DEFAULT = Config()
@@ -419,28 +423,44 @@ def fit_zuko(flow: nn.Module, data: Tensor, steps: int, batch_size: int, lr: flo
     return out
 
 
-def _whatif_stack(cfg: Config) -> tuple[Layers, nn.ModuleList]:
-    """Pyro spline couplings as zuko computes them: one quadratic spline per coupling
-    (``identity=True``: the first half passes through unchanged) evaluated in its cheap
-    direction (``.inv``) during ``log_prob``. Returns the layers and their modules
-    (``Flow`` does not register the parameters of an inverted Pyro module)."""
+WHATIF: dict[str, str] = {
+    "A": "what-if A: identity first half",
+    "B": "what-if B: A + quadratic, forward",
+}
+
+
+def _whatif_stack(cfg: Config, variant: str) -> tuple[Layers, nn.ModuleList]:
+    """Pyro spline couplings built as zuko builds them, to show where our time goes.
+
+    ``"A"`` is ``coupling_stack`` with ``identity=True``: the first half of each
+    coupling passes through unchanged (Durkan et al.'s coupling) instead of going
+    through an extra unconditional spline, so one spline is evaluated per layer
+    instead of two. ``"B"`` also uses rational-quadratic splines (``order="quadratic"``,
+    as zuko) and puts each coupling in the flow as ``.inv``, so that ``log_prob``
+    runs the spline's cheap forward direction (zuko's convention) instead of its
+    inverse. Returns the layers and their modules (``Flow`` does not register the
+    parameters of an inverted Pyro module, so the caller must hold them).
+    """
+    if variant not in WHATIF:
+        raise ValueError(f"_whatif_stack: expected a variant in {sorted(WHATIF)}, got {variant!r}")
     layers: Layers = []
     modules = nn.ModuleList()
-    bins = 8
+    bins, order = 8, ("linear" if variant == "A" else "quadratic")
     for i in range(cfg.num_layers):
-        net = DenseNN(1, [cfg.hidden, cfg.hidden], [bins, bins, bins - 1])
-        t = T.SplineCoupling(2, 1, net, bins, 4.0, order="quadratic", identity=True)
+        dims = [bins, bins, bins - 1] + ([bins] if order == "linear" else [])
+        net = DenseNN(1, [cfg.hidden, cfg.hidden], dims)
+        t = T.SplineCoupling(2, 1, net, bins, 4.0, order=order, identity=True)
         modules.append(t)
-        layers.append(t.inv)
+        layers.append(t if variant == "A" else t.inv)
         if i < cfg.num_layers - 1:
             layers.append(T.Permute(torch.tensor([1, 0])))
     return layers, modules
 
 
-def _whatif_flow(cfg: Config) -> Flow:
-    layers, modules = _whatif_stack(cfg)
+def _whatif_flow(cfg: Config, variant: str) -> Flow:
+    layers, modules = _whatif_stack(cfg, variant)
     flow = Flow((2,), layers)
-    flow.whatif_modules = modules  # registers the parameters
+    flow.whatif_modules = modules  # registers the parameters (a no-op for "A")
     return flow
 
 
@@ -487,7 +507,7 @@ def _timing_rows(flows: dict[str, tuple[Any, list[nn.Parameter]]],
 
 
 def _timing(cfg: Config, data: Tensor) -> dict[str, Any]:
-    """Interleaved step times of ours, raw Pyro, zuko and the what-if flow, plus a profile."""
+    """Interleaved step times of ours, raw Pyro, zuko and the what-if flows, plus a profile."""
     device = data.device
     torch.manual_seed(cfg.seed)
     ours = Flow((2,), coupling_stack(2, cfg.num_layers, cfg.hidden)).to(device)
@@ -498,7 +518,7 @@ def _timing(cfg: Config, data: Tensor) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     zflow = _zuko_nsf(cfg).to(device)
     torch.manual_seed(cfg.seed)
-    whatif = _whatif_flow(cfg).to(device)
+    whatif = {v: _whatif_flow(cfg, v).to(device) for v in WHATIF}
 
     def ours_lp(x: Tensor) -> Tensor:
         with validation(False):  # as in fit_density
@@ -508,15 +528,17 @@ def _timing(cfg: Config, data: Tensor) -> dict[str, Any]:
         base = dist.Normal(zero, torch.ones_like(zero)).to_event(1)
         return dist.TransformedDistribution(base, raw_transforms).log_prob(x)
 
-    def whatif_lp(x: Tensor) -> Tensor:
-        with validation(False):
-            return whatif.log_prob(x)
+    def whatif_lp(variant: str) -> Callable[[Tensor], Tensor]:
+        def lp(x: Tensor) -> Tensor:
+            with validation(False):
+                return whatif[variant].log_prob(x)
+        return lp
 
     flows = {
         "pyro-relax Flow": (ours_lp, list(ours.parameters())),
         "raw Pyro TransformedDistribution": (raw_lp, list(raw_modules.parameters())),
         "zuko NSF": (lambda x: zflow().log_prob(x), list(zflow.parameters())),
-        "what-if: Flow, zuko-style couplings": (whatif_lp, list(whatif.parameters())),
+        **{WHATIF[v]: (whatif_lp(v), list(f.parameters())) for v, f in whatif.items()},
     }
     phases: dict[str, dict[str, list[float]]] = {k: {} for k in flows}
     steps = {k: _timed_step(lp, p, data, cfg.batch_size, phases[k]) for k, (lp, p) in flows.items()}
@@ -552,7 +574,7 @@ def _timing(cfg: Config, data: Tensor) -> dict[str, Any]:
 
 
 def _zuko_job(cfg: Config, ds: str, which: str) -> float:
-    """Test NLL after training ``which`` (``"ours"``, ``"zuko"`` or ``"whatif"``) on one set."""
+    """Test NLL after training ``which`` (``"ours"``, ``"zuko"``, ``"A"`` or ``"B"``) on one set."""
     train, test = _toy_split(cfg, ds)
     torch.manual_seed(cfg.seed)
     if which == "zuko":
@@ -562,10 +584,10 @@ def _zuko_job(cfg: Config, ds: str, which: str) -> float:
             return float(-zflow().log_prob(test).mean())
     if which == "ours":
         flow = _flow(toy_builders(cfg)["spline"], cfg.hidden).to(train.device)
-    elif which == "whatif":
-        flow = _whatif_flow(cfg).to(train.device)
+    elif which in WHATIF:
+        flow = _whatif_flow(cfg, which).to(train.device)
     else:
-        raise ValueError(f"_zuko_job: expected 'ours', 'zuko' or 'whatif', got {which!r}")
+        raise ValueError(f"_zuko_job: expected 'ours', 'zuko', 'A' or 'B', got {which!r}")
     fit_density(flow, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed)
     return evaluate_nll(flow, test)
 
@@ -574,25 +596,26 @@ def run_zuko(cfg: Config, toy: dict[str, Any] | None = None) -> dict[str, Any]:
     """The plain spline flow against zuko's NSF: test NLL on the 2-D sets and step time.
 
     Our plain-flow NLLs are taken from ``toy`` when given (same seeds and budget),
-    else trained here. The what-if flow (zuko-style couplings in Pyro, see
-    :func:`_whatif_stack`) is trained too, so its NLL can be weighed against its speed.
+    else trained here. The what-if flows (zuko-style couplings in Pyro, see
+    :func:`_whatif_stack`) are trained too, so their NLL can be weighed against their speed.
     """
     known = {r["dataset"]: r["test_nll"] for r in (toy or {}).get("rows", [])
              if r["model"] == "spline"}
-    jobs = [(cfg, ds, w) for ds in cfg.datasets for w in ("zuko", "whatif")]
+    jobs = [(cfg, ds, w) for ds in cfg.datasets for w in ("zuko", *WHATIF)]
     jobs += [(cfg, ds, "ours") for ds in cfg.datasets if ds not in known]
     values = parallel_map(_zuko_job, jobs, cfg.workers, cfg.threads)
     nll = {(ds, which): v for (_, ds, which), v in zip(jobs, values, strict=True)}
     nll.update({(ds, "ours"): v for ds, v in known.items()})
     rows = [{"dataset": ds, "ours_nll": nll[ds, "ours"], "zuko_nll": nll[ds, "zuko"],
-             "diff": nll[ds, "ours"] - nll[ds, "zuko"], "whatif_nll": nll[ds, "whatif"]}
+             "diff": nll[ds, "ours"] - nll[ds, "zuko"],
+             **{f"whatif_{v}_nll": nll[ds, v] for v in WHATIF}}
             for ds in cfg.datasets]
     print_table(
         "Plain spline flow: pyro-relax vs zuko NSF (test NLL nats, same budget; "
-        "diff = ours - zuko; what-if: zuko-style couplings in Pyro)", rows,
+        "diff = ours - zuko; A, B: the what-if couplings of the timing table)", rows,
         [Column("dataset", "dataset"), Column("ours_nll", "ours", ".3f"),
          Column("zuko_nll", "zuko", ".3f"), Column("diff", "diff", "+.3f"),
-         Column("whatif_nll", "what-if", ".3f")],
+         Column("whatif_A_nll", "A", ".3f"), Column("whatif_B_nll", "B", ".3f")],
     )
     timing = _timing(cfg, _toy_split(cfg, cfg.datasets[0])[0])
     print_table(

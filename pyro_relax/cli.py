@@ -242,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = int(args.func(args))
     except ERRORS as err:
-        print(f"pyro-relax: error: {err}", file=sys.stderr)
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        print(f"pyro-relax: error: {lines[0]}", file=sys.stderr)
         return 1
     if args.command != "demo":
         print(f"done in {time.perf_counter() - start:.1f} s")

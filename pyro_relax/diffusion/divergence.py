@@ -90,6 +90,11 @@ def hutchinson_divergence(
             f"hutchinson_divergence: expected noise 'rademacher' or 'gaussian', got {noise!r}"
         )
     create_graph = torch.is_grad_enabled() if create_graph is None else create_graph
+    if probes is not None and probes.shape[1:] != x.shape:
+        raise ValueError(
+            f"hutchinson_divergence: expected probes of shape (k,) + {tuple(x.shape)}, "
+            f"got {tuple(probes.shape)}"
+        )
     if probes is None:
         probes = torch.randn((num_probes,) + x.shape, device=x.device, dtype=x.dtype)
         if noise == "rademacher":

@@ -64,6 +64,10 @@ def ode_log_prob(
     density at time ``t_min`` of the continuous model (up to the solver
     error; unbiased in ``exp`` with Hutchinson's estimator).
 
+    In grad mode, when ``x`` or the model's parameters require grad, the graph of
+    the whole solve is kept for backpropagation (its memory grows with every solver
+    evaluation); evaluate under ``torch.no_grad()`` when no gradient is needed.
+
     Arguments:
         process: a :class:`~pyro_relax.diffusion.ScoreModel` or
             :class:`~pyro_relax.diffusion.DiffFlow`.

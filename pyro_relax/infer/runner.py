@@ -126,7 +126,13 @@ def fit_guide(
     start = time.perf_counter()
     bar = tqdm(range(steps), disable=not progress, desc=f"fit {guide}")
     for i in bar:
-        loss = svi.step()
+        try:
+            loss = svi.step()
+        except ValueError as err:  # Pyro's validation of a NaN density or parameter
+            first = str(err).strip().splitlines()[0]
+            if "nan" not in str(err).lower():
+                raise
+            raise FloatingPointError(f"the ELBO became NaN at step {i} ({first})") from err
         if not math.isfinite(loss):
             raise FloatingPointError(f"the ELBO became {loss} at step {i}; lower --lr")
         elbo.append(-loss)

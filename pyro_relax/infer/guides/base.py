@@ -130,6 +130,18 @@ class RelaxedGuideMixin(PotentialMixin):
         self._max_plate_nesting = 0
         self._vectorize: bool | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # like AutoGuide: the model (often a local function) and its data are not pickled
+        state = dict(super().__getstate__())  # type: ignore[misc]
+        state["_raw_model"] = (None,)
+        state["_model_args"] = ((), {})
+        return state
+
+    def attach_model(self, model: Callable[..., Any]) -> None:
+        """Give an unpickled guide its model back (needed for the model's log density)."""
+        check_model(model, f"{type(self).__name__}.attach_model")
+        self._raw_model = (model,)
+
     # -- hooks ----------------------------------------------------------------
     @abstractmethod
     def _build(self, init_loc: Tensor) -> None:

@@ -6,10 +6,11 @@ the sites' ``biject_to`` transforms. It runs the (unwrapped) model under
 ``poutine.condition`` with the constrained values, blocked from any outer
 trace, and sums the sites' ``log_prob`` (with their scales and masks, as
 ``Trace_ELBO`` does). It is vectorized: the rows of ``z`` run in one pass
-inside a ``pyro.plate`` left of the model's plates. On the first call the
-vectorized result is compared with a one-row run of the model; if the model
-cannot be vectorized (it raises, or the results disagree) the method falls
-back to a loop over the rows for good and warns once.
+inside a ``pyro.plate`` left of the model's plates. On the first call with
+two rows or more, the vectorized result of the first and last row is compared
+with row-by-row runs of the model; if the model cannot be vectorized (it
+raises, or the results disagree) the method falls back to a loop over the
+rows for good and warns once.
 """
 
 from __future__ import annotations
@@ -86,6 +87,11 @@ class PotentialMixin:
         return self._log_joint(z, *self._args(args, kwargs))
 
     def _log_joint(self, z: Tensor, args: tuple, kwargs: dict) -> Tensor:
+        if self._raw_model[0] is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: this guide was unpickled without its model; "
+                f"call guide.attach_model(model) first"
+            )
         batch = z.shape[:-1]
         flat = z.reshape(-1, self.latent_dim)
         if flat.shape[0] == 0:
@@ -96,14 +102,16 @@ class PotentialMixin:
             except Exception as err:  # the model cannot take a particle plate
                 self._fall_back(f"it raised {type(err).__name__}: {err}")
             else:
-                if self._vectorize is None:
+                if self._vectorize is None and flat.shape[0] > 1:  # one check, two rows
+                    rows = flat[[0, -1]].detach()
                     with torch.no_grad():
-                        ref = self._log_joint_loop(flat[:1].detach(), args, kwargs)
-                    if torch.allclose(out[:1].detach(), ref, rtol=1e-4, atol=1e-4):
+                        ref = self._log_joint_loop(rows, args, kwargs)
+                    got = out[[0, -1]].detach()
+                    if torch.allclose(got, ref, rtol=1e-4, atol=1e-4, equal_nan=True):
                         self._vectorize = True
                     else:
-                        self._fall_back("its result differs from a one-row run")
-                if self._vectorize:
+                        self._fall_back("its result differs from row-by-row runs")
+                if self._vectorize is not False:
                     return out.reshape(batch)
         return self._log_joint_loop(flat, args, kwargs).reshape(batch)
 
