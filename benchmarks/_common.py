@@ -246,21 +246,24 @@ def profile_breakdown(
     calls: int,
     groups: Mapping[str, Sequence[str]],
     top: int = 10,
+    passthrough: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Profile ``calls`` calls of ``fn`` with cProfile and split its own time into groups.
 
     A function belongs to the first group with a key that is a substring of
     its label ``path:line(name)``. The own time of a built-in (a C function
-    such as ``torch.gather``, which has no path) that matches no group is
-    handed to its callers in proportion to the time spent from each, so the
-    tensor ops that Pyro's spline code calls count as Pyro's spline time.
-    What is left unmatched is ``"other"``.
+    such as ``torch.gather``, which has no path) that matches no group, and of
+    a function whose label contains one of ``passthrough`` (thin wrappers such
+    as ``torch/nn/functional.py``), is handed to its callers in proportion to
+    the time spent from each, so the tensor ops that Pyro's spline code calls
+    count as Pyro's spline time. What is left unmatched is ``"other"``.
 
     Arguments:
         fn: the function to profile (one unit of work).
         calls: how many times to call it.
         groups: group name -> label substrings.
         top: how many of the costliest functions (by own time) to list.
+        passthrough: label substrings of functions whose time goes to their callers.
 
     Returns:
         ``{"seconds_per_call": ..., "groups": {name: fraction of the total}, "top": [...]}``
@@ -296,8 +299,10 @@ def profile_breakdown(
         """Fractions of ``key``'s own time per group."""
         if key in memo:
             return memo[key]
-        group = own_group(key)
-        if group is not None or key[0] != "~" or depth > 20:
+        passes = any(k in label(key) for k in passthrough)
+        group = None if passes else own_group(key)
+        handed_on = passes or key[0] == "~"  # "~": a built-in, which has no file
+        if group is not None or not handed_on or depth > 20:
             out = {group or "other": 1.0}
         else:
             callers = stats[key][4]

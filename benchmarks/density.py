@@ -562,9 +562,13 @@ def _timing(cfg: Config, data: Tensor) -> dict[str, Any]:
                 "pyro-relax wrapper (Flow, adapter, layers)": ["pyro_relax/"],
                 "autograd backward (C++ engine)": ["run_backward"],
                 "Adam step": ["torch/optim/"],
-                "torch (other Python)": ["torch/"],
+                "torch.distributions glue, other torch Python": ["torch/"],
             }
-            profile = profile_breakdown(steps["pyro-relax Flow"], cfg.profile_calls, groups)
+            # thin torch wrappers: their time belongs to whoever calls them
+            wrappers = ["torch/nn/functional.py", "torch/nn/modules/module.py",
+                        "torch/functional.py"]
+            profile = profile_breakdown(steps["pyro-relax Flow"], cfg.profile_calls, groups,
+                                        passthrough=wrappers)
     finally:
         torch.set_num_threads(threads)
     return {"rows": rows, "ratio_ours_over_zuko": ratio,

@@ -309,11 +309,14 @@ def test_nan_proposals_are_rejected(cls):
     assert int(block.last_bad_step) == 0
 
 
-def test_unadjusted_langevin_nan_gradient_names_block_and_step():
-    block = OverdampedLangevin(_nan_right_half, step_size=0.01, n_steps=3)
+@pytest.mark.parametrize("cls", [OverdampedLangevin, UnderdampedLangevin], ids=lambda c: c.__name__)
+def test_unadjusted_langevin_nan_gradient_names_block_and_step(cls):
+    block = cls(_nan_right_half, step_size=0.01, n_steps=3)
     x = torch.tensor([[0.0, 0.0], [1.5, 0.0]])  # the second point has a NaN gradient
-    with pytest.raises(ValueError, match=r"OverdampedLangevin: step 1 of 3 produced NaN"):
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: step 1 of 3 produced NaN"):
         block.decode(x)
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: step 1 of 3 produced NaN"):
+        block.encode(x)
 
 
 @pytest.mark.parametrize("cls", BLOCKS, ids=lambda c: c.__name__)

@@ -153,7 +153,13 @@ class LearnedSchedule(nn.Module):
 
 
 class ScheduleEntry(nn.Module):
-    """One lambda of a :class:`LearnedSchedule` (shares its parameters)."""
+    """One lambda of a :class:`LearnedSchedule` (shares its parameters).
+
+    Example:
+        >>> entry = LearnedSchedule(2).entry(0)
+        >>> round(float(entry().detach()), 2)
+        0.5
+    """
 
     def __init__(self, schedule: LearnedSchedule, k: int) -> None:
         super().__init__()
@@ -214,7 +220,9 @@ class AnnealedDensity(nn.Module):
                 self.lam_logit = nn.Parameter(torch.tensor(math.log(fixed / (1.0 - fixed))))
             else:
                 self.register_buffer("lam_value", torch.tensor(fixed))
-        if base is None and (fixed is None or fixed != 1.0 or learn_lam):
+        # With a fixed lambda of 1 the base is never evaluated.
+        self._target_only = fixed == 1.0 and not learn_lam
+        if base is None and not self._target_only:
             raise ValueError(
                 f"{owner}: lam other than a fixed 1.0 needs a base log density, got none"
             )
@@ -242,7 +250,7 @@ class AnnealedDensity(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``log pi_lambda(x)`` of shape ``batch`` (no input checks: used inside steps)."""
         lp_target = self._target_fn(x)
-        if self._base_fn is None:
+        if self._base_fn is None or self._target_only:
             return lp_target
         lam = self.lam().to(dtype=lp_target.dtype)
         return lam * lp_target + (1.0 - lam) * self._base_fn(x)
@@ -256,8 +264,16 @@ class AnnealedDensity(nn.Module):
 
 @dataclass
 class BlockState:
-    """The state carried between the steps of a block: position, cached log density and
-    gradient at it, and (underdamped Langevin) the velocity."""
+    """The state carried between the steps of a block.
+
+    Holds the position, the cached log density and gradient at it (``None`` until
+    computed), and, for underdamped Langevin, the velocity.
+
+    Example:
+        >>> import torch
+        >>> BlockState(torch.zeros(2)).lp is None
+        True
+    """
 
     x: Tensor
     lp: Tensor | None = None

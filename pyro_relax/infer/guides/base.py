@@ -36,7 +36,13 @@ The model's density in unconstrained space is in
 
 from __future__ import annotations
 
-__all__ = ["RelaxedGuideMixin", "check_num_samples"]
+__all__ = [
+    "RelaxedGuideMixin",
+    "check_flow_config",
+    "check_init_scale",
+    "check_model",
+    "check_num_samples",
+]
 
 import math
 import numbers
@@ -56,6 +62,7 @@ from pyro_relax.stochastic.snf import log_Z_from_log_weights
 from pyro_relax.surjections.base import check_finite
 
 _QUANTILE_SAMPLES = 1000
+_FLOW_KINDS = ("spline", "affine", "iaf")
 
 
 def check_num_samples(n: object, name: str, minimum: int = 1) -> int:
@@ -86,6 +93,15 @@ def check_init_scale(init_scale: object, owner: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{owner}: expected init_scale > 0 (finite), got {init_scale!r}")
     return value
+
+
+def check_flow_config(owner: str, num_layers: object, hidden: object, kind: object) -> None:
+    """Validate the default-stack options of a flow guide."""
+    for name, v in (("num_layers", num_layers), ("hidden", hidden)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{owner}: expected an int {name} >= 1, got {v!r}")
+    if kind not in _FLOW_KINDS:
+        raise ValueError(f"{owner}: expected kind in {_FLOW_KINDS}, got {kind!r}")
 
 
 def _plate_batch_shape() -> torch.Size:

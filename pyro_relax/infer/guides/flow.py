@@ -13,7 +13,7 @@ auxiliary-variable bound.
 
 from __future__ import annotations
 
-__all__ = ["AutoFlowGuide", "LocScaleTransform", "build_flow_layers"]
+__all__ = ["AutoFlowGuide", "LocScaleTransform", "build_flow_layers", "make_flow"]
 
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,14 +30,18 @@ from torch.distributions import Transform
 
 from pyro_relax.distributions.adapter import TransformLayer, as_layer
 from pyro_relax.distributions.flow import Flow
-from pyro_relax.infer.guides.base import RelaxedGuideMixin, check_init_scale, check_model
+from pyro_relax.infer.guides.base import (
+    RelaxedGuideMixin,
+    check_flow_config,
+    check_init_scale,
+    check_model,
+)
 from pyro_relax.surjections.base import RelaxedLayer
 from pyro_relax.transforms.stacks import coupling_stack
 
 LayerSpec = (
     Sequence[RelaxedLayer | Transform] | Callable[[int], Sequence[RelaxedLayer | Transform]] | None
 )
-_KINDS = ("spline", "affine", "iaf")
 
 
 class LocScaleTransform(TransformModule):
@@ -153,15 +157,6 @@ def make_flow(
             f"{owner}: expected layers producing event shape ({latent_dim},), got {tuple(got)}"
         )
     return flow
-
-
-def check_flow_config(owner: str, num_layers: object, hidden: object, kind: object) -> None:
-    """Validate the default-stack options of a flow guide."""
-    for name, v in (("num_layers", num_layers), ("hidden", hidden)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{owner}: expected an int {name} >= 1, got {v!r}")
-    if kind not in _KINDS:
-        raise ValueError(f"{owner}: expected kind in {_KINDS}, got {kind!r}")
 
 
 class _LayerTransform(Transform):

@@ -34,8 +34,13 @@ from pyro.infer.autoguide.initialization import init_to_median
 from torch import Tensor
 
 from pyro_relax._validation import validation_enabled
-from pyro_relax.infer.guides.base import RelaxedGuideMixin, check_init_scale, check_model
-from pyro_relax.infer.guides.flow import LayerSpec, build_flow_layers, check_flow_config, make_flow
+from pyro_relax.infer.guides.base import (
+    RelaxedGuideMixin,
+    check_flow_config,
+    check_init_scale,
+    check_model,
+)
+from pyro_relax.infer.guides.flow import LayerSpec, build_flow_layers, make_flow
 from pyro_relax.stochastic.annealing import AnnealedBlock
 from pyro_relax.stochastic.hmc import HMC
 from pyro_relax.stochastic.langevin import MALA, OverdampedLangevin
