@@ -46,7 +46,7 @@ def density_demo(steps: int = 600, seed: int = 0, progress: bool = False) -> lis
     return rows
 
 
-def inference_demo(seed: int = 0, progress: bool = False, guide_steps: int = 1500) -> list[dict[str, Any]]:
+def inference_demo(seed: int = 0, progress: bool = False, guide_steps: int = 1000) -> list[dict[str, Any]]:
     """Centered eight schools (a funnel): Pyro NUTS against pyro-relax's flow guide and flow-IMH kernel.
 
     Returns one row per method: wall time, posterior mean and sd of ``mu`` and
@@ -87,7 +87,7 @@ def inference_demo(seed: int = 0, progress: bool = False, guide_steps: int = 150
     row("flow guide (IS draws)", {k: v.unsqueeze(0) for k, v in samples.items()}, seconds, 1,
         khat=report["khat"], verdict=report["verdict"])
     imh = run_mcmc(model, "flow-imh", num_samples=1000, warmup_steps=200, seed=seed, progress=progress,
-                   guide_steps=guide_steps)
+                   guide=fit)
     row("flow-IMH kernel", imh.samples, imh.seconds, 1)
     return rows
 

@@ -1,5 +1,34 @@
-"""Training loops, autoguides and MCMC kernels."""
+"""Training loops, autoguides and MCMC kernels.
+
+Guides: :mod:`pyro_relax.infer.guides`; kernels: :mod:`pyro_relax.infer.kernels`;
+the runs behind the command line: :mod:`pyro_relax.infer.runner`.
+"""
 
 from pyro_relax.infer.density import count_parameters, evaluate_nll, fit_density
+from pyro_relax.infer.guides import AutoDiffusionGuide, AutoFlowGuide, AutoSNFGuide
+from pyro_relax.infer.kernels import MALA, FlowIMH, NeuTraNUTS, neutra
+from pyro_relax.infer.snf_training import (
+    SNFTrainer,
+    forward_kl_loss,
+    mixed_kl_loss,
+    reverse_kl_loss,
+    train_snf,
+)
 
-__all__ = ["count_parameters", "evaluate_nll", "fit_density"]
+__all__ = [
+    "MALA",
+    "AutoDiffusionGuide",
+    "AutoFlowGuide",
+    "AutoSNFGuide",
+    "FlowIMH",
+    "NeuTraNUTS",
+    "SNFTrainer",
+    "count_parameters",
+    "evaluate_nll",
+    "fit_density",
+    "forward_kl_loss",
+    "mixed_kl_loss",
+    "neutra",
+    "reverse_kl_loss",
+    "train_snf",
+]

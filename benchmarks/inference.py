@@ -1,0 +1,245 @@
+"""Benchmark: posterior inference with pyro-relax guides and kernels against Pyro's.
+
+Targets: Neal's funnel (d = 10, exact reference from ``NealFunnel.sample``), the
+40-mode 2-D Gaussian mixture (exact samples of ``GaussianMixture40``) and the
+seven posteriordb posteriors of ``examples/posteriordb`` (10000 Stan reference
+draws). Methods: Pyro ``NUTS`` (``nuts``), Pyro ``AutoIAFNormal`` (``iaf``), our
+guides (``flow``, ``snf``, ``diffusion``) and kernels (``mala``, ``flow-imh``,
+``neutra``; the last two train an ``AutoFlowGuide`` first, included in the time).
+
+Per target and method: wall seconds (training included), an ESS (MCMC: the
+smallest bulk ESS over all scalar components, ArviZ; guides: the Kish ESS of
+the importance weights of ``--draws`` draws), ESS per second, the PSIS k-hat
+(guides), and the largest errors over components of the mean (``|mean -
+ref_mean| / ref_sd``) and of the sd (``|sd / ref_sd - 1|``); guide moments are
+PSIS-reweighted. Run ``python benchmarks/inference.py [--quick] [--only funnel,
+eight_schools_centered] [--methods nuts,flow] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["METHODS", "TARGETS", "Budget", "main", "run_case"]
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "benchmarks"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from _common import Column, parallel_map, print_table, write_json  # noqa: E402
+
+METHODS = ("nuts", "iaf", "flow", "snf", "diffusion", "mala", "flow-imh", "neutra")
+GUIDE_METHODS = ("iaf", "flow", "snf", "diffusion")
+POSTERIORS = (
+    "arK", "eight_schools_centered", "eight_schools_noncentered", "garch11",
+    "gp_pois_regr", "kilpisjarvi", "low_dim_gauss_mix",
+)
+TARGETS = ("funnel", "gmm40", *POSTERIORS)
+N_REFERENCE = 10000
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Step counts of one run (the same for every target)."""
+
+    guide_steps: int = 1000
+    lr: float = 0.01
+    draws: int = 2000
+    mcmc_samples: int = 1000
+    mcmc_warmup: int = 500
+
+
+DEFAULT = Budget()
+QUICK = Budget(guide_steps=20, draws=200, mcmc_samples=30, mcmc_warmup=20)
+
+
+def _gmm_model() -> Callable[[], None]:
+    from pyro_relax.targets import GaussianMixture40
+
+    target = GaussianMixture40()
+
+    def gmm40() -> None:
+        zero = torch.zeros(2, dtype=torch.get_default_dtype())
+        x = pyro.sample("x", dist.Normal(zero, 100.0).to_event(1).mask(False))
+        pyro.factor("t", target.log_prob(x))
+
+    return gmm40
+
+
+def _flat(values: dict[str, np.ndarray], lead: int) -> dict[str, np.ndarray]:
+    """Split every site into scalar components ``name[i]`` (the first ``lead`` axes are draws)."""
+    out = {}
+    for k, v in values.items():
+        v = np.asarray(v, dtype=np.float64)
+        flat = v.reshape(v.shape[:lead] + (-1,))
+        if v.ndim == lead:
+            out[k] = v
+        else:
+            for i in range(flat.shape[-1]):
+                out[f"{k}[{i}]"] = flat[..., i]
+    return out
+
+
+def load_target(
+    name: str,
+) -> tuple[Callable[[], None], Callable[[dict], dict], dict[str, np.ndarray]]:
+    """The model, a map from site draws to named scalars, and the reference draws."""
+    torch.manual_seed(12345)
+    if name == "funnel":
+        from pyro_relax.models import funnel
+        from pyro_relax.targets import NealFunnel
+
+        ref = NealFunnel(dim=10).sample((N_REFERENCE,)).double().numpy()
+        reference = _flat({"v": ref[:, 0], "x": ref[:, 1:]}, 1)
+        return funnel, lambda s: s, reference
+    if name == "gmm40":
+        from pyro_relax.targets import GaussianMixture40
+
+        reference = _flat({"x": GaussianMixture40().sample((N_REFERENCE,)).double().numpy()}, 1)
+        return _gmm_model(), lambda s: s, reference
+    from examples.posteriordb import load_model
+    from pyro_relax.testing.posteriordb import load_reference_draws
+
+    module = load_model(name)
+    return module.model, module.to_reference_names, load_reference_draws(module.NAME)
+
+
+def _errors(
+    mean: dict[str, float], sd: dict[str, float], reference: dict[str, np.ndarray]
+) -> tuple[float, float]:
+    mean_err, sd_err = 0.0, 0.0
+    for k, ref in reference.items():
+        rs = float(ref.std(ddof=1))
+        mean_err = max(mean_err, abs(mean[k] - float(ref.mean())) / rs)
+        sd_err = max(sd_err, abs(sd[k] / rs - 1.0))
+    return mean_err, sd_err
+
+
+def run_case(target: str, method: str, budget: Budget, seed: int = 0) -> dict[str, Any]:
+    """Run one method on one target; return the row of the table (errors as ``"error"``)."""
+    from pyro_relax.diagnostics import importance_ess, psis_expectation, psis_khat
+    from pyro_relax.infer.runner import fit_guide, guide_draws, run_mcmc
+
+    row: dict[str, Any] = {"target": target, "method": method}
+    model, to_names, reference = load_target(target)
+    try:
+        start = time.perf_counter()
+        if method in GUIDE_METHODS:
+            fit = fit_guide(model, method, steps=budget.guide_steps, lr=budget.lr, seed=seed,
+                            progress=False)
+            samples, log_w = guide_draws(fit, model, budget.draws)
+            seconds = time.perf_counter() - start
+            values = _flat(to_names(samples), 1)
+            lw = log_w.detach().double()
+            finite = torch.isfinite(lw) | (lw == -math.inf)
+            if not bool(finite.all()):
+                raise FloatingPointError("non-finite log importance weights")
+            _, khat = psis_khat(lw)
+            ess = float(importance_ess(lw))
+            mean = {k: float(psis_expectation(v, lw)) for k, v in values.items()}
+            sd = {k: math.sqrt(max(float(psis_expectation(v * v, lw)) - mean[k] ** 2, 0.0))
+                  for k, v in values.items()}
+            row.update(khat=float(khat), final_elbo=fit.elbo[-1])
+        else:
+            import arviz as az
+
+            res = run_mcmc(model, method, num_samples=budget.mcmc_samples,
+                           warmup_steps=budget.mcmc_warmup, num_chains=1, seed=seed,
+                           progress=False, guide_steps=budget.guide_steps)
+            seconds = res.seconds
+            values = _flat(to_names({k: v for k, v in res.samples.items()}), 2)
+            ess = min(float(az.ess(v, method="bulk")) for v in values.values())
+            mean = {k: float(v.mean()) for k, v in values.items()}
+            sd = {k: float(v.std(ddof=1)) for k, v in values.items()}
+        mean_err, sd_err = _errors(mean, sd, reference)
+        row.update(seconds=seconds, ess=ess, ess_per_s=ess / seconds, mean_err=mean_err,
+                   sd_err=sd_err)
+    except (FloatingPointError, ValueError, RuntimeError) as err:
+        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+    return row
+
+
+COLUMNS = [
+    Column("target", "target"), Column("method", "method"), Column("seconds", "s", ".1f"),
+    Column("ess", "ESS", ".0f"), Column("ess_per_s", "ESS/s", ".2f"),
+    Column("khat", "k-hat", ".2f"),
+    Column("mean_err", "max|dmean|/sd", ".3f"), Column("sd_err", "max|sd/ref-1|", ".3f"),
+    Column("error", "error"),
+]
+
+
+def goal_report(rows: list[dict[str, Any]]) -> list[str]:
+    """Lines on the issue's goal: >= 3x NUTS ESS/s and k-hat < 0.7 where IAF has >= 0.7."""
+    lines = []
+    for target in ("funnel", "eight_schools_centered"):
+        by = {r["method"]: r for r in rows if r["target"] == target and "error" not in r}
+        ours = {m: r for m, r in by.items() if m not in ("nuts", "iaf")}
+        if "nuts" in by and ours:
+            best = max(ours, key=lambda m: ours[m]["ess_per_s"])
+            ratio = ours[best]["ess_per_s"] / max(by["nuts"]["ess_per_s"], 1e-12)
+            lines.append(f"{target}: best ours {best} at {ratio:.2f}x NUTS ESS/s "
+                         f"({'met' if ratio >= 3 else 'not met'})")
+        if "iaf" in by:
+            good = [m for m, r in ours.items() if r.get("khat", math.inf) < 0.7]
+            lines.append(f"{target}: IAF k-hat {by['iaf']['khat']:.2f}; ours below 0.7: "
+                         f"{good or 'none'}")
+    return lines
+
+
+def _names(text: str | None, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    if text is None:
+        return allowed
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise SystemExit(f"--{what}: expected names from {allowed}, got {unknown or text!r}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Parse arguments, run every (target, method), print the table, optionally write JSON."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
+    p.add_argument("--only", type=str, default=None, help=f"targets, comma-separated: {TARGETS}")
+    p.add_argument("--methods", type=str, default=None, help=f"comma-separated: {METHODS}")
+    p.add_argument("--json", type=Path, default=None, help="write the results to this file")
+    p.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
+    p.add_argument("--seed", type=int, default=0)
+    for f in dataclasses.fields(Budget):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
+    args = p.parse_args(argv)
+    targets = _names(args.only, TARGETS, "only")
+    methods = _names(args.methods, METHODS, "methods")
+    budget = QUICK if args.quick else DEFAULT
+    budget = dataclasses.replace(budget, **{f.name: getattr(args, f.name)
+                                            for f in dataclasses.fields(Budget)
+                                            if getattr(args, f.name) is not None})
+    print(f"budget: {dataclasses.asdict(budget)}; {len(targets)} targets x {len(methods)} methods",
+          flush=True)
+    torch.set_num_threads(1)
+    jobs = [(t, m, budget, args.seed) for t in targets for m in methods]
+    rows = parallel_map(run_case, jobs, workers=args.workers, threads=1)
+    print_table("inference benchmark", rows, COLUMNS)
+    goal = goal_report(rows)
+    for line in goal:
+        print(line)
+    if args.json is not None:
+        write_json(args.json, {"budget": dataclasses.asdict(budget), "rows": rows, "goal": goal})
+    return rows
+
+
+if __name__ == "__main__":
+    main()

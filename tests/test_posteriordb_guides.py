@@ -1,0 +1,126 @@
+"""Validation of the flow and SNF autoguides on real posteriors (posteriordb reference draws).
+
+Each case fits a guide with SVI to one of the seven Pyro posteriors in
+``examples/posteriordb`` and compares the PSIS-reweighted posterior mean and
+standard deviation of every Stan parameter with the gold-standard reference
+(10 chains x 1000 Stan NUTS draws).
+
+Tolerance, in units of the reference standard deviation ``sd`` of each parameter:
+
+* ``|mean - ref_mean| < 0.3 sd`` and ``|sd_hat / ref_sd - 1| < 0.3``.
+* Monte Carlo part: the reference mean has ``se = sd / sqrt(10000) = 0.01 sd``;
+  the guide estimate uses ``N_DRAWS = 4000`` draws, and with an importance ESS of
+  at least ~400 its ``se <= sd / 20 = 0.05 sd``; the sd ratio has
+  ``se ~ 1 / sqrt(2 ESS) <= 0.035``. Four standard errors of the difference give
+  ``~0.2`` (mean) and ``~0.15`` (sd ratio).
+* Approximation part: a variational fit with a short SVI run is not exact, so
+  ``0.1`` (mean) and ``0.15`` (sd ratio) more are allowed, for a common 0.3.
+
+Cases where a guide does not reach this tolerance are ``xfail(strict=True)`` with
+the measured errors in the reason (strict: the test fails if they start passing).
+The default (not slow) run covers the non-centered eight schools with both guides
+and short fits; the full matrix is ``@pytest.mark.slow``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_relax.diagnostics import psis_expectation, psis_khat
+from pyro_relax.infer.runner import fit_guide, guide_draws
+from pyro_relax.testing.posteriordb import reference_moments
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from examples.posteriordb import MODELS, load_model  # noqa: E402
+
+N_DRAWS = 4000
+MEAN_TOL = 0.3  # reference sds; derivation in the module docstring
+SD_TOL = 0.3  # relative error of the sd; same
+GUIDE_KWARGS: dict[str, dict[str, Any]] = {
+    "flow": {"num_layers": 2, "hidden": 16, "kind": "affine"},
+    "snf": {"num_layers": 2, "hidden": 16},
+}
+# (steps, lr) of the full (slow) fits; the default run uses FAST.
+SLOW_FIT = (1500, 0.02)
+FAST_FIT = (800, 0.03)
+
+# Measured failures (seed 0, SLOW_FIT): kept as strict xfails, never loosened.
+XFAIL: dict[tuple[str, str], str] = {
+    ("flow", "kilpisjarvi"): (
+        "alpha/beta correlation -0.99999 with sd(beta)=0.008: after 1500 steps the flow "
+        "guide has k-hat 2.5, |mean err| = 1.0 sd (alpha, beta) and 10.8 sd (sigma)"
+    ),
+}
+
+
+def psis_moments(values: np.ndarray, log_w: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """PSIS-reweighted mean and sd of draws ``values`` of shape ``(n, *event)``."""
+    mean = psis_expectation(values, log_w)
+    second = psis_expectation(values * values, log_w)
+    return mean, np.sqrt(np.maximum(second - mean * mean, 0.0))
+
+
+def moment_errors(
+    fit: Any, module: Any, reference: Mapping[str, tuple[float, float]]
+) -> tuple[dict[str, tuple[float, float]], float]:
+    """Per-parameter ``(mean error / ref_sd, sd / ref_sd - 1)`` and the k-hat of the guide."""
+    torch.manual_seed(1)
+    samples, log_w = guide_draws(fit, module.model, N_DRAWS)
+    values = module.to_reference_names(samples)
+    _, khat = psis_khat(log_w)
+    out = {}
+    for name, (ref_mean, ref_sd) in reference.items():
+        mean, sd = psis_moments(values[name], log_w)
+        out[name] = (float((mean - ref_mean) / ref_sd), float(sd / ref_sd - 1.0))
+    return out, float(khat)
+
+
+def check_guide(guide: str, short: str, steps: int, lr: float) -> None:
+    module = load_model(short)
+    torch.manual_seed(0)
+    fit = fit_guide(
+        module.model, guide, steps=steps, lr=lr, seed=0, progress=False,
+        guide_kwargs=GUIDE_KWARGS[guide],
+    )
+    errors, khat = moment_errors(fit, module, reference_moments(module.NAME))
+    bad = {k: (round(m, 3), round(s, 3)) for k, (m, s) in errors.items()
+           if not (abs(m) < MEAN_TOL and abs(s) < SD_TOL)}
+    assert not bad, f"{guide} on {short} (k-hat {khat:.2f}): (mean err, sd err) {bad}"
+
+
+def _case(guide: str, short: str) -> Any:
+    marks = [pytest.mark.slow]
+    if (guide, short) in XFAIL:
+        marks.append(pytest.mark.xfail(strict=True, reason=XFAIL[guide, short]))
+    return pytest.param(guide, short, marks=marks, id=f"{guide}-{short}")
+
+
+@pytest.mark.parametrize("guide", ["flow", "snf"])
+def test_guide_matches_reference_fast(guide: str) -> None:
+    check_guide(guide, "eight_schools_noncentered", *FAST_FIT)
+
+
+@pytest.mark.parametrize(
+    ("guide", "short"), [_case(g, s) for g in ("flow", "snf") for s in sorted(MODELS)]
+)
+def test_guide_matches_reference(guide: str, short: str) -> None:
+    check_guide(guide, short, *SLOW_FIT)
+
+
+def test_moment_errors_detect_a_wrong_fit() -> None:
+    # The check must be able to fail: a guide fitted for 1 step is far from the reference.
+    module = load_model("eight_schools_noncentered")
+    fit = fit_guide(module.model, "flow", steps=1, lr=0.01, seed=0, progress=False,
+                    guide_kwargs=GUIDE_KWARGS["flow"])
+    errors, _ = moment_errors(fit, module, reference_moments(module.NAME))
+    assert max(abs(s) for _, s in errors.values()) > SD_TOL
