@@ -1,7 +1,8 @@
 """The ``pyro-relax`` command: the only home of argument parsing and file output.
 
     pyro-relax demo
-    pyro-relax fit MODEL.py[:name] --guide {normal,iaf,flow,snf,diffusion} --steps N --num-samples M --out DIR
+    pyro-relax fit MODEL.py[:name] --guide {normal,iaf,flow,snf,diffusion} --steps N \
+        --num-samples M --out DIR
     pyro-relax mcmc MODEL.py[:name] --kernel {nuts,mala,flow-imh,neutra} --num-samples M --out DIR
 
 Outputs are written to a temporary folder next to ``DIR`` and renamed into
@@ -24,12 +25,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError, ImportError)
+ERRORS = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+    FloatingPointError,
+    ImportError,
+)
 
 
 # -- model files -------------------------------------------------------------
 def load_model(spec: str) -> Callable[[], Any]:
-    """Import ``MODEL.py[:name]`` and return the zero-argument model function (``model`` by default).
+    """Import ``MODEL.py[:name]``; return its zero-argument model (named ``model`` by default).
 
     Example:
         >>> load_model("no/such/file.py")
@@ -55,11 +63,14 @@ def load_model(spec: str) -> Callable[[], Any]:
     if fn is None or not callable(fn):
         raise ValueError(f"{path} has no callable {name!r}; name the model as {path}:NAME")
     required = [
-        p for p in inspect.signature(fn).parameters.values()
+        p
+        for p in inspect.signature(fn).parameters.values()
         if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
     if required:
-        raise ValueError(f"expected a zero-argument model, {name}() takes {[p.name for p in required]}")
+        raise ValueError(
+            f"expected a zero-argument model, {name}() takes {[p.name for p in required]}"
+        )
     return fn
 
 
@@ -91,9 +102,18 @@ def _write_results(
 ) -> Any:
     import numpy as np
 
-    from pyro_relax.diagnostics import plot_elbo, plot_khat, plot_pairs, summarize, to_inference_data
+    from pyro_relax.diagnostics import (
+        plot_elbo,
+        plot_khat,
+        plot_pairs,
+        summarize,
+        to_inference_data,
+    )
 
-    flat = {k: v.detach().cpu().reshape((-1,) + tuple(v.shape[2 if mcmc else 1 :])).numpy() for k, v in samples.items()}
+    flat = {
+        k: v.detach().cpu().reshape((-1,) + tuple(v.shape[2 if mcmc else 1 :])).numpy()
+        for k, v in samples.items()
+    }
     lw = None if log_w is None else log_w.detach().cpu().numpy()
     idata = to_inference_data(flat, log_weights=lw, elbo_trace=elbo, chains=chains)
     idata.to_netcdf(str(tmp / "posterior.nc"))
@@ -130,9 +150,16 @@ def _fit(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     tmp = _start_out(args.out, args.force)
     try:
-        fit = fit_guide(model, args.guide, steps=args.steps, lr=args.lr, seed=args.seed, progress=args.progress)
+        fit = fit_guide(
+            model, args.guide, steps=args.steps, lr=args.lr, seed=args.seed, progress=args.progress
+        )
         samples, log_w = guide_draws(fit, model, args.num_samples)
-        diag = {"guide": args.guide, "steps": args.steps, "final_elbo": fit.elbo[-1], "seconds": fit.seconds}
+        diag = {
+            "guide": args.guide,
+            "steps": args.steps,
+            "final_elbo": fit.elbo[-1],
+            "seconds": fit.seconds,
+        }
         if args.num_samples >= 25:
             diag.update(weighted_report(log_w))
         table = _write_results(tmp, samples, diag, log_w=log_w, elbo=fit.elbo)
@@ -154,8 +181,14 @@ def _mcmc(args: argparse.Namespace) -> int:
     tmp = _start_out(args.out, args.force)
     try:
         res = run_mcmc(
-            model, args.kernel, num_samples=args.num_samples, warmup_steps=args.warmup,
-            num_chains=args.chains, seed=args.seed, progress=args.progress, guide_steps=args.guide_steps,
+            model,
+            args.kernel,
+            num_samples=args.num_samples,
+            warmup_steps=args.warmup,
+            num_chains=args.chains,
+            seed=args.seed,
+            progress=args.progress,
+            guide_steps=args.guide_steps,
         )
         diag = {"kernel": args.kernel, "seconds": res.seconds, **res.extra}
         table = _write_results(tmp, res.samples, diag, chains=args.chains, mcmc=res.mcmc)
@@ -183,18 +216,26 @@ def _demo(args: argparse.Namespace) -> int:
         return 0
     print("part 2: centered eight schools (a funnel), Pyro NUTS against pyro-relax\n")
     rows = demo.inference_demo(seed=args.seed, progress=args.progress)
-    print(f"{'method':<22} {'time (s)':>8} {'mu mean (sd)':>16} {'log tau mean (sd)':>18} "
-          f"{'ESS/s':>7} {'k-hat':>12}")
+    print(
+        f"{'method':<22} {'time (s)':>8} {'mu mean (sd)':>16} {'log tau mean (sd)':>18} "
+        f"{'ESS/s':>7} {'k-hat':>12}"
+    )
     for r in rows:
         khat = f"{r['khat']:.2f} {r['verdict'][:4]}" if "khat" in r else "-"
-        print(f"{r['method']:<22} {r['seconds']:>8.1f} {r['mu'][0]:>8.2f} ({r['mu'][1]:.2f}) "
-              f"{r['log_tau'][0]:>10.2f} ({r['log_tau'][1]:.2f}) {r['ess_per_s']:>7.1f} {khat:>12}")
-    print("\nReference (posteriordb, Stan NUTS): mu 4.39 (3.3); log tau is heavy-tailed towards -inf.")
+        print(
+            f"{r['method']:<22} {r['seconds']:>8.1f} {r['mu'][0]:>8.2f} ({r['mu'][1]:.2f}) "
+            f"{r['log_tau'][0]:>10.2f} ({r['log_tau'][1]:.2f}) {r['ess_per_s']:>7.1f} {khat:>12}"
+        )
+    print(
+        "\nReference (posteriordb, Stan NUTS): mu 4.39 (3.3); log tau is heavy-tailed towards -inf."
+    )
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pyro-relax", description="Relaxed normalizing flows for Pyro.")
+    p = argparse.ArgumentParser(
+        prog="pyro-relax", description="Relaxed normalizing flows for Pyro."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="density estimation and a hard posterior on built-in data")
@@ -204,20 +245,28 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     fit = sub.add_parser("fit", help="fit a guide to a Pyro model file")
-    fit.add_argument("model", help="MODEL.py[:name], a zero-argument Pyro model (default name: model)")
-    fit.add_argument("--guide", choices=["normal", "iaf", "flow", "snf", "diffusion"], default="flow")
+    fit.add_argument(
+        "model", help="MODEL.py[:name], a zero-argument Pyro model (default name: model)"
+    )
+    fit.add_argument(
+        "--guide", choices=["normal", "iaf", "flow", "snf", "diffusion"], default="flow"
+    )
     fit.add_argument("--steps", type=int, default=2000)
     fit.add_argument("--lr", type=float, default=1e-2)
     fit.add_argument("--num-samples", type=int, default=1000)
     fit.set_defaults(func=_fit)
 
     mc = sub.add_parser("mcmc", help="run an MCMC kernel on a Pyro model file")
-    mc.add_argument("model", help="MODEL.py[:name], a zero-argument Pyro model (default name: model)")
+    mc.add_argument(
+        "model", help="MODEL.py[:name], a zero-argument Pyro model (default name: model)"
+    )
     mc.add_argument("--kernel", choices=["nuts", "mala", "flow-imh", "neutra"], default="nuts")
     mc.add_argument("--num-samples", type=int, default=1000)
     mc.add_argument("--warmup", type=int, default=500)
     mc.add_argument("--chains", type=int, default=1)
-    mc.add_argument("--guide-steps", type=int, default=2000, help="guide training for flow-imh/neutra")
+    mc.add_argument(
+        "--guide-steps", type=int, default=2000, help="guide training for flow-imh/neutra"
+    )
     mc.set_defaults(func=_mcmc)
 
     for s in (fit, mc):
@@ -226,7 +275,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--device", default="cpu")
         s.add_argument("--seed", type=int, default=0)
     for s in (demo, fit, mc):
-        s.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+        s.add_argument(
+            "--no-progress", dest="progress", action="store_false", help="hide progress bars"
+        )
     return p
 
 
@@ -236,7 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("steps", "num_samples", "chains", "guide_steps"):
         value = getattr(args, name, 1)
         if value < 1:
-            print(f"pyro-relax: error: --{name.replace('_', '-')} must be at least 1, got {value}", file=sys.stderr)
+            print(
+                f"pyro-relax: error: --{name.replace('_', '-')} must be at least 1, got {value}",
+                file=sys.stderr,
+            )
             return 2
     start = time.perf_counter()
     try:

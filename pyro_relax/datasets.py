@@ -77,7 +77,9 @@ def rings(n: int, noise: float = 0.04, seed: int | None = None) -> Tensor:
     return pts + noise * torch.randn(n, 2, generator=g)
 
 
-def eight_gaussians(n: int, scale: float = 2.0, sd: float = 0.15, seed: int | None = None) -> Tensor:
+def eight_gaussians(
+    n: int, scale: float = 2.0, sd: float = 0.15, seed: int | None = None
+) -> Tensor:
     """Eight Gaussians on a circle of radius ``scale``.
 
     Example:

@@ -27,7 +27,9 @@ def density_demo(steps: int = 600, seed: int = 0, progress: bool = False) -> lis
     test = datasets.sign_symmetric(2000, seed=seed + 1)
     variants = {
         "plain spline flow": lambda: coupling_stack(2, 4, 32),
-        "SurVAE abs flow": lambda: coupling_stack(2, 4, 32) + [T.SoftplusTransform(), AbsSurjection()],
+        "SurVAE abs flow": lambda: (
+            coupling_stack(2, 4, 32) + [T.SoftplusTransform(), AbsSurjection()]
+        ),
     }
     rows = []
     for name, make in variants.items():
@@ -46,8 +48,10 @@ def density_demo(steps: int = 600, seed: int = 0, progress: bool = False) -> lis
     return rows
 
 
-def inference_demo(seed: int = 0, progress: bool = False, guide_steps: int = 1000) -> list[dict[str, Any]]:
-    """Centered eight schools (a funnel): Pyro NUTS against pyro-relax's flow guide and flow-IMH kernel.
+def inference_demo(
+    seed: int = 0, progress: bool = False, guide_steps: int = 1000
+) -> list[dict[str, Any]]:
+    """Centered eight schools (a funnel): Pyro NUTS against our flow guide and flow-IMH kernel.
 
     Returns one row per method: wall time, posterior mean and sd of ``mu`` and
     ``log tau``, bulk ESS per second of the hardest parameter, and k-hat where
@@ -61,8 +65,13 @@ def inference_demo(seed: int = 0, progress: bool = False, guide_steps: int = 100
 
     rows = []
 
-    def row(name: str, samples: dict[str, torch.Tensor], seconds: float, chains: int, **extra: Any) -> None:
-        flat = {k: v.reshape((-1,) + v.shape[(2 if chains else 1) :]).numpy() for k, v in samples.items()}
+    def row(
+        name: str, samples: dict[str, torch.Tensor], seconds: float, chains: int, **extra: Any
+    ) -> None:
+        flat = {
+            k: v.reshape((-1,) + v.shape[(2 if chains else 1) :]).numpy()
+            for k, v in samples.items()
+        }
         table = summarize(flat, chains=max(chains, 1))
         ess = float(np.nanmin(table["ess_bulk"]))
         log_tau = np.log(flat["tau"])
@@ -84,10 +93,23 @@ def inference_demo(seed: int = 0, progress: bool = False, guide_steps: int = 100
     samples, log_w = guide_draws(fit, model, 1000)
     report = weighted_report(log_w)
     seconds = fit.seconds + time.perf_counter() - start
-    row("flow guide (IS draws)", {k: v.unsqueeze(0) for k, v in samples.items()}, seconds, 1,
-        khat=report["khat"], verdict=report["verdict"])
-    imh = run_mcmc(model, "flow-imh", num_samples=1000, warmup_steps=200, seed=seed, progress=progress,
-                   guide=fit)
+    row(
+        "flow guide (IS draws)",
+        {k: v.unsqueeze(0) for k, v in samples.items()},
+        seconds,
+        1,
+        khat=report["khat"],
+        verdict=report["verdict"],
+    )
+    imh = run_mcmc(
+        model,
+        "flow-imh",
+        num_samples=1000,
+        warmup_steps=200,
+        seed=seed,
+        progress=progress,
+        guide=fit,
+    )
     row("flow-IMH kernel", imh.samples, imh.seconds, 1)
     return rows
 

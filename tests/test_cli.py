@@ -42,10 +42,30 @@ def _leftovers(folder):
 
 def test_fit_writes_every_output(model_file, tmp_path, capsys):
     out = tmp_path / "fit"
-    code = main(["fit", str(model_file), "--guide", "normal", "--steps", "30", "--num-samples", "100",
-                 "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "fit",
+            str(model_file),
+            "--guide",
+            "normal",
+            "--steps",
+            "30",
+            "--num-samples",
+            "100",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
-    for name in ("posterior.nc", "summary.csv", "diagnostics.json", "pairs.png", "elbo.png", "khat.png"):
+    for name in (
+        "posterior.nc",
+        "summary.csv",
+        "diagnostics.json",
+        "pairs.png",
+        "elbo.png",
+        "khat.png",
+    ):
         assert (out / name).is_file(), name
     diag = json.loads((out / "diagnostics.json").read_text())
     assert {"khat", "verdict", "ess", "final_elbo", "seconds"} <= set(diag)
@@ -55,8 +75,21 @@ def test_fit_writes_every_output(model_file, tmp_path, capsys):
 
 def test_mcmc_writes_outputs_with_rhat(model_file, tmp_path):
     out = tmp_path / "mc"
-    code = main(["mcmc", f"{model_file}:model", "--kernel", "mala", "--num-samples", "60", "--warmup", "40",
-                 "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "mcmc",
+            f"{model_file}:model",
+            "--kernel",
+            "mala",
+            "--num-samples",
+            "60",
+            "--warmup",
+            "40",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert "r_hat" in (out / "summary.csv").read_text()
     assert "min_ess_bulk" in json.loads((out / "diagnostics.json").read_text())
@@ -68,8 +101,22 @@ def test_existing_output_needs_force(model_file, tmp_path, capsys):
     code = main(["fit", str(model_file), "--guide", "normal", "--steps", "5", "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "--force" in err[0]
-    code = main(["fit", str(model_file), "--guide", "normal", "--steps", "5", "--num-samples", "30",
-                 "--out", str(out), "--force", "--no-progress"])
+    code = main(
+        [
+            "fit",
+            str(model_file),
+            "--guide",
+            "normal",
+            "--steps",
+            "5",
+            "--num-samples",
+            "30",
+            "--out",
+            str(out),
+            "--force",
+            "--no-progress",
+        ]
+    )
     assert code == 0 and (out / "posterior.nc").is_file()
     assert _leftovers(tmp_path) == []
 
@@ -86,8 +133,19 @@ def test_existing_output_needs_force(model_file, tmp_path, capsys):
 )
 def test_errors_are_one_line_and_leave_nothing(model_file, tmp_path, capsys, spec, message):
     out = tmp_path / "o"
-    code = main(["fit", spec.format(file=model_file), "--guide", "normal", "--steps", "5",
-                 "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "fit",
+            spec.format(file=model_file),
+            "--guide",
+            "normal",
+            "--steps",
+            "5",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert len(err) == 1 and message in err[0].lower(), err

@@ -42,8 +42,9 @@ def test_batch_consistency(case):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", [c for c in REGISTRY if checks.kind_of(c.build()) != "stochastic"],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "case", [c for c in REGISTRY if checks.kind_of(c.build()) != "stochastic"], ids=lambda c: c.name
+)
 def test_round_trip(case, device):
     layer = _layer(case, case.event_shapes[0], device)
     x, ctx = _inputs(case, case.event_shapes[0], device=device)

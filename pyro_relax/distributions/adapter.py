@@ -100,7 +100,7 @@ class TransformLayer(RelaxedLayer):
 
 
 def as_layer(obj: RelaxedLayer | Transform | ConditionalTransform) -> RelaxedLayer:
-    """Return ``obj`` if it is a :class:`RelaxedLayer`, else wrap a transform in :class:`TransformLayer`.
+    """Return a :class:`RelaxedLayer` as is; wrap a transform in :class:`TransformLayer`.
 
     Example:
         >>> import pyro.distributions.transforms as T
@@ -111,6 +111,4 @@ def as_layer(obj: RelaxedLayer | Transform | ConditionalTransform) -> RelaxedLay
         return obj
     if isinstance(obj, Transform | ConditionalTransform):
         return TransformLayer(obj)
-    raise TypeError(
-        f"expected a RelaxedLayer or a torch/Pyro Transform, got {type(obj).__name__}"
-    )
+    raise TypeError(f"expected a RelaxedLayer or a torch/Pyro Transform, got {type(obj).__name__}")

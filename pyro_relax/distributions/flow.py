@@ -57,7 +57,9 @@ class FlowDistribution(TorchDistribution):
         validate_args: bool | None = None,
     ) -> None:
         if not isinstance(base, Distribution):
-            raise TypeError(f"FlowDistribution: expected a base Distribution, got {type(base).__name__}")
+            raise TypeError(
+                f"FlowDistribution: expected a base Distribution, got {type(base).__name__}"
+            )
         self.base = base
         self.layers = [as_layer(layer) for layer in layers]
         shape = base.event_shape
@@ -68,7 +70,9 @@ class FlowDistribution(TorchDistribution):
         batch_shape = base.batch_shape
         if context is not None:
             if not isinstance(context, Tensor):
-                raise TypeError(f"FlowDistribution: expected a context tensor, got {type(context).__name__}")
+                raise TypeError(
+                    f"FlowDistribution: expected a context tensor, got {type(context).__name__}"
+                )
             batch_shape = torch.broadcast_shapes(batch_shape, context.shape[:-1])
         self.context = context
         super().__init__(batch_shape, torch.Size(shape), validate_args=False)
@@ -186,7 +190,9 @@ class Flow(nn.Module):
         super().__init__()
         shape = torch.Size(base_shape)
         if any(not isinstance(s, int) or s <= 0 for s in shape):
-            raise ValueError(f"Flow: expected a base shape of positive ints, got {tuple(base_shape)}")
+            raise ValueError(
+                f"Flow: expected a base shape of positive ints, got {tuple(base_shape)}"
+            )
         self.base_shape = shape
         self.layers = nn.ModuleList(as_layer(layer) for layer in layers)
         self._base = base

@@ -81,7 +81,9 @@ def fit_density(
 
 
 @torch.no_grad()
-def evaluate_nll(flow: Flow, data: Tensor, num_particles: int = 100, batch_size: int = 1024) -> float:
+def evaluate_nll(
+    flow: Flow, data: Tensor, num_particles: int = 100, batch_size: int = 1024
+) -> float:
     """Mean negative log-likelihood in nats: exact for exact stacks, else the
     importance-weighted estimate with ``num_particles`` (an upper bound on the NLL).
 

@@ -126,7 +126,12 @@ def fit_guide(
     pyro.set_rng_seed(seed)
     g = _make_guide(model, guide, **(guide_kwargs or {}))
     optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / steps), "clip_norm": 10.0})
-    svi = SVI(model, g, optim, Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1))
+    svi = SVI(
+        model,
+        g,
+        optim,
+        Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1),
+    )
     elbo: list[float] = []
     start = time.perf_counter()
     bar = tqdm(range(steps), disable=not progress, desc=f"fit {guide}")
@@ -147,7 +152,9 @@ def fit_guide(
 
 
 @torch.no_grad()
-def guide_draws(fit: FitResult, model: Callable[[], Any], num_samples: int) -> tuple[dict[str, Tensor], Tensor]:
+def guide_draws(
+    fit: FitResult, model: Callable[[], Any], num_samples: int
+) -> tuple[dict[str, Tensor], Tensor]:
     """Posterior draws of the latent sites and their log importance weights.
 
     Our guides carry path weights (:meth:`importance_weights`); Pyro's guides
@@ -168,7 +175,13 @@ def guide_draws(fit: FitResult, model: Callable[[], Any], num_samples: int) -> t
 
 def _plate_nesting(model: Callable[[], Any]) -> int:
     tr = poutine.trace(model).get_trace()
-    dims = [-f.dim for s in tr.nodes.values() if s["type"] == "sample" for f in s["cond_indep_stack"] if f.vectorized]
+    dims = [
+        -f.dim
+        for s in tr.nodes.values()
+        if s["type"] == "sample"
+        for f in s["cond_indep_stack"]
+        if f.vectorized
+    ]
     return max(dims, default=0)
 
 

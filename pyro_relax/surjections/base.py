@@ -33,7 +33,9 @@ def check_event_shape(x: Tensor, event_shape: tuple[int, ...] | torch.Size, name
     n = len(event_shape)
     if x.dim() < n or (n and tuple(x.shape[-n:]) != event_shape):
         got = tuple(x.shape[-n:]) if n and x.dim() >= n else tuple(x.shape)
-        raise ValueError(f"{name}: expected event shape {event_shape}, got {got} (input shape {tuple(x.shape)})")
+        raise ValueError(
+            f"{name}: expected event shape {event_shape}, got {got} (input shape {tuple(x.shape)})"
+        )
 
 
 def check_finite(x: Tensor, name: str) -> None:
@@ -153,7 +155,8 @@ class RelaxedLayer(nn.Module, ABC):
             check_event_shape(t, event_shape, name)
         elif t.dim() < self.event_dim:
             raise ValueError(
-                f"{name}: expected at least {self.event_dim} event dimensions, got shape {tuple(t.shape)}"
+                f"{name}: expected at least {self.event_dim} event dimensions, "
+                f"got shape {tuple(t.shape)}"
             )
         check_finite(t, name)
 

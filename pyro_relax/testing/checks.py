@@ -82,7 +82,9 @@ def check_batch_consistency(
     """A batch of shape ``(2, m)`` gives the same results as the flat ``(2 m,)`` batch."""
     batch = _batch(layer, x)
     if len(batch) != 1 or batch[0] % 2:
-        raise ValueError(f"check_batch_consistency: expected an even flat batch, got {tuple(batch)}")
+        raise ValueError(
+            f"check_batch_consistency: expected an even flat batch, got {tuple(batch)}"
+        )
     x2 = x.reshape((2, batch[0] // 2) + x.shape[1:])
     c2 = None if context is None else context.reshape((2, batch[0] // 2) + context.shape[1:])
     torch.manual_seed(0)
@@ -112,7 +114,9 @@ def check_round_trip(
     if kind in ("bijection", "generative_surjection"):
         _close(layer.decode(z, context)[0], x, "decode(encode(x)) vs x", atol)
     if kind in ("bijection", "inference_surjection"):
-        _close(layer.encode(layer.decode(z, context)[0], context)[0], z, "encode(decode(z)) vs z", atol)
+        _close(
+            layer.encode(layer.decode(z, context)[0], context)[0], z, "encode(decode(z)) vs z", atol
+        )
 
 
 def check_log_det_autograd(
@@ -196,7 +200,7 @@ def check_gradients(
     context: Tensor | None = None,
     exempt_decode: Iterable[str] = (),
 ) -> None:
-    """Finite gradients reach every parameter from ``encode`` and, through ``decode``, from samples."""
+    """Finite gradients reach every parameter from ``encode`` and, via ``decode``, from samples."""
     layer.zero_grad(set_to_none=True)
     if x.is_floating_point():
         x = x.detach().requires_grad_(True)

@@ -21,7 +21,9 @@ def seeds() -> st.SearchStrategy[int]:
     return st.integers(0, 2**31 - 1)
 
 
-def layer_cases(where: Callable[[LayerCase], bool] = lambda c: True) -> st.SearchStrategy[LayerCase]:
+def layer_cases(
+    where: Callable[[LayerCase], bool] = lambda c: True,
+) -> st.SearchStrategy[LayerCase]:
     """Registered cases satisfying ``where``."""
     chosen = [c for c in REGISTRY if where(c)]
     if not chosen:

@@ -43,7 +43,9 @@ def coupling_stack(
             continue
         if kind == "spline":
             layers.append(
-                T.spline_coupling(dim, hidden_dims=[hidden, hidden], count_bins=count_bins, bound=bound)
+                T.spline_coupling(
+                    dim, hidden_dims=[hidden, hidden], count_bins=count_bins, bound=bound
+                )
             )
         else:
             layers.append(T.affine_coupling(dim, hidden_dims=[hidden, hidden]))
