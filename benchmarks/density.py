@@ -170,8 +170,12 @@ def toy_builders(cfg: Config) -> dict[str, Builder]:
 
     Layers run from the base to the data. ``abs`` puts a softplus under the
     abs surjection so the flow models ``|x|`` on the positive orthant; ``sort``
-    puts Pyro's ``OrderedTransform`` under the sort surjection; ``augment``
-    runs the flow in ``2 + extra`` dimensions.
+    puts Pyro's ``OrderedTransform`` under the sort surjection; ``max`` learns
+    the position of the maximum. These three map small gaps or magnitudes to
+    large negative latents (logarithms), so a data-initialized ``ActNorm``
+    between the coupling stack and the surjection puts the flow's output on
+    their scale (4 parameters). ``augment`` runs the flow in ``2 + extra``
+    dimensions.
 
     Example:
         >>> base_shape, layers = toy_builders(QUICK)["augment"](8)
@@ -183,15 +187,18 @@ def toy_builders(cfg: Config) -> dict[str, Builder]:
     def spline(h: int) -> Layers:
         return coupling_stack(2, L, h)
 
+    def under(h: int) -> Layers:
+        return [*spline(h), ActNorm(2)]
+
     return {
         "spline": lambda h: ((2,), spline(h)),
         "affine": lambda h: ((2,), coupling_stack(2, L, h, kind="affine")),
-        "abs": lambda h: ((2,), spline(h) + [T.SoftplusTransform(), AbsSurjection()]),
-        "sort": lambda h: ((2,), spline(h) + [T.OrderedTransform(), SortSurjection()]),
-        "max": lambda h: ((2,), spline(h) + [MaxSurjection(2, hidden=s)]),
+        "abs": lambda h: ((2,), [*under(h), T.SoftplusTransform(), AbsSurjection()]),
+        "sort": lambda h: ((2,), [*under(h), T.OrderedTransform(), SortSurjection()]),
+        "max": lambda h: ((2,), [*under(h), MaxSurjection(2, hidden=s)]),
         "augment": lambda h: (
             (2 + cfg.extra,),
-            coupling_stack(2 + cfg.extra, L, h) + [AugmentSurjection(2, cfg.extra, hidden=s)],
+            [*coupling_stack(2 + cfg.extra, L, h), AugmentSurjection(2, cfg.extra, hidden=s)],
         ),
     }
 
@@ -304,10 +311,13 @@ def run_toy(cfg: Config) -> dict[str, Any]:
 
 def _sets_builders(cfg: Config) -> dict[str, Builder]:
     d = cfg.set_size
+
+    def stack(h: int) -> Layers:
+        return [*coupling_stack(d, cfg.num_layers, h), ActNorm(d)]
+
     return {
-        "spline": lambda h: ((d,), coupling_stack(d, cfg.num_layers, h)),
-        "sort": lambda h: ((d,), coupling_stack(d, cfg.num_layers, h)
-                           + [T.OrderedTransform(), SortSurjection()]),
+        "spline": lambda h: ((d,), stack(h)),
+        "sort": lambda h: ((d,), [*stack(h), T.OrderedTransform(), SortSurjection()]),
     }
 
 
@@ -326,7 +336,9 @@ def run_sets(cfg: Config) -> dict[str, Any]:
     """A plain spline flow versus a sort flow on exchangeable sets of ``set_size`` numbers.
 
     The sort flow models the sorted set with ``OrderedTransform`` and recovers the
-    ``log D!`` of the orderings exactly; both flows have the same parameters.
+    ``log D!`` of the orderings exactly; both flows have the same parameters and end
+    in a data-initialized ``ActNorm`` (the sort flow's latent holds log-gaps, whose
+    long left tail leaves the range of the splines otherwise).
     """
     d = cfg.set_size
     rows = parallel_map(_sets_job, [(cfg, m) for m in ("spline", "sort")], cfg.workers,

@@ -202,7 +202,9 @@ class Flow(nn.Module):
         """The base distribution, on the device and dtype of this module."""
         if self._base is None:
             loc = self._zero.expand(self.base_shape)
-            return dist.Normal(loc, torch.ones_like(loc)).to_event(len(self.base_shape))
+            # validate_args=False: the parameters are ours, and checking them syncs the device
+            normal = dist.Normal(loc, torch.ones_like(loc), validate_args=False)
+            return normal.to_event(len(self.base_shape))
         if isinstance(self._base, nn.Module):
             return self._base()
         return self._base
