@@ -13,12 +13,14 @@ Sections (``--sections``, all by default):
 * ``zuko``: the plain spline flow built with zuko, trained with the same
   budget (NLL difference), and the training-step time of ours, of the same
   Pyro transforms in a raw ``TransformedDistribution``, and of zuko, measured
-  interleaved on one thread; the ratio ours/zuko is the headline number. When
-  it is above 1, a cProfile breakdown says where our step spends its time.
+  interleaved on one thread (as thread CPU time on the CPU, so other processes
+  on the machine do not disturb it); the ratio ours/zuko is the headline
+  number. When it is above 1, a cProfile breakdown says where our step spends
+  its time, and two "what-if" stacks of Pyro couplings show what closes the gap.
 
 Usage::
 
-    python benchmarks/density.py              # the full run (under 10 minutes on 2 cores)
+    python benchmarks/density.py              # full run: about 4 minutes on 2 idle cores
     python benchmarks/density.py --quick      # about a minute
     python benchmarks/density.py --json out.json --sections toy,zuko
 """
@@ -476,26 +478,34 @@ def _whatif_flow(cfg: Config, variant: str) -> Flow:
     return flow
 
 
+def _clock(device: torch.device) -> tuple[Callable[[], float], str]:
+    """CPU time of this thread on the CPU (blind to other processes), else wall time."""
+    if device.type == "cpu":
+        return time.thread_time, "thread CPU time"
+    return time.perf_counter, "wall time"
+
+
 def _timed_step(log_prob: Callable[[Tensor], Tensor], params: list[nn.Parameter], data: Tensor,
                 batch_size: int, phases: dict[str, list[float]]) -> Callable[[], None]:
     """One training step (fresh minibatch, log_prob, backward, Adam) recording phase times."""
     opt = torch.optim.Adam(params, lr=1e-3)
     sync = torch.cuda.synchronize if data.device.type == "cuda" else (lambda: None)
+    clock, _ = _clock(data.device)
 
     def step() -> None:
         x = data[torch.randint(0, data.shape[0], (batch_size,), device=data.device)]
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         loss = -log_prob(x).mean()
         sync()
-        t1 = time.perf_counter()
+        t1 = clock()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         sync()
-        t2 = time.perf_counter()
+        t2 = clock()
         opt.step()
         sync()
-        t3 = time.perf_counter()
+        t3 = clock()
         for k, v in (("forward", t1 - t0), ("backward", t2 - t1), ("optimizer", t3 - t2)):
             phases.setdefault(k, []).append(v)
 
@@ -557,8 +567,9 @@ def _timing(cfg: Config, data: Tensor) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        clock, clock_name = _clock(device)
         samples = interleaved_timing(steps, rounds=cfg.timing_rounds, inner=cfg.timing_inner,
-                                     warmup=cfg.timing_warmup)
+                                     warmup=cfg.timing_warmup, clock=clock)
         ratio_samples = [a / b for a, b in zip(samples["pyro-relax Flow"], samples["zuko NSF"],
                                                strict=True)]
         overhead_samples = [a / b for a, b in zip(samples["pyro-relax Flow"],
@@ -580,12 +591,12 @@ def _timing(cfg: Config, data: Tensor) -> dict[str, Any]:
             wrappers = ["torch/nn/functional.py", "torch/nn/modules/module.py",
                         "torch/functional.py"]
             profile = profile_breakdown(steps["pyro-relax Flow"], cfg.profile_calls, groups,
-                                        passthrough=wrappers)
+                                        passthrough=wrappers, clock=clock)
     finally:
         torch.set_num_threads(threads)
     return {"rows": rows, "ratio_ours_over_zuko": ratio,
             "ratio_ours_over_raw_pyro": median(overhead_samples),
-            "ratio_samples": ratio_samples, "profile": profile,
+            "ratio_samples": ratio_samples, "profile": profile, "clock": clock_name,
             "batch_size": cfg.batch_size, "rounds": cfg.timing_rounds, "inner": cfg.timing_inner}
 
 
@@ -635,7 +646,7 @@ def run_zuko(cfg: Config, toy: dict[str, Any] | None = None) -> dict[str, Any]:
     )
     timing = _timing(cfg, _toy_split(cfg, cfg.datasets[0])[0])
     print_table(
-        f"Training step time (1 thread, batch {cfg.batch_size}, medians of "
+        f"Training step time ({timing['clock']}, 1 thread, batch {cfg.batch_size}, medians of "
         f"{cfg.timing_rounds} interleaved rounds x {cfg.timing_inner} steps)",
         timing["rows"],
         [Column("flow", "flow"), Column("params", "params"), Column("step_ms", "step ms", ".2f"),

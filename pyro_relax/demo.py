@@ -66,14 +66,12 @@ def inference_demo(
     rows = []
 
     def row(
-        name: str, samples: dict[str, torch.Tensor], seconds: float, chains: int, **extra: Any
+        name: str, samples: dict, seconds: float, ess: float | None = None, **extra: Any
     ) -> None:
-        flat = {
-            k: v.reshape((-1,) + v.shape[(2 if chains else 1) :]).numpy()
-            for k, v in samples.items()
-        }
-        table = summarize(flat, chains=max(chains, 1))
-        ess = float(np.nanmin(table["ess_bulk"]))
+        # samples are grouped by chain: (chains, draws, ...)
+        flat = {k: v.reshape((-1,) + v.shape[2:]).numpy() for k, v in samples.items()}
+        if ess is None:  # MCMC: bulk ESS of the hardest parameter
+            ess = float(np.nanmin(summarize(flat)["ess_bulk"]))
         log_tau = np.log(flat["tau"])
         rows.append(
             {
@@ -87,17 +85,19 @@ def inference_demo(
         )
 
     nuts = run_mcmc(model, "nuts", num_samples=500, warmup_steps=500, seed=seed, progress=progress)
-    row("Pyro NUTS", nuts.samples, nuts.seconds, 1, divergences=_divergences(nuts.mcmc))
+    row("Pyro NUTS", nuts.samples, nuts.seconds, divergences=_divergences(nuts.mcmc))
     fit = fit_guide(model, "flow", steps=guide_steps, seed=seed, progress=progress)
     start = time.perf_counter()
     samples, log_w = guide_draws(fit, model, 1000)
     report = weighted_report(log_w)
     seconds = fit.seconds + time.perf_counter() - start
+    # Weighted draws: their ESS is the importance-sampling ESS, not the number of draws.
+    draws = {k: v.unsqueeze(0) for k, v in samples.items()}
     row(
         "flow guide (IS draws)",
-        {k: v.unsqueeze(0) for k, v in samples.items()},
+        draws,
         seconds,
-        1,
+        ess=report["ess"],
         khat=report["khat"],
         verdict=report["verdict"],
     )
@@ -110,7 +110,7 @@ def inference_demo(
         progress=progress,
         guide=fit,
     )
-    row("flow-IMH kernel", imh.samples, imh.seconds, 1)
+    row("flow-IMH kernel", imh.samples, imh.seconds)
     return rows
 
 

@@ -57,11 +57,37 @@ FAST_FIT = {"flow": (1000, 0.02), "snf": (300, 0.03)}
 
 # Measured failures (seed 0, SLOW_FIT; numbers from a --runxfail run): strict xfails,
 # never a loosened tolerance.
+_LANGEVIN_NAN = (
+    "SNF Langevin block (layer 5) moves to a point where the model's log density raises "
+    "(invalid {what}) at the first SVI steps: the block does not turn an invalid density "
+    "into -inf / a rejection"
+)
 XFAIL: dict[tuple[str, str], str] = {
-    ("flow", "kilpisjarvi"): (
-        "alpha/beta correlation -0.99999 with sd(beta)=0.008: after 1500 steps the flow "
-        "guide has k-hat 2.5, |mean err| = 1.0 sd (alpha, beta) and 10.8 sd (sigma)"
+    ("flow", "arK"): (
+        "k-hat 0.88; beta[1..5] sd too small by 38-46%, mean errors up to 0.47 sd "
+        "(beta[3]) after 1500 steps"
     ),
+    ("flow", "eight_schools_centered"): (
+        "funnel geometry: k-hat 0.99; mean errors up to 0.73 sd (theta[8]), mu -0.65 sd, "
+        "tau +0.58 sd, theta[3] sd +54%"
+    ),
+    ("flow", "gp_pois_regr"): (
+        "k-hat 0.93; rho mean -2.9 sd (sd -56%), alpha mean -1.7 sd (sd -88%), f[3] +0.72 sd"
+    ),
+    ("flow", "kilpisjarvi"): (
+        "alpha/beta correlation -0.99999 with sd(beta)=0.008: k-hat 2.9, alpha/beta mean "
+        "errors 2.1 sd with sd 97% too small, sigma mean +9.8 sd"
+    ),
+    ("flow", "low_dim_gauss_mix"): (
+        "k-hat 1.37; sigma[1] mean -0.37 sd, theta mean -0.30 sd and sd -35%"
+    ),
+    ("snf", "arK"): "the ELBO becomes inf at SVI step 2 (FloatingPointError from fit_guide)",
+    ("snf", "eight_schools_centered"): (
+        "k-hat 0.89; theta[2] mean -0.32 sd (all else within 0.3)"
+    ),
+    ("snf", "gp_pois_regr"): _LANGEVIN_NAN.format(what="Poisson rate"),
+    ("snf", "kilpisjarvi"): _LANGEVIN_NAN.format(what="Normal scale"),
+    ("snf", "low_dim_gauss_mix"): _LANGEVIN_NAN.format(what="Normal scale"),
 }
 
 
