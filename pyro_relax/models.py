@@ -43,4 +43,5 @@ def funnel(dim: int = 10, scale: float = 3.0) -> None:
         raise ValueError(f"funnel: expected dim >= 2, got {dim!r}")
     zero = torch.zeros((), dtype=torch.get_default_dtype())
     v = pyro.sample("v", dist.Normal(zero, scale))
-    pyro.sample("x", dist.Normal(zero, torch.exp(v / 2)).expand([dim - 1]).to_event(1))
+    sd = torch.exp(v / 2).unsqueeze(-1).expand(v.shape + (dim - 1,))  # batches of v work too
+    pyro.sample("x", dist.Normal(torch.zeros_like(sd), sd).to_event(1))

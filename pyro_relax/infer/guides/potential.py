@@ -147,9 +147,15 @@ class PotentialMixin:
         latent = flat.reshape((m,) + (1,) * (p - 1) + (self.latent_dim,))
         values, total = self._constrain(latent)
         model = poutine.condition(self._raw_model[0], data=values)
-        with poutine.block(), pyro.plate(_PARTICLE_PLATE, m, dim=-p):
+        # Pyro's argument validation off: a proposal outside the model's domain gets a
+        # NaN/-inf log density (rejected by MH-type blocks) instead of an exception.
+        with (
+            poutine.block(),
+            pyro.plate(_PARTICLE_PLATE, m, dim=-p),
+            pyro.validation_enabled(False),
+        ):
             trace = poutine.trace(model).get_trace(*args, **kwargs)
-        trace.compute_log_prob()
+            trace.compute_log_prob()
         for site in trace.nodes.values():
             if site["type"] == "sample" and "log_prob" in site:
                 total = total + _per_particle(site["log_prob"], p, m, flat)
@@ -160,9 +166,9 @@ class PotentialMixin:
         for row in flat:
             values, ladj = self._constrain(row)
             model = poutine.condition(self._raw_model[0], data=values)
-            with poutine.block():
+            with poutine.block(), pyro.validation_enabled(False):
                 trace = poutine.trace(model).get_trace(*args, **kwargs)
-            out.append(trace.log_prob_sum() + ladj.sum())
+                out.append(trace.log_prob_sum() + ladj.sum())
         return torch.stack(out)
 
     def unconstrained_to_samples(self, z: Tensor) -> dict[str, Tensor]:
