@@ -52,6 +52,9 @@ class TransformLayer(RelaxedLayer):
             self.transform = transform  # registers its parameters
         else:
             self._plain = transform
+            inner = getattr(transform, "_inv", None)  # e.g. ``module.inv`` of a TransformModule
+            if isinstance(inner, nn.Module):
+                self.inverse_of = inner
         self._conditional = isinstance(transform, ConditionalTransform)
         if event_dim is None:
             event_dim = 1 if self._conditional else transform.codomain.event_dim

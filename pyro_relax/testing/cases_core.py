@@ -13,6 +13,7 @@ import torch
 
 from pyro_relax.surjections.abs import AbsSurjection
 from pyro_relax.testing.registry import LayerCase
+from pyro_relax.transforms.stacks import FlipTransform
 
 
 def _dim(shape: torch.Size) -> int:
@@ -35,6 +36,10 @@ CASES: list[LayerCase] = [
     # Pyro's affine_autoregressive is left out: its AutoRegressiveNN keeps its masks
     # as plain tensors, so ``.double()`` and ``.to(device)`` leave them behind and the
     # float64 and meta checks fail inside Pyro (pyro-ppl 1.9.2).
+    LayerCase("flip", lambda s: FlipTransform()),
+    LayerCase(
+        "pyro_inverse_affine_coupling", lambda s: T.affine_coupling(_dim(s), hidden_dims=[8]).inv
+    ),
     LayerCase(
         "pyro_permute",
         lambda s: T.Permute(torch.arange(_dim(s) - 1, -1, -1)),
