@@ -211,11 +211,7 @@ def _demo(args: argparse.Namespace) -> int:
     # The demo's models are tiny: one thread avoids oversubscription on small
     # machines, and single-chain ArviZ summaries would warn about R-hat.
     torch.set_num_threads(1)
-    import arviz  # noqa: F401  (import first so its loggers exist)
-
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("arviz"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+    logging.disable(logging.WARNING)  # this process only runs the demo
     print("pyro-relax demo, part 1: density estimation on the built-in sign-symmetric 2-D data")
     print(f"(4000 train / 2000 test points, {args.steps} Adam steps per model)\n")
     rows = demo.density_demo(steps=args.steps, seed=args.seed, progress=args.progress)
