@@ -66,7 +66,10 @@ def spline_coupling(
             rest * count_bins,
         ],
     )
-    return T.SplineCoupling(dim, split, net, count_bins=count_bins, bound=bound, identity=True)
+    coupling = T.SplineCoupling(dim, split, net, count_bins=count_bins, bound=bound, identity=True)
+    # With identity=True Pyro never calls its first-half spline; drop its unused parameters.
+    coupling.lower_spline = torch.nn.Identity()
+    return coupling
 
 
 def coupling_stack(
@@ -103,11 +106,7 @@ def coupling_stack(
             layers.append(T.Spline(1, count_bins=count_bins, bound=bound))
             continue
         if kind == "spline":
-            layers.append(
-                T.spline_coupling(
-                    dim, hidden_dims=[hidden, hidden], count_bins=count_bins, bound=bound
-                )
-            )
+            layers.append(spline_coupling(dim, hidden, count_bins=count_bins, bound=bound))
         else:
             layers.append(T.affine_coupling(dim, hidden_dims=[hidden, hidden]))
         if i < num_layers - 1:
