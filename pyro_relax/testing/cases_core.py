@@ -13,7 +13,7 @@ import torch
 
 from pyro_relax.surjections.abs import AbsSurjection
 from pyro_relax.testing.registry import LayerCase
-from pyro_relax.transforms.stacks import FlipTransform
+from pyro_relax.transforms.stacks import FlipTransform, spline_coupling
 
 
 def _dim(shape: torch.Size) -> int:
@@ -37,6 +37,11 @@ CASES: list[LayerCase] = [
     # as plain tensors, so ``.double()`` and ``.to(device)`` leave them behind and the
     # float64 and meta checks fail inside Pyro (pyro-ppl 1.9.2).
     LayerCase("flip", lambda s: FlipTransform()),
+    LayerCase(
+        "spline_coupling_fast_density",
+        lambda s: spline_coupling(_dim(s), 8, count_bins=4, order="quadratic").inv,
+        meta=False,  # Pyro's spline masks its tails with nonzero(), which has no meta kernel
+    ),
     LayerCase(
         "pyro_inverse_affine_coupling", lambda s: T.affine_coupling(_dim(s), hidden_dims=[8]).inv
     ),

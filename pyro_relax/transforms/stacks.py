@@ -42,7 +42,7 @@ class FlipTransform(T.Transform):
 
 
 def spline_coupling(
-    dim: int, hidden: int = 64, count_bins: int = 8, bound: float = 4.0
+    dim: int, hidden: int = 64, count_bins: int = 8, bound: float = 4.0, order: str = "linear"
 ) -> T.SplineCoupling:
     """Pyro's rational-quadratic spline coupling with the first half passed through unchanged.
 
@@ -59,14 +59,12 @@ def spline_coupling(
     net = DenseNN(
         split,
         [hidden, hidden],
-        param_dims=[
-            rest * count_bins,
-            rest * count_bins,
-            rest * (count_bins - 1),
-            rest * count_bins,
-        ],
+        param_dims=[rest * count_bins, rest * count_bins, rest * (count_bins - 1)]
+        + ([rest * count_bins] if order == "linear" else []),
     )
-    coupling = T.SplineCoupling(dim, split, net, count_bins=count_bins, bound=bound, identity=True)
+    coupling = T.SplineCoupling(
+        dim, split, net, count_bins=count_bins, bound=bound, order=order, identity=True
+    )
     # With identity=True Pyro never calls its first-half spline; drop its unused parameters.
     coupling.lower_spline = torch.nn.Identity()
     return coupling
@@ -79,6 +77,7 @@ def coupling_stack(
     kind: str = "spline",
     count_bins: int = 8,
     bound: float = 4.0,
+    fast_density: bool = False,
 ) -> list[torch.distributions.Transform]:
     """Alternating coupling layers and reversals, as a list for a flow (base to data).
 
@@ -89,6 +88,10 @@ def coupling_stack(
         kind: ``"spline"`` (rational-quadratic, Durkan et al. 2019) or ``"affine"`` (RealNVP).
         count_bins: spline bins.
         bound: spline tail bound (identity outside ``[-bound, bound]``).
+        fast_density: for ``kind="spline"``, use quadratic splines inserted as
+            ``.inv``, so ``log_prob`` runs the cheap forward spline and sampling
+            the costlier inverse (zuko's trade-off; 0.99x zuko's training step in
+            ``benchmarks/density.py`` against 1.21x for the default).
 
     Example:
         >>> len(coupling_stack(2, num_layers=3))
@@ -98,6 +101,8 @@ def coupling_stack(
         raise ValueError(f"coupling_stack: expected a positive int dim, got {dim!r}")
     if not isinstance(num_layers, int) or num_layers < 1:
         raise ValueError(f"coupling_stack: expected num_layers >= 1, got {num_layers!r}")
+    if fast_density and kind != "spline":
+        raise ValueError(f"coupling_stack: fast_density needs kind 'spline', got {kind!r}")
     if kind not in ("spline", "affine"):
         raise ValueError(f"coupling_stack: expected kind 'spline' or 'affine', got {kind!r}")
     layers: list[torch.distributions.Transform] = []
@@ -106,7 +111,11 @@ def coupling_stack(
             layers.append(T.Spline(1, count_bins=count_bins, bound=bound))
             continue
         if kind == "spline":
-            layers.append(spline_coupling(dim, hidden, count_bins=count_bins, bound=bound))
+            if fast_density:
+                coupling = spline_coupling(dim, hidden, count_bins, bound, order="quadratic")
+                layers.append(coupling.inv)
+            else:
+                layers.append(spline_coupling(dim, hidden, count_bins=count_bins, bound=bound))
         else:
             layers.append(T.affine_coupling(dim, hidden_dims=[hidden, hidden]))
         if i < num_layers - 1:
