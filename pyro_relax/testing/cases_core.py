@@ -31,7 +31,7 @@ CASES: list[LayerCase] = [
     LayerCase(
         "pyro_spline_coupling",
         lambda s: T.spline_coupling(_dim(s), hidden_dims=[8], count_bins=4),
-        meta=False,
+        meta=False,  # Pyro's spline masks its tails with nonzero(), which has no meta kernel
     ),
     # Pyro's affine_autoregressive is left out: its AutoRegressiveNN keeps its masks
     # as plain tensors, so ``.double()`` and ``.to(device)`` leave them behind and the
