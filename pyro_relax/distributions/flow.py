@@ -64,9 +64,11 @@ class FlowDistribution(TorchDistribution):
         self.layers = [as_layer(layer) for layer in layers]
         shape = base.event_shape
         for layer in self.layers:
+            out = layer.data_shape(shape)
             if isinstance(layer, TransformLayer) and not layer._conditional:
-                layer.event_dim = max(len(shape), layer.wrapped.domain.event_dim)
-            shape = layer.data_shape(shape)
+                # event_dim counts data-side dimensions (those of the transform's output)
+                layer.event_dim = max(len(out), layer.wrapped.codomain.event_dim)
+            shape = out
         batch_shape = base.batch_shape
         if context is not None:
             if not isinstance(context, Tensor):

@@ -54,9 +54,11 @@ def check_finite(x: Tensor, name: str) -> None:
 
 def sum_event(t: Tensor, event_dim: int) -> Tensor:
     """Sum the rightmost ``event_dim`` dimensions of ``t`` (none if ``event_dim`` is 0)."""
+    if not 0 <= event_dim <= t.dim():
+        raise ValueError(f"sum_event: expected 0 <= event_dim <= {t.dim()}, got {event_dim}")
     if event_dim == 0:
         return t
-    return t.reshape(t.shape[: t.dim() - event_dim] + (-1,)).sum(-1)
+    return t.sum(dim=tuple(range(-event_dim, 0)))
 
 
 class RelaxedLayer(nn.Module, ABC):

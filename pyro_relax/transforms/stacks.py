@@ -31,6 +31,9 @@ class FlipTransform(T.Transform):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, FlipTransform)
 
+    def __hash__(self) -> int:
+        return hash(FlipTransform)
+
     def _call(self, x: Tensor) -> Tensor:
         return x.flip(-1)
 
