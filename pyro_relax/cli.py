@@ -25,14 +25,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-ERRORS = (
-    ValueError,
-    TypeError,
-    FileNotFoundError,
-    FileExistsError,
-    FloatingPointError,
-    ImportError,
-)
+# Errors reported as one line and exit code 1 (OSError covers missing files,
+# existing folders and unwritable paths; RuntimeError covers device failures).
+ERRORS = (ValueError, TypeError, OSError, FloatingPointError, ImportError, RuntimeError)
 
 
 # -- model files -------------------------------------------------------------

@@ -158,3 +158,23 @@ def test_bad_numbers_exit_nonzero(model_file, tmp_path):
 
 def test_load_model_returns_the_function(model_file):
     assert load_model(f"{model_file}:model").__name__ == "model"
+
+
+def test_output_path_that_is_a_file_is_a_clean_error(model_file, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(
+        [
+            "fit",
+            str(model_file),
+            "--guide",
+            "normal",
+            "--steps",
+            "5",
+            "--out",
+            str(blocker / "sub"),
+            "--no-progress",
+        ]
+    )
+    assert code == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
