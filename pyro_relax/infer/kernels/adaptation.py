@@ -8,10 +8,31 @@ the host synchronizations they make (Python floats) stay out of the per-step pat
 
 from __future__ import annotations
 
-__all__ = ["check_positive", "check_probability", "find_reasonable_step_size"]
+__all__ = [
+    "check_initial_params",
+    "check_positive",
+    "check_probability",
+    "find_reasonable_step_size",
+]
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from torch import Tensor
+
+
+def check_initial_params(params: object, where: str) -> dict[str, Tensor] | None:
+    """Return ``params`` as a dict after checking it maps site names to tensors (or is None).
+
+    Example:
+        >>> check_initial_params(None, "MALA") is None
+        True
+    """
+    if params is None:
+        return None
+    if not isinstance(params, Mapping) or not all(isinstance(v, Tensor) for v in params.values()):
+        raise TypeError(f"{where}: expected initial_params to be a dict of tensors, got {params!r}")
+    return dict(params)
 
 
 def check_positive(name: str, value: object, where: str) -> float:

@@ -15,6 +15,7 @@ from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from pyro.infer.mcmc.util import initialize_model
 from torch import Tensor
 
+from pyro_relax.infer.kernels.adaptation import check_initial_params
 from pyro_relax.infer.kernels.ops import (
     acceptance_probability,
     imh_log_accept_ratio,
@@ -143,15 +144,7 @@ class FlowIMH(MCMCKernel):
 
     @initial_params.setter
     def initial_params(self, params: Mapping[str, Tensor] | None) -> None:
-        if params is not None:
-            if not isinstance(params, Mapping) or not all(
-                isinstance(v, Tensor) for v in params.values()
-            ):
-                raise TypeError(
-                    f"FlowIMH: expected initial_params to be a dict of tensors, got {params!r}"
-                )
-            params = dict(params)
-        self._initial_params = params
+        self._initial_params = check_initial_params(params, "FlowIMH")
 
     # ------------------------------------------------------------------ layout and proposals
     def _auto_continuous(self) -> AutoContinuous | None:

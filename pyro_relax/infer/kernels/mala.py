@@ -20,6 +20,7 @@ from pyro.ops.integrator import potential_grad
 from torch import Tensor
 
 from pyro_relax.infer.kernels.adaptation import (
+    check_initial_params,
     check_positive,
     check_probability,
     find_reasonable_step_size,
@@ -161,15 +162,7 @@ class MALA(MCMCKernel):
 
     @initial_params.setter
     def initial_params(self, params: Mapping[str, Tensor] | None) -> None:
-        if params is not None:
-            if not isinstance(params, Mapping) or not all(
-                isinstance(v, Tensor) for v in params.values()
-            ):
-                raise TypeError(
-                    f"MALA: expected initial_params to be a dict of tensors, got {params!r}"
-                )
-            params = dict(params)
-        self._initial_params = params
+        self._initial_params = check_initial_params(params, "MALA")
 
     @property
     def step_size(self) -> float:
