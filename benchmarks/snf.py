@@ -51,15 +51,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Column, print_table, write_json  # noqa: E402
 
-from pyro_relax.distributions.adapter import as_layer  # noqa: E402
 from pyro_relax.infer.snf_training import SNFTrainer  # noqa: E402
 from pyro_relax.stochastic.annealing import (  # noqa: E402
-    geometric_schedule,
-    linear_schedule,
     standard_normal_log_prob,
 )
 from pyro_relax.stochastic.hmc import HMC  # noqa: E402
 from pyro_relax.stochastic.mh import RandomWalkMH  # noqa: E402
+from pyro_relax.stochastic.pullback import (  # noqa: E402
+    PulledBackDensity,
+    annealed_hmc_levels,
+    tune_step_sizes,
+)
 from pyro_relax.stochastic.snf import (  # noqa: E402
     StochasticNormalizingFlow,
     ess_from_log_weights,
@@ -117,22 +119,6 @@ def realnvp(dim: int, n_couplings: int, hidden: int, zero_init: bool) -> list[nn
     return layers
 
 
-class PulledBackTarget(nn.Module):
-    """``log p(f(z)) + log|det f'(z)|``: the target seen from the flow's latent space."""
-
-    def __init__(self, layers: Sequence[nn.Module], target: nn.Module) -> None:
-        super().__init__()
-        self.flow = nn.ModuleList(as_layer(layer) for layer in layers)
-        self.target = target
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        log_det = z.new_zeros(z.shape[:-1])
-        for layer in self.flow:
-            z, s = layer._decode(z, None)
-            log_det = log_det + s
-        return self.target.log_prob(z) + log_det
-
-
 class WideGaussian(nn.Module):
     """``log N(x; 0, scale^2 I)``, the start of plain AIS."""
 
@@ -145,19 +131,10 @@ class WideGaussian(nn.Module):
         return standard_normal_log_prob(x / self.scale) - d * math.log(self.scale)
 
 
-@torch.no_grad()
-def pilot_tune(model: StochasticNormalizingFlow, rounds: int, n: int, goal: float = 0.7) -> int:
-    """Adapt each block's step size towards an acceptance of ``goal``; return target evaluations."""
-    evals = 0
-    for r in range(rounds):
-        model.sample_with_log_weights(n)
-        rate = 1.0 / math.sqrt(r + 1)
-        for block in model.blocks:
-            acc = block.last_acceptance
-            assert acc is not None
-            block.log_step_size.add_(rate * (acc - goal) * 2.0)
-        evals += n * evals_per_sample(model)
-    return evals
+def pilot_tune(model: StochasticNormalizingFlow, rounds: int, n: int) -> int:
+    """Tune the blocks' step sizes toward acceptance 0.7; return the target evaluations spent."""
+    tune_step_sizes(model, rounds=rounds, batch_size=n, target_accept=0.7)
+    return rounds * n * evals_per_sample(model)
 
 
 def evals_per_sample(model: StochasticNormalizingFlow) -> int:
@@ -282,13 +259,10 @@ def make_target(name: str) -> tuple[nn.Module, float]:
 
 
 def hmc_levels(
-    density: nn.Module, base: Any, levels: int, leapfrog: int, step: float, kind: str
+    density: Any, base: Any, levels: int, leapfrog: int, step: float, kind: str
 ) -> list[HMC]:
     """``levels`` HMC blocks, ``lambda`` linear (``k / K``) or geometric from 0.01 to 1."""
-    lams = (
-        geometric_schedule(levels, start=0.01) if kind == "geometric" else linear_schedule(levels)
-    )
-    return [HMC(density, base, lam=lam, step_size=step, n_leapfrog=leapfrog) for lam in lams]
+    return annealed_hmc_levels(density, levels, leapfrog, step, kind, base=base)
 
 
 def run_target(name: str, cfg: dict[str, Any], seed: int) -> list[dict[str, Any]]:
@@ -311,7 +285,7 @@ def run_target(name: str, cfg: dict[str, Any], seed: int) -> list[dict[str, Any]
     train_s = time.perf_counter() - start
     rows = [{"method": "flow", "evals": 1, **evaluate(plain, cfg["samples"], target.log_Z)}]
 
-    pulled = PulledBackTarget(list(plain.layers), target)
+    pulled = PulledBackDensity(list(plain.layers), target)
     blocks = hmc_levels(
         pulled, standard_normal_log_prob, cfg["levels"], cfg["leapfrog"], 0.3, "linear"
     )

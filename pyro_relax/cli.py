@@ -146,7 +146,8 @@ def _fit(args: argparse.Namespace) -> int:
     tmp = _start_out(args.out, args.force)
     try:
         fit = fit_guide(
-            model, args.guide, steps=args.steps, lr=args.lr, seed=args.seed, progress=args.progress
+            model, args.guide, steps=args.steps, lr=args.lr, seed=args.seed, progress=args.progress,
+            num_particles=args.particles,
         )
         samples, log_w = guide_draws(fit, model, args.num_samples)
         diag = {
@@ -252,8 +253,9 @@ def _parser() -> argparse.ArgumentParser:
         "model", help="MODEL.py[:name], a zero-argument Pyro model (default name: model)"
     )
     fit.add_argument(
-        "--guide", choices=["normal", "iaf", "flow", "snf", "diffusion"], default="flow"
+        "--guide", choices=["normal", "iaf", "flow", "flow-ais", "snf", "diffusion"], default="flow"
     )
+    fit.add_argument("--particles", type=int, default=8, help="ELBO particles per step")
     fit.add_argument("--steps", type=int, default=2000)
     fit.add_argument("--lr", type=float, default=1e-2)
     fit.add_argument("--num-samples", type=int, default=1000)

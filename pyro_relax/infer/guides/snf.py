@@ -40,11 +40,21 @@ from pyro_relax.infer.guides.base import (
     check_init_scale,
     check_model,
 )
-from pyro_relax.infer.guides.flow import LayerSpec, build_flow_layers, make_flow
+from pyro_relax.infer.guides.flow import (
+    AutoFlowGuide,
+    LayerSpec,
+    build_flow_layers,
+    make_flow,
+)
 from pyro_relax.stochastic.annealing import AnnealedBlock
 from pyro_relax.stochastic.hmc import HMC
 from pyro_relax.stochastic.langevin import MALA, OverdampedLangevin
 from pyro_relax.stochastic.mh import RandomWalkMH
+from pyro_relax.stochastic.pullback import (
+    PulledBackDensity,
+    annealed_hmc_levels,
+    tune_step_sizes,
+)
 from pyro_relax.stochastic.snf import StochasticNormalizingFlow
 from pyro_relax.stochastic.underdamped import UnderdampedLangevin
 from pyro_relax.surjections.base import RelaxedLayer
@@ -103,9 +113,19 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
         kind: ``"spline"``, ``"affine"`` or ``"iaf"`` for the default flow part.
         init_loc_fn: per-site initialization (Pyro's ``init_to_*``).
         init_scale: initial scale of the default flow part.
+        placement: ``"data"`` (default): the blocks follow the flow and target the
+            model's log density in unconstrained space. ``"base"``: the blocks come
+            first, in the flow's base space, and target the model's density pulled
+            back through the flow (:class:`~pyro_relax.stochastic.pullback.PulledBackDensity`;
+            the flow part must be exact and bijective); with
+            :func:`~pyro_relax.stochastic.pullback.annealed_hmc_levels` as ``blocks``
+            this is annealed importance sampling from the flow (see
+            :meth:`from_flow_guide`).
 
     References:
         Wu, Koehler and Noe. Stochastic Normalizing Flows. NeurIPS 2020 (arXiv 2002.06707).
+        Hoffman et al. NeuTra-lizing Bad Geometry in HMC with Neural Transport. 2019
+        (arXiv 1903.03704).
 
     Example:
         >>> import torch, pyro, pyro.distributions as dist
@@ -127,11 +147,15 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
         kind: str = "affine",
         init_loc_fn: Callable[[dict], Tensor] = init_to_median,
         init_scale: float = 0.1,
+        placement: str = "data",
     ) -> None:
         owner = type(self).__name__
         check_model(model, owner)
         check_flow_config(owner, num_layers, hidden, kind)
         _check_blocks(blocks, owner)
+        if placement not in ("data", "base"):
+            raise ValueError(f"{owner}: expected placement 'data' or 'base', got {placement!r}")
+        self._placement = placement
         self._layer_spec = layers
         self._block_spec = blocks
         self._num_layers, self._hidden, self._kind = num_layers, hidden, kind
@@ -143,15 +167,15 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
         """The blocks' target: ``log_joint_unconstrained`` with the last model arguments."""
         return self._log_joint(z, *self._model_args)
 
-    def _make_blocks(self) -> list[RelaxedLayer]:
+    def _make_blocks(self, target: Callable[[Tensor], Tensor]) -> list[RelaxedLayer]:
         spec = self._block_spec
         if callable(spec):
-            return list(spec(self.target_log_density, self.latent_dim))
+            return list(spec(target, self.latent_dim))
         out: list[RelaxedLayer] = []
         for entry in spec:
             name, kwargs = (entry, {}) if isinstance(entry, str) else entry
             options = {"learn_step_size": True, **dict(kwargs)}
-            out.append(BLOCKS[name](self.target_log_density, **options))
+            out.append(BLOCKS[name](target, **options))
         return out
 
     def _build(self, init_loc: Tensor) -> None:
@@ -164,7 +188,11 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
             self._hidden,
             self._kind,
         )
-        layers = layers + self._make_blocks()
+        if self._placement == "base":
+            pulled = PulledBackDensity(layers, self.target_log_density)
+            layers = self._make_blocks(pulled) + layers
+        else:
+            layers = layers + self._make_blocks(self.target_log_density)
         snf = make_flow(
             layers,
             self.latent_dim,
@@ -180,6 +208,82 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
         if self.prototype_trace is None:
             return []
         return self.snf.blocks
+
+    @classmethod
+    def from_flow_guide(
+        cls,
+        guide: AutoFlowGuide,
+        blocks: BlockSpec | None = None,
+        *,
+        levels: int = 10,
+        n_leapfrog: int = 3,
+        tune_rounds: int = 10,
+        tune_batch: int = 256,
+    ) -> AutoSNFGuide:
+        """Annealed importance sampling from a trained flow guide (its layers shared, not copied).
+
+        The new guide runs ``blocks`` (default: ``levels`` annealed HMC levels
+        from ``N(0, I)`` to the model's posterior pulled back through the flow,
+        ``n_leapfrog`` leapfrog steps each) in the flow's base space, then the
+        flow. Its step sizes are tuned by a pilot of ``tune_rounds`` rounds of
+        ``tune_batch`` paths (acceptance 0.7). Its path weights are exact
+        importance weights; more levels cost more model evaluations
+        (``levels * (n_leapfrog + 1)`` per draw) and give better weights.
+
+        Arguments:
+            guide: a trained :class:`~pyro_relax.infer.guides.flow.AutoFlowGuide`
+                with an exact bijective stack, run at least once.
+            blocks: a block spec as in the constructor, or ``None`` for the
+                annealed HMC levels.
+            levels: annealing levels of the default blocks.
+            n_leapfrog: leapfrog steps of the default blocks.
+            tune_rounds: pilot rounds (0: no tuning).
+            tune_batch: paths per pilot round.
+
+        Example:
+            >>> import pyro, pyro.distributions as dist
+            >>> def model():
+            ...     pyro.sample("s", dist.LogNormal(0.0, 1.0))
+            >>> flow = AutoFlowGuide(model, num_layers=1, hidden=8)
+            >>> _ = flow()
+            >>> ais = AutoSNFGuide.from_flow_guide(flow, levels=2, tune_rounds=1, tune_batch=8)
+            >>> ais.sample_unconstrained(4)[0].shape
+            torch.Size([4, 1])
+        """
+        owner = f"{cls.__name__}.from_flow_guide"
+        if not isinstance(guide, AutoFlowGuide):
+            raise TypeError(f"{owner}: expected an AutoFlowGuide, got {type(guide).__name__}")
+        if guide.prototype_trace is None:
+            raise RuntimeError(f"{owner}: run the flow guide once (or train it) first")
+        if isinstance(tune_rounds, bool) or not isinstance(tune_rounds, int) or tune_rounds < 0:
+            raise ValueError(f"{owner}: expected an int tune_rounds >= 0, got {tune_rounds!r}")
+        if blocks is None:
+            if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+                raise ValueError(f"{owner}: expected an int levels >= 1, got {levels!r}")
+            dtype, device = guide.flow._zero.dtype, guide.flow._zero.device
+
+            def blocks(target: Callable[[Tensor], Tensor], dim: int) -> list[RelaxedLayer]:
+                made = annealed_hmc_levels(target, levels=levels, n_leapfrog=n_leapfrog)
+                return [b.to(device=device, dtype=dtype) for b in made]
+
+        model = guide._raw_model[0]
+        args, kwargs = guide._model_args
+        # The layers are given, so the initial point only seeds the prototype trace.
+        new = cls(model, list(guide.flow.layers), blocks=blocks, placement="base")
+        new._setup_prototype(*args, **kwargs)
+        if tune_rounds:
+            new.tune_step_sizes(rounds=tune_rounds, batch_size=tune_batch)
+        return new
+
+    def tune_step_sizes(
+        self, rounds: int = 10, batch_size: int = 256, target_accept: float = 0.7
+    ) -> list[float]:
+        """Tune the Metropolis-adjusted blocks' step sizes by a pilot run (see
+        :func:`~pyro_relax.stochastic.pullback.tune_step_sizes`); returns them."""
+        if self.prototype_trace is None:
+            raise RuntimeError(f"{type(self).__name__}.tune_step_sizes: run the guide once first")
+        return tune_step_sizes(self.snf, rounds=rounds, batch_size=batch_size,
+                               target_accept=target_accept)
 
     def _draw(self, sample_shape: torch.Size) -> tuple[Tensor, Tensor]:
         snf = self.snf
