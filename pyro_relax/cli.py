@@ -1,7 +1,7 @@
 """The ``pyro-relax`` command: the only home of argument parsing and file output.
 
     pyro-relax demo
-    pyro-relax fit MODEL.py[:name] --guide {normal,iaf,flow,snf,diffusion} --steps N \
+    pyro-relax fit MODEL.py[:name] --guide {normal,iaf,flow,flow-ais,snf,diffusion} --steps N \
         --num-samples M --out DIR
     pyro-relax mcmc MODEL.py[:name] --kernel {nuts,mala,flow-imh,neutra} --num-samples M --out DIR
 
@@ -153,6 +153,7 @@ def _fit(args: argparse.Namespace) -> int:
         diag = {
             "guide": args.guide,
             "steps": args.steps,
+            "particles": args.particles,
             "final_elbo": fit.elbo[-1],
             "seconds": fit.seconds,
         }
@@ -289,7 +290,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-relax`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
-    for name in ("steps", "num_samples", "chains", "guide_steps"):
+    for name in ("steps", "num_samples", "chains", "guide_steps", "particles"):
         value = getattr(args, name, 1)
         if value < 1:
             print(

@@ -51,7 +51,8 @@ def density_demo(steps: int = 600, seed: int = 0, progress: bool = False) -> lis
 def inference_demo(
     seed: int = 0, progress: bool = False, guide_steps: int = 1000
 ) -> list[dict[str, Any]]:
-    """Centered eight schools (a funnel): Pyro NUTS against our flow guide and flow-IMH kernel.
+    """Centered eight schools (a funnel): Pyro NUTS against our flow guide, that flow with
+    annealed importance sampling, and the flow-IMH kernel.
 
     Returns one row per method: wall time, posterior mean and sd of ``mu`` and
     ``log tau``, bulk ESS per second of the hardest parameter, and k-hat where
@@ -59,26 +60,36 @@ def inference_demo(
     """
     import numpy as np
 
-    from pyro_relax.diagnostics import summarize, weighted_report
+    from pyro_relax.diagnostics import psis_expectation, summarize, weighted_report
+    from pyro_relax.infer.guides import AutoSNFGuide
     from pyro_relax.infer.runner import fit_guide, guide_draws, run_mcmc
     from pyro_relax.models import eight_schools_centered as model
 
     rows = []
 
+    def moments(values: Any, log_w: Any) -> tuple[float, float]:
+        if log_w is None:
+            return float(values.mean()), float(values.std())
+        mean = float(psis_expectation(values, log_w))
+        return mean, float(np.sqrt(max(float(psis_expectation(values**2, log_w)) - mean**2, 0)))
+
     def row(
-        name: str, samples: dict, seconds: float, ess: float | None = None, **extra: Any
+        name: str, samples: dict, seconds: float, log_w: Any = None, **extra: Any
     ) -> None:
-        # samples are grouped by chain: (chains, draws, ...)
+        # samples are grouped by chain: (chains, draws, ...); IS draws come with log_w
         flat = {k: v.reshape((-1,) + v.shape[2:]).numpy() for k, v in samples.items()}
-        if ess is None:  # MCMC: bulk ESS of the hardest parameter
+        if log_w is None:  # MCMC: bulk ESS of the hardest parameter
             ess = float(np.nanmin(summarize(flat)["ess_bulk"]))
-        log_tau = np.log(flat["tau"])
+        else:  # weighted draws: the importance-sampling ESS, not the number of draws
+            report = weighted_report(log_w)
+            ess = report["ess"]
+            extra = {"khat": report["khat"], "verdict": report["verdict"], **extra}
         rows.append(
             {
                 "method": name,
                 "seconds": seconds,
-                "mu": (float(flat["mu"].mean()), float(flat["mu"].std())),
-                "log_tau": (float(log_tau.mean()), float(log_tau.std())),
+                "mu": moments(flat["mu"], log_w),
+                "log_tau": moments(np.log(flat["tau"]), log_w),
                 "ess_per_s": ess / seconds,
                 **extra,
             }
@@ -89,18 +100,13 @@ def inference_demo(
     fit = fit_guide(model, "flow", steps=guide_steps, seed=seed, progress=progress)
     start = time.perf_counter()
     samples, log_w = guide_draws(fit, model, 1000)
-    report = weighted_report(log_w)
     seconds = fit.seconds + time.perf_counter() - start
-    # Weighted draws: their ESS is the importance-sampling ESS, not the number of draws.
-    draws = {k: v.unsqueeze(0) for k, v in samples.items()}
-    row(
-        "flow guide (IS draws)",
-        draws,
-        seconds,
-        ess=report["ess"],
-        khat=report["khat"],
-        verdict=report["verdict"],
-    )
+    row("flow guide (IS)", {k: v.unsqueeze(0) for k, v in samples.items()}, seconds, log_w)
+    start = time.perf_counter()
+    ais = AutoSNFGuide.from_flow_guide(fit.guide, levels=10)
+    samples, log_w = ais.importance_weights(1000)
+    seconds = fit.seconds + time.perf_counter() - start
+    row("flow + AIS (IS)", {k: v.unsqueeze(0) for k, v in samples.items()}, seconds, log_w)
     imh = run_mcmc(
         model,
         "flow-imh",

@@ -178,3 +178,19 @@ def test_output_path_that_is_a_file_is_a_clean_error(model_file, tmp_path, capsy
     )
     assert code == 1
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_fit_flow_ais_writes_its_guide_and_weights(model_file, tmp_path):
+    out = tmp_path / "ais"
+    argv = ["fit", str(model_file), "--guide", "flow-ais", "--steps", "20", "--particles", "4",
+            "--num-samples", "200", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    diag = json.loads((out / "diagnostics.json").read_text())
+    assert diag["guide"] == "flow-ais" and diag["particles"] == 4
+    assert 1.0 <= diag["ess"] <= 200.0 and diag["verdict"] in ("good", "acceptable", "unreliable")
+
+
+def test_zero_particles_exit_nonzero(model_file, tmp_path, capsys):
+    argv = ["fit", str(model_file), "--particles", "0", "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
+    assert "--particles must be at least 1" in capsys.readouterr().err

@@ -72,12 +72,15 @@ def _make_guide(model: Callable[[], Any], name: str, **kwargs: Any) -> AutoConti
         return AutoNormal(model)
     if name == "iaf":
         return AutoIAFNormal(model, num_transforms=2)
-    # Defaults measured on centered eight schools (1000 steps): an affine stack
-    # started at the feasible point with unit scale fits better and 3x faster
-    # than a spline stack started at the prior median with scale 0.1.
+    # Defaults measured on centered eight schools (1000 steps): a stack started at
+    # the feasible point with unit scale fits better and 3x faster than a spline
+    # stack started at the prior median with scale 0.1. Among affine stacks
+    # (2000 steps x 8 particles, seeds 0-2), IAF layers put the hierarchical
+    # scale before the values it scales: max mean error 0.07-0.13 reference sd
+    # on centered eight schools against 0.20-0.24 for affine couplings.
     start = {"init_loc_fn": init_to_feasible, "init_scale": 1.0}
     if name in ("flow", "flow-ais"):
-        return g.AutoFlowGuide(model, **{"kind": "affine", **start, **kwargs})
+        return g.AutoFlowGuide(model, **{"kind": "iaf", **start, **kwargs})
     if name == "snf":
         return g.AutoSNFGuide(model, **{**start, **kwargs})
     if name == "diffusion":
