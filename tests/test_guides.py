@@ -498,3 +498,19 @@ def test_save_load_round_trip(problem, kind, tmp_path):
     z_b, lq_b = loaded.sample_unconstrained(4, problem.y, problem.w)
     torch.testing.assert_close(z_a, z_b)
     torch.testing.assert_close(lq_a, lq_b)
+
+
+def test_fit_guide_loops_over_particles_for_a_scalar_only_model():
+    """A model that breaks under a particle plate still fits (with a warning), not a crash."""
+    from pyro_relax.infer.runner import fit_guide
+
+    def scalar_model():
+        v = pyro.sample("v", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(torch.zeros(3), torch.exp(v)).to_event(1))  # (3,) vs batch
+
+    with pytest.warns(UserWarning, match="vectorized particles"):
+        fit = fit_guide(scalar_model, "flow", steps=3, num_particles=4, progress=False,
+                        guide_kwargs={"num_layers": 1, "hidden": 4})
+    assert len(fit.elbo) == 3 and all(math.isfinite(e) for e in fit.elbo)
+    with pytest.raises(ValueError, match="num_particles"):
+        fit_guide(scalar_model, "flow", steps=3, num_particles=0)

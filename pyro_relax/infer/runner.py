@@ -19,6 +19,7 @@ __all__ = [
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,20 +135,16 @@ def fit_guide(
     if not (isinstance(lr, float | int) and lr > 0):
         raise ValueError(f"fit_guide: expected a positive learning rate, got {lr!r}")
     check_continuous_model(model)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
-    g = _make_guide(model, guide, **(guide_kwargs or {}))
-    optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / steps), "clip_norm": 10.0})
-    svi = SVI(
-        model,
-        g,
-        optim,
-        Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1),
-    )
-    elbo: list[float] = []
-    start = time.perf_counter()
-    bar = tqdm(range(steps), disable=not progress, desc=f"fit {guide}")
-    for i in bar:
+
+    def build(vectorize: bool) -> tuple[Any, SVI]:
+        pyro.clear_param_store()
+        pyro.set_rng_seed(seed)
+        g = _make_guide(model, guide, **(guide_kwargs or {}))
+        optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / steps), "clip_norm": 10.0})
+        loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=vectorize)
+        return g, SVI(model, g, optim, loss)
+
+    def step(i: int) -> float:
         try:
             loss = svi.step()
         except ValueError as err:  # Pyro's validation of a NaN density or parameter
@@ -157,6 +154,27 @@ def fit_guide(
             raise FloatingPointError(f"the ELBO became NaN at step {i} ({first})") from err
         if not math.isfinite(loss):
             raise FloatingPointError(f"the ELBO became {loss} at step {i}; lower --lr")
+        return loss
+
+    start = time.perf_counter()
+    g, svi = build(num_particles > 1)
+    first_loss = None
+    if num_particles > 1:
+        # A model written for one draw at a time cannot take a particle plate: loop instead.
+        try:
+            first_loss = step(0)
+        except (RuntimeError, ValueError) as err:
+            warnings.warn(
+                f"fit_guide: the model does not run with {num_particles} vectorized particles "
+                f"({type(err).__name__}: {str(err).strip().splitlines()[0][:120]}); "
+                "looping over the particles instead (slower)",
+                stacklevel=2,
+            )
+            g, svi = build(False)
+    elbo: list[float] = []
+    bar = tqdm(range(steps), disable=not progress, desc=f"fit {guide}")
+    for i in bar:
+        loss = first_loss if i == 0 and first_loss is not None else step(i)
         elbo.append(-loss)
         if progress and i % 50 == 0:
             bar.set_postfix(elbo=f"{-loss:.3f}")
