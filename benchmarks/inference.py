@@ -4,8 +4,9 @@ Targets: Neal's funnel (d = 10, exact reference from ``NealFunnel.sample``), the
 40-mode 2-D Gaussian mixture (exact samples of ``GaussianMixture40``) and the
 seven posteriordb posteriors of ``examples/posteriordb`` (10000 Stan reference
 draws). Methods: Pyro ``NUTS`` (``nuts``), Pyro ``AutoIAFNormal`` (``iaf``), our
-guides (``flow``, ``snf``, ``diffusion``) and kernels (``mala``, ``flow-imh``,
-``neutra``; the last two train an ``AutoFlowGuide`` first, included in the time).
+guides (``flow``, ``flow-ais``, ``snf``, ``diffusion``) and kernels (``mala``,
+``flow-imh``, ``ais-imh``, ``neutra``; the last three train an ``AutoFlowGuide``
+first, included in the time).
 
 Per target and method: wall seconds (training included), an ESS (MCMC: the
 smallest bulk ESS over all scalar components, ArviZ; guides: the Kish ESS of
@@ -42,7 +43,8 @@ for p in (ROOT, ROOT / "benchmarks"):
 from _common import Column, parallel_map, print_table, write_json  # noqa: E402
 
 METHODS = (
-    "nuts", "iaf", "flow", "flow-ais", "snf", "diffusion", "mala", "flow-imh", "neutra",
+    "nuts", "iaf", "flow", "flow-ais", "snf", "diffusion", "mala", "flow-imh", "ais-imh",
+    "neutra",
 )
 GUIDE_METHODS = ("iaf", "flow", "flow-ais", "snf", "diffusion")
 POSTERIORS = (
@@ -178,7 +180,7 @@ def run_case(target: str, method: str, budget: Budget, seed: int = 0) -> dict[st
             import arviz as az
 
             pre = None
-            if method in ("flow-imh", "neutra"):  # the same flow guide as the "flow" row
+            if method in ("flow-imh", "ais-imh", "neutra"):  # the "flow" row's flow guide
                 pre = fit_guide(model, "flow", steps=budget.guide_steps, lr=budget.lr, seed=seed,
                                 num_particles=budget.particles, progress=False)
             res = run_mcmc(model, method, guide=pre, num_samples=budget.mcmc_samples,

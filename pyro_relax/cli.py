@@ -3,7 +3,8 @@
     pyro-relax demo
     pyro-relax fit MODEL.py[:name] --guide {normal,iaf,flow,flow-ais,snf,diffusion} --steps N \
         --num-samples M --out DIR
-    pyro-relax mcmc MODEL.py[:name] --kernel {nuts,mala,flow-imh,neutra} --num-samples M --out DIR
+    pyro-relax mcmc MODEL.py[:name] --kernel {nuts,mala,flow-imh,ais-imh,neutra} \
+        --num-samples M --out DIR
 
 Outputs are written to a temporary folder next to ``DIR`` and renamed into
 place only when complete, so a failed run leaves nothing half-written.
@@ -266,12 +267,14 @@ def _parser() -> argparse.ArgumentParser:
     mc.add_argument(
         "model", help="MODEL.py[:name], a zero-argument Pyro model (default name: model)"
     )
-    mc.add_argument("--kernel", choices=["nuts", "mala", "flow-imh", "neutra"], default="nuts")
+    mc.add_argument(
+        "--kernel", choices=["nuts", "mala", "flow-imh", "ais-imh", "neutra"], default="nuts"
+    )
     mc.add_argument("--num-samples", type=int, default=1000)
     mc.add_argument("--warmup", type=int, default=500)
     mc.add_argument("--chains", type=int, default=1)
     mc.add_argument(
-        "--guide-steps", type=int, default=2000, help="guide training for flow-imh/neutra"
+        "--guide-steps", type=int, default=2000, help="guide training for flow-imh/ais-imh/neutra"
     )
     mc.set_defaults(func=_mcmc)
 
