@@ -116,7 +116,12 @@ def fit_guide(
     ``"flow-ais"`` fits the ``"flow"`` guide, then wraps it in
     :meth:`~pyro_relax.infer.guides.AutoSNFGuide.from_flow_guide` (``ais_levels``
     annealed HMC levels in the flow's base space, pilot-tuned step sizes);
-    the time of both parts is counted.
+    the time of both parts is counted. ``"snf"`` (without explicit ``layers``)
+    is warm-started: its flow part is first fitted alone as an affine
+    ``AutoFlowGuide`` for half the steps, then the SNF (its blocks in the
+    flow's base space, ``placement="base"``) is trained end to end for the rest;
+    blocks started on an untrained flow, or run in the model's own badly scaled
+    space, meet points where the gradient is huge or the density NaN.
 
     Raises:
         FloatingPointError: if the ELBO becomes NaN or inf.
@@ -135,11 +140,25 @@ def fit_guide(
     if not (isinstance(lr, float | int) and lr > 0):
         raise ValueError(f"fit_guide: expected a positive learning rate, got {lr!r}")
     check_continuous_model(model)
+    kwargs = dict(guide_kwargs or {})
+    warm: FitResult | None = None
+    if guide == "snf" and "layers" not in kwargs and steps >= 2:
+        flow_keys = ("num_layers", "hidden", "kind", "init_loc_fn", "init_scale")
+        flow_kwargs = {"kind": "affine", "num_layers": 2,
+                       **{k: v for k, v in kwargs.items() if k in flow_keys}}
+        warm = fit_guide(model, "flow", steps // 2, lr, seed, num_particles, progress,
+                         flow_kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k not in flow_keys}
+        kwargs["layers"] = list(warm.guide.flow.layers)
+        # in the trained flow's base space the posterior has scale ~1 in every
+        # direction, so one step size fits all blocks (not so in the model's space)
+        kwargs.setdefault("placement", "base")
+        steps -= steps // 2
 
     def build(vectorize: bool) -> tuple[Any, SVI]:
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
-        g = _make_guide(model, guide, **(guide_kwargs or {}))
+        g = _make_guide(model, guide, **kwargs)
         optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / steps), "clip_norm": 10.0})
         loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=vectorize)
         return g, SVI(model, g, optim, loss)
@@ -182,7 +201,10 @@ def fit_guide(
         from pyro_relax.infer.guides import AutoSNFGuide
 
         g = AutoSNFGuide.from_flow_guide(g, levels=ais_levels)
-    return FitResult(g, elbo, time.perf_counter() - start, guide)
+    seconds = time.perf_counter() - start
+    if warm is not None:
+        elbo, seconds = warm.elbo + elbo, seconds + warm.seconds
+    return FitResult(g, elbo, seconds, guide)
 
 
 @torch.no_grad()
