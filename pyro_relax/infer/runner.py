@@ -197,14 +197,24 @@ def fit_guide(
         elbo.append(-loss)
         if progress and i % 50 == 0:
             bar.set_postfix(elbo=f"{-loss:.3f}")
-    if guide == "flow-ais":
-        from pyro_relax.infer.guides import AutoSNFGuide
-
-        g = AutoSNFGuide.from_flow_guide(g, levels=ais_levels)
     seconds = time.perf_counter() - start
     if warm is not None:
         elbo, seconds = warm.elbo + elbo, seconds + warm.seconds
+    if guide == "flow-ais":
+        flow = FitResult(g, elbo, seconds, "flow")
+        return _with_annealing(flow, ais_levels, "fit_guide: flow-ais")
     return FitResult(g, elbo, seconds, guide)
+
+
+def _with_annealing(fit: FitResult, levels: int, owner: str) -> FitResult:
+    """A fitted flow guide followed by ``levels`` annealed HMC levels (its time added)."""
+    from pyro_relax.infer.guides import AutoFlowGuide, AutoSNFGuide
+
+    if not isinstance(fit.guide, AutoFlowGuide):
+        raise ValueError(f"{owner} needs a flow guide, got {fit.name!r}")
+    start = time.perf_counter()
+    ais = AutoSNFGuide.from_flow_guide(fit.guide, levels=levels)
+    return FitResult(ais, fit.elbo, fit.seconds + time.perf_counter() - start, "flow-ais")
 
 
 @torch.no_grad()
@@ -300,17 +310,9 @@ def run_mcmc(
     if kernel in ("flow-imh", "ais-imh", "neutra"):
         fit = guide or fit_guide(model, "flow", steps=guide_steps, seed=seed, progress=progress)
         start -= fit.seconds if guide is not None else 0.0
-        if kernel == "ais-imh" and not hasattr(fit.guide, "snf"):
+        if kernel == "ais-imh" and fit.name != "flow-ais":
             # the proposal: the flow guide followed by annealed importance sampling
-            from pyro_relax.infer.guides import AutoFlowGuide, AutoSNFGuide
-
-            if not isinstance(fit.guide, AutoFlowGuide):
-                raise ValueError(
-                    f"run_mcmc: ais-imh needs a flow or flow-ais guide, got {fit.name!r}"
-                )
-            wrap = time.perf_counter()
-            ais = AutoSNFGuide.from_flow_guide(fit.guide)
-            fit = FitResult(ais, fit.elbo, fit.seconds + time.perf_counter() - wrap, "flow-ais")
+            fit = _with_annealing(fit, 10, "run_mcmc: ais-imh")
         extra["guide_final_elbo"] = fit.elbo[-1]
         extra["guide_seconds"] = fit.seconds
     pyro.set_rng_seed(seed)

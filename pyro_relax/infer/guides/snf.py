@@ -262,9 +262,11 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
                 raise ValueError(f"{owner}: expected an int levels >= 1, got {levels!r}")
             dtype, device = guide.flow._zero.dtype, guide.flow._zero.device
 
-            def blocks(target: Callable[[Tensor], Tensor], dim: int) -> list[RelaxedLayer]:
+            def annealed(target: Callable[[Tensor], Tensor], dim: int) -> list[RelaxedLayer]:
                 made = annealed_hmc_levels(target, levels=levels, n_leapfrog=n_leapfrog)
                 return [b.to(device=device, dtype=dtype) for b in made]
+
+            blocks = annealed
 
         model = guide._raw_model[0]
         args, kwargs = guide._model_args
