@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_relax._validation import validation_enabled
+from pyro_relax.diffusion.guard import check_finite_result
 from pyro_relax.surjections.base import check_event_shape, check_finite
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -190,11 +191,14 @@ class DDPM(nn.Module):
     def loss(self, x0: Tensor) -> Tensor:
         """Ho et al.'s simple loss ``E |eps - eps(x_t, t)|^2``, ``t ~ U{1..N}``, batch mean."""
         self.check_input(x0, "loss")
+        if x0.numel() == 0:
+            raise ValueError("DDPM.loss: expected at least one data point, got an empty batch")
         i = torch.randint(1, self.num_steps + 1, x0.shape[:-1], device=x0.device)
         noise = torch.randn_like(x0)
         abar = self._coef("alpha_bars", i, x0)
         xt = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        return (self._eps(xt, i) - noise).square().sum(-1).mean()
+        loss = (self._eps(xt, i) - noise).square().sum(-1).mean()
+        return check_finite_result(loss, "DDPM.loss", "the loss")
 
     def _term(self, x0: Tensor, i: Tensor) -> Tensor:
         """``-L_{i-1}``: ``log p(x0 | x1)`` at ``i = 1``, ``-KL(q(x_{i-1}|x_i,x0) || p)`` above."""
@@ -226,8 +230,12 @@ class DDPM(nn.Module):
             the bound, of shape ``x0.shape[:-1]``.
         """
         self.check_input(x0, "elbo")
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"DDPM.elbo: expected chunk >= 1, got {chunk!r}")
         n, d = self.num_steps, self.dim
-        if num_terms is not None and (not isinstance(num_terms, int) or num_terms < 1):
+        if num_terms is not None and (
+            isinstance(num_terms, bool) or not isinstance(num_terms, int) or num_terms < 1
+        ):
             raise ValueError(f"DDPM.elbo: expected num_terms None or >= 1, got {num_terms!r}")
         abar_n = self.schedule.alpha_bars[n].to(x0.dtype)
         prior_kl = 0.5 * (
@@ -243,4 +251,4 @@ class DDPM(nn.Module):
         else:
             i = torch.randint(1, n + 1, (num_terms,) + batch, device=x0.device)
             total = self._term(x0.expand(i.shape + (d,)), i).mean(0) * n
-        return total - prior_kl
+        return check_finite_result(total - prior_kl, "DDPM.elbo", "the bound")

@@ -11,6 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_relax.diffusion.ddpm import DDPM
+from pyro_relax.diffusion.guard import StepGuard
 from pyro_relax.diffusion.samplers import check_steps, sample_shape_of
 
 
@@ -34,6 +35,8 @@ def _ddpm_loop(
     x_T: Tensor | None,
     progress: bool,
 ) -> Tensor:
+    if not isinstance(ddpm, DDPM):
+        raise TypeError(f"{name}: expected a DDPM, got {type(ddpm).__name__}")
     seq = _ddpm_steps(ddpm, steps, name)
     shape = sample_shape_of(sample_shape, name)
     if x_T is None:
@@ -42,10 +45,13 @@ def _ddpm_loop(
         ddpm.check_input(x_T, name)
         x = x_T
     abars = ddpm.schedule.alpha_bars
-    for k in tqdm(range(len(seq) - 1, 0, -1), disable=not progress, desc=name):
+    guard = StepGuard(name)
+    bar = tqdm(range(len(seq) - 1, 0, -1), disable=not progress, desc=name)
+    for n, k in enumerate(bar, start=1):
         i = x.new_full(x.shape[:-1], seq[k], dtype=torch.long)
         abar, abar_prev = abars[seq[k]].to(x.dtype), abars[seq[k - 1]].to(x.dtype)
         eps = ddpm._eps(x, i)
+        guard.watch(eps, n, seq[k] / ddpm.num_steps, "the noise prediction")
         beta = 1 - abar / abar_prev
         if eta is None:  # ancestral step of the respaced chain
             x = (x - beta / (1 - abar).sqrt() * eps) / (1 - beta).sqrt()
@@ -56,6 +62,8 @@ def _ddpm_loop(
             x = abar_prev.sqrt() * x0 + (1 - abar_prev - var).clamp_min(0).sqrt() * eps
         if k > 1:
             x = x + var.sqrt() * torch.randn_like(x)
+    guard.watch(x, len(seq) - 1, 0.0, "the sample")
+    guard.check("check the network (steps count the sampler's steps; t = step / N)")
     return x
 
 
@@ -105,6 +113,8 @@ def ddim(
         >>> ddim(ddpm, (3,), steps=5).shape
         torch.Size([3, 2])
     """
-    if not eta >= 0:
-        raise ValueError(f"ddim: expected eta >= 0, got {eta!r}")
+    if isinstance(eta, bool) or not isinstance(eta, int | float):
+        raise TypeError(f"ddim: expected a float eta, got {type(eta).__name__}")
+    if not 0 <= eta < float("inf"):
+        raise ValueError(f"ddim: expected a finite eta >= 0, got {eta!r}")
     return _ddpm_loop(ddpm, sample_shape, steps, float(eta), "ddim", x_T, progress)

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.diffusion.samplers import euler_maruyama
+from pyro_relax.diffusion.guard import StepGuard, check_finite_result
+from pyro_relax.diffusion.samplers import reverse_euler
 from pyro_relax.diffusion.score_model import ScoreProcess
 from pyro_relax.diffusion.sde import SDE
 
@@ -55,20 +56,30 @@ def path_log_weight(process: ScoreProcess, x0: Tensor, times: Sequence[float]) -
     References:
         Zhang & Chen, *Diffusion Normalizing Flow*, NeurIPS 2021, eq. (9)-(12).
     """
-    process.check_input(x0, "path_log_weight")
-    times = [float(t) for t in times]
+    return _path_log_weight(process, x0, times, "path_log_weight")
+
+
+def _path_log_weight(
+    process: ScoreProcess, x0: Tensor, times: Sequence[float], name: str
+) -> Tensor:
+    if not isinstance(process, ScoreProcess):
+        raise TypeError(f"{name}: expected a DiffFlow or ScoreModel, got {type(process).__name__}")
+    process.check_input(x0, name)
+    try:
+        times = [float(t) for t in times]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a sequence of float times, got {times!r}") from None
     if len(times) < 2 or any(b <= a for a, b in zip(times[:-1], times[1:], strict=True)):
-        raise ValueError(f"path_log_weight: expected at least 2 increasing times, got {times}")
+        raise ValueError(f"{name}: expected at least 2 increasing times, got {times}")
     if times[0] < 0 or abs(times[-1] - process.sde.T) > 1e-12:
-        raise ValueError(
-            f"path_log_weight: expected times from >= 0 to T={process.sde.T:g}, got {times}"
-        )
+        raise ValueError(f"{name}: expected times from >= 0 to T={process.sde.T:g}, got {times}")
     d = process.dim
     x = x0
     t = x0.new_full(x0.shape[:-1], times[0])
     f = process._forward_drift(x, t)
     g = process.sde.diffusion_sq(t).sqrt()
     log_w = x0.new_zeros(x0.shape[:-1])
+    guard = StepGuard(name)
     for i in range(len(times) - 1):
         dt = times[i + 1] - times[i]
         noise = torch.randn_like(x)
@@ -78,11 +89,15 @@ def path_log_weight(process: ScoreProcess, x0: Tensor, times: Sequence[float]) -
         g2_next = process.sde.diffusion_sq(t_next)
         g_next = g2_next.sqrt()
         back = f_next - g2_next.unsqueeze(-1) * s_next
+        guard.watch(back, i + 1, times[i + 1], "the score or drift")
         d_back = (x - x_next + back * dt) / (g_next * math.sqrt(dt)).unsqueeze(-1)
         log_w = log_w + 0.5 * (noise.square().sum(-1) - d_back.square().sum(-1))
         log_w = log_w + d * (g.log() - g_next.log())
         x, f, g = x_next, f_next, g_next
-    return log_w + process.sde.prior_log_prob(x)
+    log_w = log_w + process.sde.prior_log_prob(x)
+    guard.watch(log_w, len(times) - 1, times[-1], "the path log weight")
+    guard.check("check the networks, or use a finer grid")
+    return log_w
 
 
 class DiffFlow(ScoreProcess):
@@ -213,16 +228,22 @@ class DiffFlow(ScoreProcess):
         ):
             raise ValueError(f"DiffFlow: expected num_particles >= 1, got {num_particles!r}")
         self.check_input(x0, "elbo")
-        return path_log_weight(self, x0.expand((num_particles,) + x0.shape), self.times)
+        return _path_log_weight(
+            self, x0.expand((num_particles,) + x0.shape), self.times, "DiffFlow.elbo"
+        )
 
     def loss(self, x0: Tensor) -> Tensor:
         """The path KL ``E[-log w]`` up to the data entropy, averaged over the batch."""
-        return -path_log_weight(self, x0, self.times).mean()
+        self.check_input(x0, "loss")
+        if x0.numel() == 0:
+            raise ValueError("DiffFlow.loss: expected at least one data point, got an empty batch")
+        loss = -_path_log_weight(self, x0, self.times, "DiffFlow.loss").mean()
+        return check_finite_result(loss, "DiffFlow.loss", "the loss")
 
     def sample(
         self, sample_shape: Sequence[int] = (), denoise: bool = False, progress: bool = False
     ) -> Tensor:
         """Run the backward chain on the model's grid (with its last noise unless ``denoise``)."""
-        return euler_maruyama(
-            self, sample_shape, times=self.times, denoise=denoise, progress=progress
+        return reverse_euler(
+            self, sample_shape, 1, None, self.times, denoise, None, progress, "DiffFlow.sample"
         )

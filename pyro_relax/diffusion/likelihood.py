@@ -8,6 +8,7 @@ __all__ = [
     "dequantized_log_prob",
     "ode_log_prob",
     "ode_options",
+    "solve_guarded",
 ]
 
 import math
@@ -19,18 +20,33 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from pyro_relax.diffusion.divergence import exact_divergence, hutchinson_divergence
+from pyro_relax.diffusion.guard import StepGuard, check_finite_result
 from pyro_relax.surjections.base import check_finite
 
 if TYPE_CHECKING:
     from pyro_relax.diffusion.score_model import ScoreProcess
 
-_FIXED_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams")
+_FIXED_METHODS = (
+    "euler",
+    "midpoint",
+    "heun2",
+    "heun3",
+    "rk4",
+    "explicit_adams",
+    "implicit_adams",
+    "fixed_adams",
+)
+_ADAPTIVE_METHODS = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
 
 
 def ode_options(method: str, steps: int | None, name: str) -> dict[str, Any] | None:
     """torchdiffeq options: exactly ``steps`` uniform steps for a fixed-step method."""
     if not isinstance(method, str):
         raise TypeError(f"{name}: expected a torchdiffeq method name, got {type(method).__name__}")
+    if method not in _FIXED_METHODS + _ADAPTIVE_METHODS:
+        raise ValueError(
+            f"{name}: expected a method in {_FIXED_METHODS + _ADAPTIVE_METHODS}, got {method!r}"
+        )
     if method not in _FIXED_METHODS:
         return None
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -42,6 +58,58 @@ def ode_options(method: str, steps: int | None, name: str) -> dict[str, Any] | N
         return torch.linspace(float(t[0]), float(t[-1]), steps + 1, device=t.device, dtype=t.dtype)
 
     return {"grid_constructor": grid}
+
+
+def solve_guarded(
+    guard: StepGuard,
+    func: Callable[..., Any],
+    y0: Any,
+    times: Tensor,
+    method: str,
+    rtol: float,
+    atol: float,
+    options: dict[str, Any] | None,
+    hint: str,
+) -> Any:
+    """``torchdiffeq.odeint`` whose failures name the entry point (``guard.name``).
+
+    A non-finite network output recorded by ``guard`` is raised as a
+    ``FloatingPointError`` naming the first bad evaluation (also when it made the
+    adaptive solver give up); the solver's own ``AssertionError`` (``underflow in
+    dt``) becomes a ``FloatingPointError`` too.
+
+    Arguments:
+        guard: the guard the ODE function watches its outputs with.
+        func: the ODE function.
+        y0: the start state (a tensor or a tuple of tensors).
+        times: the two end times.
+        method: the torchdiffeq method.
+        rtol: relative tolerance.
+        atol: absolute tolerance.
+        options: torchdiffeq options.
+        hint: what the user may change, appended to the message.
+
+    Returns:
+        The solution at ``times``.
+
+    Raises:
+        FloatingPointError: if the network returned NaN or inf or the solver failed.
+    """
+    for label, tol in (("rtol", rtol), ("atol", atol)):
+        if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol > 0:
+            raise ValueError(f"{guard.name}: expected {label} > 0, got {tol!r}")
+    try:
+        out = odeint(func, y0, times, method=method, rtol=rtol, atol=atol, options=options)
+    except AssertionError as err:
+        guard.check(hint)
+        raise FloatingPointError(
+            f"{guard.name}: the ODE solver {method!r} failed ({err}); {hint}"
+        ) from err
+    except Exception:
+        guard.check(hint)
+        raise
+    guard.check(hint)
+    return out
 
 
 def ode_log_prob(
@@ -96,10 +164,21 @@ def ode_log_prob(
         >>> ode_log_prob(model, torch.zeros(3, 2)).shape
         torch.Size([3])
     """
+    from pyro_relax.diffusion.score_model import ScoreProcess
+
+    if not isinstance(process, ScoreProcess):
+        raise TypeError(
+            f"ode_log_prob: expected a ScoreModel or DiffFlow, got {type(process).__name__}"
+        )
     process.check_input(x, "ode_log_prob")
+    if isinstance(t_min, bool) or not (t_min is None or isinstance(t_min, int | float)):
+        raise TypeError(f"ode_log_prob: expected t_min as a float, got {type(t_min).__name__}")
     t_min = process.t_min if t_min is None else float(t_min)
     if not 0.0 <= t_min < process.sde.T:
         raise ValueError(f"ode_log_prob: expected t_min in [0, {process.sde.T:g}), got {t_min}")
+    process.check_t_floor(t_min, "ode_log_prob")
+    if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
+        raise ValueError(f"ode_log_prob: expected num_probes >= 1, got {num_probes!r}")
     if divergence == "auto":
         divergence = "exact" if process.dim <= 10 else "hutchinson"
     if divergence not in ("exact", "hutchinson"):
@@ -130,13 +209,20 @@ def ode_log_prob(
             v, div = hutchinson_divergence(drift, y, probes=probes, create_graph=create_graph)
         if not create_graph:
             v, div = v.detach(), div.detach()
+        calls[0] += 1
+        guard.watch(v, calls[0], t, "the score (ODE velocity; steps count evaluations)")
+        guard.watch(div, calls[0], t, "the divergence of the ODE velocity")
         return v, div
 
+    guard = StepGuard("ode_log_prob")
+    calls = [0]
     times = torch.tensor([t_min, process.sde.T], device=x.device, dtype=x.dtype)
     state0 = (flat, flat.new_zeros(flat.shape[:-1]))
-    xs, divs = odeint(func, state0, times, method=method, rtol=rtol, atol=atol, options=options)
+    hint = "check the network, or use a larger t_min or another method"
+    xs, divs = solve_guarded(guard, func, state0, times, method, rtol, atol, options, hint)
     z, acc = xs[-1], divs[-1]
     log_p = (process.sde.prior_log_prob(z) + acc).reshape(batch)
+    check_finite_result(log_p, "ode_log_prob", "the log density")
     if return_latent:
         return log_p, z.reshape(x.shape)
     return log_p

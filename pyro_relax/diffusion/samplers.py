@@ -7,18 +7,22 @@ __all__ = [
     "euler_maruyama",
     "predictor_corrector",
     "probability_flow",
+    "reverse_euler",
     "sample_shape_of",
 ]
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
-from pyro_relax.diffusion.likelihood import ode_options
+from pyro_relax.diffusion.guard import StepGuard
+from pyro_relax.diffusion.likelihood import ode_options, solve_guarded
 from pyro_relax.diffusion.score_model import ScoreProcess
+
+_HINT = "check the network, or take more steps or a larger t_min"
 
 
 def check_steps(steps: int, name: str) -> None:
@@ -44,10 +48,23 @@ def _grid(
     t_min: float | None,
     times: Sequence[float] | Tensor | None,
     name: str,
+    closed: bool = False,
 ) -> list[float]:
-    """Increasing times ``t_min = t_0 < ... < t_K = T`` as Python floats (no host syncs later)."""
+    """Increasing times ``t_min = t_0 < ... < t_K = T`` as Python floats (no host syncs later).
+
+    ``closed``: the sampler evaluates the network at ``t_min`` too (an ODE solver),
+    so ``t_min`` must be a time where the score is defined.
+    """
+    if isinstance(t_min, bool) or not (t_min is None or isinstance(t_min, int | float)):
+        raise TypeError(f"{name}: expected t_min as a float or None, got {type(t_min).__name__}")
     if times is not None:
-        grid = [float(v) for v in (times.flatten() if isinstance(times, Tensor) else times)]
+        try:
+            raw = times.flatten().tolist() if isinstance(times, Tensor) else list(times)
+            grid = [float(v) for v in raw]
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}: expected a sequence of float times, got {times!r}") from None
+        if not all(math.isfinite(v) for v in grid):
+            raise ValueError(f"{name}: expected finite times, got {grid}")
         if len(grid) < 2 or any(b <= a for a, b in zip(grid[:-1], grid[1:], strict=True)):
             raise ValueError(f"{name}: expected at least 2 strictly increasing times, got {grid}")
         if grid[0] < 0 or grid[-1] > process.sde.T:
@@ -59,6 +76,8 @@ def _grid(
     lo = process.t_min if t_min is None else float(t_min)
     if not 0.0 <= lo < process.sde.T:
         raise ValueError(f"{name}: expected t_min in [0, {process.sde.T:g}), got {lo}")
+    if closed and lo == 0.0:
+        process.check_t_floor(lo, name)
     return [lo + (process.sde.T - lo) * k / steps for k in range(steps + 1)]
 
 
@@ -103,17 +122,41 @@ def euler_maruyama(
         >>> euler_maruyama(m, (5,), steps=10).shape
         torch.Size([5, 2])
     """
-    shape = sample_shape_of(sample_shape, "euler_maruyama")
-    grid = _grid(process, steps, t_min, times, "euler_maruyama")
-    x = _start(process, shape, x_T, "euler_maruyama")
+    return reverse_euler(
+        process, sample_shape, steps, t_min, times, denoise, x_T, progress, "euler_maruyama"
+    )
+
+
+def reverse_euler(
+    process: ScoreProcess,
+    sample_shape: Sequence[int],
+    steps: int,
+    t_min: float | None,
+    times: Sequence[float] | Tensor | None,
+    denoise: bool,
+    x_T: Tensor | None,
+    progress: bool,
+    name: str,
+) -> Tensor:
+    """:func:`euler_maruyama` with the entry point ``name`` in its messages (for wrappers)."""
+    if not isinstance(process, ScoreProcess):
+        raise TypeError(f"{name}: expected a ScoreModel or DiffFlow, got {type(process).__name__}")
+    shape = sample_shape_of(sample_shape, name)
+    grid = _grid(process, steps, t_min, times, name)
+    x = _start(process, shape, x_T, name)
+    guard = StepGuard(name)
     last = len(grid) - 1
-    for k in tqdm(range(last, 0, -1), disable=not progress, desc="euler_maruyama"):
+    for n, k in enumerate(tqdm(range(last, 0, -1), disable=not progress, desc=name), start=1):
         dt = grid[k] - grid[k - 1]
         t = x.new_full(x.shape[:-1], grid[k])
-        x = x - process._reverse_drift(x, t) * dt
+        drift = process._reverse_drift(x, t)
+        guard.watch(drift, n, grid[k], "the score (reverse drift)")
+        x = x - drift * dt
         if k > 1 or not denoise:
             g = process.sde.diffusion_sq(t).sqrt().unsqueeze(-1)
             x = x + g * dt**0.5 * torch.randn_like(x)
+    guard.watch(x, last, grid[0], "the sample")
+    guard.check(_HINT)
     return x
 
 
@@ -171,19 +214,27 @@ def predictor_corrector(
     if not snr > 0:
         raise ValueError(f"predictor_corrector: expected snr > 0, got {snr!r}")
     x = _start(process, shape, x_T, "predictor_corrector")
-    for k in tqdm(range(steps, 0, -1), disable=not progress, desc="predictor_corrector"):
+    guard = StepGuard("predictor_corrector")
+    bar = tqdm(range(steps, 0, -1), disable=not progress, desc="predictor_corrector")
+    for n, k in enumerate(bar, start=1):
         dt = grid[k] - grid[k - 1]
         t = x.new_full(x.shape[:-1], grid[k])
-        alpha = process.sde.corrector_alpha(t, dt).unsqueeze(-1)
+        # VP's alpha = 1 - beta dt is negative for coarse grids: no corrector move there
+        alpha = process.sde.corrector_alpha(t, dt).clamp_min(0.0).unsqueeze(-1)
         for _ in range(corrector_steps):
             s = process._score(x, t)
+            guard.watch(s, n, grid[k], "the score (corrector)")
             z = torch.randn_like(x)
             ratio = z.norm(dim=-1).mean() / s.norm(dim=-1).mean().clamp_min(1e-30)
             eps = 2 * alpha * (snr * ratio).square()
             x = x + eps * s + (2 * eps).sqrt() * z
-        x = x - process._reverse_drift(x, t) * dt
+        drift = process._reverse_drift(x, t)
+        guard.watch(drift, n, grid[k], "the score (reverse drift)")
+        x = x - drift * dt
         if k > 1 or not denoise:
             x = x + process.sde.diffusion_sq(t).sqrt().unsqueeze(-1) * dt**0.5 * torch.randn_like(x)
+    guard.watch(x, steps, grid[0], "the sample")
+    guard.check(_HINT + ", or a smaller snr")
     return x
 
 
@@ -215,17 +266,24 @@ def probability_flow(
     """
     shape = sample_shape_of(sample_shape, "probability_flow")
     check_steps(steps, "probability_flow")
-    grid = _grid(process, steps, t_min, None, "probability_flow")
+    grid = _grid(process, steps, t_min, None, "probability_flow", closed=True)
     options = ode_options(method, steps, "probability_flow")
     x = _start(process, shape, x_T, "probability_flow")
     flat = x.reshape(-1, process.dim)
     bar = tqdm(disable=not progress, desc="probability_flow (evaluations)")
+    guard = StepGuard("probability_flow")
+    calls = [0]
 
     def func(t: Tensor, y: Tensor) -> Tensor:
         bar.update(1)
-        return process._ode_drift(y, t.expand(y.shape[:-1]))
+        calls[0] += 1
+        v = process._ode_drift(y, t.expand(y.shape[:-1]))
+        guard.watch(v, calls[0], t, "the score (ODE velocity; steps count evaluations)")
+        return v
 
     times = torch.tensor([grid[-1], grid[0]], device=x.device, dtype=x.dtype)
-    out = odeint(func, flat, times, method=method, rtol=rtol, atol=atol, options=options)[-1]
-    bar.close()
+    try:
+        out = solve_guarded(guard, func, flat, times, method, rtol, atol, options, _HINT)[-1]
+    finally:
+        bar.close()
     return out.reshape(x.shape)

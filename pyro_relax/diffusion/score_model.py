@@ -10,7 +10,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from pyro_relax._validation import validation_enabled
 from pyro_relax.diffusion.divergence import exact_divergence, hutchinson_divergence
+from pyro_relax.diffusion.guard import check_finite_result
 from pyro_relax.diffusion.sde import SDE, as_time, check_time
 
 _PARAMETERIZATIONS = ("noise", "score")
@@ -33,7 +35,14 @@ class ScoreProcess(nn.Module):
         dim: the event size (default: ``network.dim`` when present).
         parameterization: ``"noise"``: the network predicts the noise and
             ``s = -network(x, t) / std(t)``; ``"score"``: ``s = network(x, t)``.
-        t_min: the smallest time of samplers and likelihoods (default ``sde.t_min``).
+        t_min: the smallest time of samplers and likelihoods (default ``sde.t_min``);
+            it must be positive with the ``"noise"`` parameterization.
+
+    Times: the score is defined on ``[0, T]`` with the ``"score"``
+    parameterization and on the open-at-zero ``(0, T]`` with ``"noise"``
+    (``std(0) = 0``); the public methods and the samplers raise a ``ValueError``
+    for a time outside, and a ``FloatingPointError`` naming the step when the
+    network returns NaN or inf.
     """
 
     def __init__(
@@ -63,11 +72,30 @@ class ScoreProcess(nn.Module):
                 f"{name}: expected parameterization in {_PARAMETERIZATIONS}, "
                 f"got {parameterization!r}"
             )
+        if isinstance(t_min, bool) or not (t_min is None or isinstance(t_min, int | float)):
+            raise TypeError(f"{name}: expected t_min as a float, got {type(t_min).__name__}")
         t_min = sde.t_min if t_min is None else float(t_min)
         if not 0.0 <= t_min < sde.T:
             raise ValueError(f"{name}: expected t_min in [0, {sde.T:g}), got {t_min}")
         self.sde, self.network, self.dim = sde, network, dim
         self.parameterization, self.t_min = parameterization, t_min
+        self.check_t_floor(t_min, name)
+
+    def check_t_floor(self, t: float, name: str) -> None:
+        """Raise a ``ValueError`` if the score is undefined at time ``t`` (0 with ``"noise"``).
+
+        Arguments:
+            t: a time (a Python float).
+            name: the entry point named in the message.
+
+        Raises:
+            ValueError: for ``t = 0`` (or below) with the noise parameterization.
+        """
+        if self.parameterization == "noise" and not t > 0.0:
+            raise ValueError(
+                f"{name}: expected a time > 0 with the 'noise' parameterization (its score "
+                f"divides by std(t), which is 0 at t=0), got {t:g}"
+            )
 
     # ---- unchecked pieces (sampler loops) -------------------------------------------
     def _like(self) -> Tensor:
@@ -115,9 +143,24 @@ class ScoreProcess(nn.Module):
 
     def _checked(self, x: Tensor, t: Tensor | float, name: str) -> Tensor:
         self.check_input(x, name)
+        label = f"{type(self).__name__}.{name}"
         t = as_time(t, x)
-        check_time(t, 0.0, self.sde.T, f"{type(self).__name__}.{name}")
-        return t.expand(x.shape[:-1])
+        check_time(t, 0.0, self.sde.T, label)
+        if (
+            self.parameterization == "noise"
+            and validation_enabled()
+            and t.device.type != "meta"
+            and t.numel()
+            and bool((t <= 0).any())
+        ):
+            self.check_t_floor(float(t.min()), label)
+        try:
+            return t.expand(x.shape[:-1])
+        except RuntimeError:
+            raise ValueError(
+                f"{label}: expected times broadcasting to the batch shape {tuple(x.shape[:-1])}, "
+                f"got shape {tuple(t.shape)}"
+            ) from None
 
     def score(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The score ``s(x, t) ~ grad log p_t(x)``; ``t`` broadcasts to ``x.shape[:-1]``."""
@@ -173,6 +216,8 @@ class ScoreModel(ScoreProcess):
             likelihood_weighting: weight by ``g(t)^2``.
         """
         self.check_input(x0, "loss")
+        if x0.numel() == 0:
+            raise ValueError("ScoreModel.loss: expected at least one data point, got none")
         t = self.t_min + (self.sde.T - self.t_min) * torch.rand_like(x0[..., 0])
         z = torch.randn_like(x0)
         a, std = self.sde.marginal_coefs(t)
@@ -183,7 +228,7 @@ class ScoreModel(ScoreProcess):
             per = g2 * (s + z / std.unsqueeze(-1)).square().sum(-1)
         else:
             per = (std.unsqueeze(-1) * s + z).square().sum(-1)
-        return 0.5 * per.mean()
+        return check_finite_result(0.5 * per.mean(), "ScoreModel.loss", "the loss")
 
     def elbo(
         self, x0: Tensor, num_times: int = 1, t_min: float | None = None, divergence: str = "auto"
@@ -207,7 +252,7 @@ class ScoreModel(ScoreProcess):
             the bound, of shape ``batch_shape``.
         """
         self.check_input(x0, "elbo")
-        if not isinstance(num_times, int) or num_times < 1:
+        if isinstance(num_times, bool) or not isinstance(num_times, int) or num_times < 1:
             raise ValueError(f"ScoreModel.elbo: expected num_times >= 1, got {num_times!r}")
         t_lo = self.t_min if t_min is None else float(t_min)
         if not 0.0 <= t_lo < self.sde.T:
@@ -246,7 +291,8 @@ class ScoreModel(ScoreProcess):
             (a.square() * x0.square().sum(-1) + self.dim * std.square()) / s2
             + self.dim * math.log(2 * math.pi * s2)
         )
-        return e_log_prior - span * integrand.mean(0)
+        out = e_log_prior - span * integrand.mean(0)
+        return check_finite_result(out, "ScoreModel.elbo", "the bound")
 
     def _marginal_draw(self, x0: Tensor, t: Tensor) -> Tensor:
         a, std = self.sde.marginal_coefs(t)

@@ -1,0 +1,116 @@
+"""Cheap NaN/inf guards for the diffusion samplers, likelihoods and losses.
+
+A sampler loop calls :meth:`StepGuard.watch` once per step on the network's
+output (one ``torch.isfinite(...).all()``, kept on the device) and
+:meth:`StepGuard.check` once at the end: a single host synchronization that
+raises a ``FloatingPointError`` naming the first bad step and its time. With
+:func:`pyro_relax.validation` off, nothing is recorded or checked.
+"""
+
+from __future__ import annotations
+
+__all__ = ["StepGuard", "check_finite_result"]
+
+import torch
+from torch import Tensor
+
+from pyro_relax._validation import validation_enabled
+
+
+class StepGuard:
+    """Record per-step finiteness flags on the device; raise once, at the end, naming the step.
+
+    Arguments:
+        name: the entry point the user called (starts every message).
+
+    Example:
+        >>> import torch
+        >>> guard = StepGuard("my_sampler")
+        >>> guard.watch(torch.ones(3), 1, 0.5, "the score")
+        >>> guard.watch(torch.tensor([float("nan")]), 2, 0.25, "the score")
+        >>> try:
+        ...     guard.check()
+        ... except FloatingPointError as err:
+        ...     print(str(err).split(" (expected")[0])
+        my_sampler: the score became NaN or inf at step 2 (t=0.25)
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.enabled = validation_enabled()
+        self._flags: list[Tensor] = []
+        self._labels: list[tuple[int, float | Tensor, str]] = []
+
+    def watch(self, value: Tensor, step: int, t: float | Tensor, what: str) -> None:
+        """Record whether ``value`` is finite at ``step`` (time ``t``); no synchronization.
+
+        Arguments:
+            value: the tensor to watch (a score, a drift, a sample).
+            step: the step number shown in the message (counted from 1).
+            t: the time of the step (a float or a 0-dim tensor, read only on failure).
+            what: what ``value`` is, e.g. ``"the score"``.
+        """
+        if not self.enabled or value.device.type == "meta":
+            return
+        self._flags.append(torch.isfinite(value).all())
+        self._labels.append((step, t, what))
+
+    def first_bad(self) -> int | None:
+        """The index of the first non-finite record, or ``None`` (one synchronization)."""
+        if not self._flags:
+            return None
+        flags = torch.stack([f.to(self._flags[0].device) for f in self._flags])
+        bad = (~flags).nonzero()
+        return int(bad[0, 0]) if bad.numel() else None
+
+    def check(self, hint: str = "") -> None:
+        """Raise ``FloatingPointError`` if a watched value was NaN or inf.
+
+        Arguments:
+            hint: appended to the message (what the user may change).
+
+        Raises:
+            FloatingPointError: naming the entry point, the first bad step and its time.
+        """
+        i = self.first_bad()
+        self._flags, labels = [], self._labels
+        self._labels = []
+        if i is None:
+            return
+        step, t, what = labels[i]
+        t_val = float(t.detach().reshape(-1)[0]) if isinstance(t, Tensor) else float(t)
+        raise FloatingPointError(
+            f"{self.name}: {what} became NaN or inf at step {step} (t={t_val:.4g}) "
+            f"(expected finite network outputs along the path"
+            f"{'; ' + hint if hint else ''})"
+        )
+
+
+def check_finite_result(value: Tensor, name: str, what: str) -> Tensor:
+    """Return ``value``, or raise ``FloatingPointError`` if it holds NaN or inf (validation on).
+
+    Arguments:
+        value: a loss, bound or log density.
+        name: the entry point.
+        what: what ``value`` is, e.g. ``"the loss"``.
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        FloatingPointError: if ``value`` is not finite.
+
+    Example:
+        >>> import torch
+        >>> float(check_finite_result(torch.tensor(1.0), "f", "the loss"))
+        1.0
+    """
+    if validation_enabled() and value.device.type != "meta" and value.numel():
+        finite = torch.isfinite(value)
+        if not bool(finite.all()):
+            n_bad = int((~finite).sum())
+            raise FloatingPointError(
+                f"{name}: {what} is NaN or inf ({n_bad} of {value.numel()} entries; expected "
+                f"finite network outputs: check the network and its inputs)"
+            )
+    return value
