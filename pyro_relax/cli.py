@@ -6,8 +6,14 @@
     pyro-relax mcmc MODEL.py[:name] --kernel {nuts,mala,flow-imh,ais-imh,neutra} \
         --num-samples M --out DIR
 
-Outputs are written to a temporary folder next to ``DIR`` and renamed into
-place only when complete, so a failed run leaves nothing half-written.
+Everything that can be checked (counts, ``--out``, the device, the model file and
+one trial run of the model) is checked before fitting. Outputs are written to a
+temporary folder next to ``DIR`` and swapped into place only when complete, so a
+failed or interrupted run (SIGINT exits 130, SIGTERM 143) leaves nothing
+half-written; ``--force`` replaces only empty folders and earlier outputs, which
+carry a ``.pyro-relax-run.json`` marker (see ``pyro_relax._outdir``). Errors are
+one line on stderr; set ``PYRO_RELAX_DEBUG=1`` to see the traceback of an
+unexpected one.
 """
 
 from __future__ import annotations
@@ -18,13 +24,16 @@ import argparse
 import importlib.util
 import inspect
 import json
-import shutil
+import math
+import os
+import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from pyro_relax._outdir import Interrupted, Output, check_out, signals_raise
 
 # Errors reported as one line and exit code 1 (OSError covers missing files,
 # existing folders and unwritable paths; RuntimeError covers device failures).
@@ -53,6 +62,11 @@ def load_model(spec: str) -> Callable[[], Any]:
     sys.path.insert(0, str(file.resolve().parent))
     try:
         mod_spec.loader.exec_module(module)
+    except Exception as err:  # the user's file: a syntax error, a failing import, ...
+        detail = str(err).strip().splitlines()
+        raise ImportError(
+            f"importing {path} failed: {type(err).__name__}: {detail[0] if detail else ''}"
+        ) from err
     finally:
         sys.path.pop(0)
     fn = getattr(module, name, None)
@@ -70,20 +84,35 @@ def load_model(spec: str) -> Callable[[], Any]:
     return fn
 
 
-# -- atomic output folders -----------------------------------------------------
-def _start_out(out: str, force: bool) -> Path:
-    target = Path(out)
-    if target.exists() and not force:
-        raise FileExistsError(f"output folder {out} exists; pass --force to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+# -- checks before anything runs ------------------------------------------------
+def _trial_run(model: Callable[[], Any]) -> None:
+    """Run the model once under a trace: it must run, and its log density must not be NaN."""
+    from pyro import poutine
+
+    from pyro_relax.infer.runner import check_continuous_model
+
+    try:
+        check_continuous_model(model)
+        log_p = float(poutine.trace(model).get_trace().log_prob_sum())
+    except ERRORS:
+        raise
+    except Exception as err:
+        detail = str(err).strip().splitlines()
+        raise ValueError(
+            f"the model raised {type(err).__name__} on a trial run: {detail[0] if detail else ''}"
+        ) from err
+    if math.isnan(log_p):
+        raise FloatingPointError("the model's log density is NaN at a draw from its prior")
 
 
-def _finish_out(tmp: Path, out: str) -> None:
-    target = Path(out)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+def _prepare(args: argparse.Namespace) -> tuple[Callable[[], Any], Output]:
+    """Check --out, the device and the model (in that order); return the model and its output."""
+    target = check_out(args.out, force=args.force, model_file=args.model.partition(":")[0])
+    _setup_device(args.device)
+    model = load_model(args.model)
+    _trial_run(model)
+    record = {"command": args.command, "model": args.model, "argv": sys.argv[1:]}
+    return model, Output(target, record, force=args.force)
 
 
 def _write_results(
@@ -134,6 +163,10 @@ def _setup_device(device: str) -> None:
         raise ValueError(f"expected --device cpu or cuda[:N], got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device here")
+    if device.startswith("cuda:"):
+        index, count = device[5:], torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise ValueError(f"expected --device cuda:N with N < {count}, got {device!r}")
     torch.set_default_device(device)
 
 
@@ -142,10 +175,8 @@ def _fit(args: argparse.Namespace) -> int:
     from pyro_relax.diagnostics import weighted_report
     from pyro_relax.infer.runner import fit_guide, guide_draws
 
-    _setup_device(args.device)
-    model = load_model(args.model)
-    tmp = _start_out(args.out, args.force)
-    try:
+    model, output = _prepare(args)
+    with output.writing() as tmp:
         fit = fit_guide(
             model, args.guide, steps=args.steps, lr=args.lr, seed=args.seed, progress=args.progress,
             num_particles=args.particles,
@@ -161,10 +192,6 @@ def _fit(args: argparse.Namespace) -> int:
         if args.num_samples >= 25:
             diag.update(weighted_report(log_w))
         table = _write_results(tmp, samples, diag, log_w=log_w, elbo=fit.elbo)
-        _finish_out(tmp, args.out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(table[["mean", "sd", "ess_bulk"]].to_string(float_format=lambda v: f"{v:.3f}"))
     verdict = f", k-hat {diag['khat']:.2f} ({diag['verdict']})" if "khat" in diag else ""
     print(f"\nfinal ELBO {fit.elbo[-1]:.3f}{verdict}; wrote {args.out}/")
@@ -174,10 +201,8 @@ def _fit(args: argparse.Namespace) -> int:
 def _mcmc(args: argparse.Namespace) -> int:
     from pyro_relax.infer.runner import run_mcmc
 
-    _setup_device(args.device)
-    model = load_model(args.model)
-    tmp = _start_out(args.out, args.force)
-    try:
+    model, output = _prepare(args)
+    with output.writing() as tmp:
         res = run_mcmc(
             model,
             args.kernel,
@@ -190,10 +215,6 @@ def _mcmc(args: argparse.Namespace) -> int:
         )
         diag = {"kernel": args.kernel, "seconds": res.seconds, **res.extra}
         table = _write_results(tmp, res.samples, diag, chains=args.chains, mcmc=res.mcmc)
-        _finish_out(tmp, args.out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(table[["mean", "sd", "ess_bulk", "r_hat"]].to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"\n{args.kernel}: {res.seconds:.1f} s; wrote {args.out}/")
     return 0
@@ -290,23 +311,65 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Counts checked before anything runs: option name -> smallest allowed value.
+# ArviZ's summary (ESS, R-hat) needs at least 4 draws.
+LOWEST = {"steps": 1, "num_samples": 4, "chains": 1, "warmup": 0, "guide_steps": 1, "particles": 1}
+
+
+def _check_numbers(args: argparse.Namespace) -> str | None:
+    for name, lowest in LOWEST.items():
+        value = getattr(args, name, lowest)
+        if value < lowest:
+            return f"--{name.replace('_', '-')} must be at least {lowest}, got {value}"
+    lr = getattr(args, "lr", 1.0)
+    if not (math.isfinite(lr) and lr > 0):
+        return f"--lr must be a positive number, got {lr}"
+    return None
+
+
+def _interrupted(err: BaseException, args: argparse.Namespace) -> int:
+    signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+    name = signal.Signals(signum).name
+    out = getattr(args, "out", None)
+    if out is None:
+        where = ""
+    elif getattr(err, "written", False):
+        where = f" after {out} was written"
+    else:
+        where = f"; nothing written to {out}"
+    print(f"pyro-relax: interrupted ({name}){where}", file=sys.stderr)
+    return 128 + int(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pyro-relax`` console script; returns the exit code."""
+    """Entry point of the ``pyro-relax`` console script; returns the exit code.
+
+    Arguments:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        0 on success, 1 for an error (one line on stderr), 2 for a bad option,
+        130 after SIGINT and 143 after SIGTERM.
+    """
     args = _parser().parse_args(argv)
-    for name in ("steps", "num_samples", "chains", "guide_steps", "particles"):
-        value = getattr(args, name, 1)
-        if value < 1:
-            print(
-                f"pyro-relax: error: --{name.replace('_', '-')} must be at least 1, got {value}",
-                file=sys.stderr,
-            )
-            return 2
+    problem = _check_numbers(args)
+    if problem is not None:
+        print(f"pyro-relax: error: {problem}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     try:
-        code = int(args.func(args))
-    except ERRORS as err:
-        lines = str(err).strip().splitlines() or [type(err).__name__]
-        print(f"pyro-relax: error: {lines[0]}", file=sys.stderr)
+        with signals_raise():
+            code = int(args.func(args))
+    except (Interrupted, KeyboardInterrupt) as err:
+        return _interrupted(err, args)
+    except Exception as err:
+        if os.environ.get("PYRO_RELAX_DEBUG") == "1":
+            raise
+        lines = str(err).strip().splitlines()
+        first = lines[0] if lines else ""
+        if not isinstance(err, ERRORS):  # not one of ours: name what went wrong
+            first = f"{type(err).__name__}: {first}" if first else type(err).__name__
+        print(f"pyro-relax: error: {first or type(err).__name__}", file=sys.stderr)
         return 1
     if args.command != "demo":
         print(f"done in {time.perf_counter() - start:.1f} s")

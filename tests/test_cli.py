@@ -194,3 +194,131 @@ def test_zero_particles_exit_nonzero(model_file, tmp_path, capsys):
     argv = ["fit", str(model_file), "--particles", "0", "--out", str(tmp_path / "x")]
     assert main(argv) == 2
     assert "--particles must be at least 1" in capsys.readouterr().err
+
+
+# -- reliability (issue 10): --force, interruption, checks before fitting -----------------------
+FAST = ["--guide", "normal", "--steps", "5", "--num-samples", "20", "--no-progress"]
+
+
+def _fit(model, out, *extra):
+    return main(["fit", str(model), *FAST, "--out", str(out), *extra])
+
+
+def _tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("which", ["cwd", "parent", "model_dir", "home", "root"])
+def test_force_never_removes_protected_folders(tmp_path, monkeypatch, capsys, which):
+    work = tmp_path / "work"
+    work.mkdir()
+    model = work / "m.py"
+    model.write_text(MODEL)
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(work / "home"))
+    (work / "home").mkdir()
+    (work / "home" / "keep").write_text("mine")
+    out = {"cwd": ".", "parent": "..", "model_dir": str(work), "home": "~", "root": "/"}[which]
+    out = str(work / "home") if which == "home" else out
+    before = _tree(tmp_path)
+    assert _fit("m.py", out, "--force") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pyro-relax: error: --out"), err
+    assert _tree(tmp_path) == before
+
+
+def test_force_refuses_a_folder_that_is_not_ours(model_file, tmp_path, capsys):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "precious.csv").write_text("1,2,3")
+    assert _fit(model_file, out, "--force") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ".pyro-relax-run.json" in err[0], err
+    assert (out / "precious.csv").read_text() == "1,2,3" and _tree(out) == ["precious.csv"]
+
+
+def test_force_replaces_an_earlier_output(model_file, tmp_path):
+    out = tmp_path / "run"
+    assert _fit(model_file, out) == 0
+    marker = json.loads((out / ".pyro-relax-run.json").read_text())
+    assert marker["command"] == "fit"
+    (out / "stale.txt").write_text("from an older run")
+    assert _fit(model_file, out, "--force") == 0
+    assert (out / "posterior.nc").is_file() and not (out / "stale.txt").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_failed_swap_keeps_the_old_output(model_file, tmp_path, monkeypatch):
+    from pyro_relax import _outdir
+
+    out = tmp_path / "run"
+    assert _fit(model_file, out) == 0
+    (out / "old.txt").write_text("old")
+    real, calls = _outdir.os.rename, []
+
+    def rename(src, dst):  # the second rename (new folder into place) fails
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError("disk trouble")
+        real(src, dst)
+
+    monkeypatch.setattr(_outdir.os, "rename", rename)
+    assert _fit(model_file, out, "--force") == 1
+    assert (out / "old.txt").read_text() == "old" and (out / "posterior.nc").is_file()
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_out_naming_a_file_is_refused_before_anything_runs(tmp_path, capsys, force):
+    model = tmp_path / "m.py"  # importing it would leave a flag file
+    model.write_text(f"open({str(tmp_path / 'imported')!r}, 'w').close()\n" + MODEL)
+    out = tmp_path / "results.txt"
+    out.write_text("mine")
+    assert _fit(model, out, *force) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "existing file" in err[0], err
+    assert out.read_text() == "mine" and not (tmp_path / "imported").exists()
+
+
+def test_too_few_samples_fail_before_fitting(model_file, tmp_path, capsys):
+    argv = ["fit", str(model_file), "--steps", "100000", "--num-samples", "3"]
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    assert "--num-samples must be at least 4" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_failed_run_removes_only_the_parents_it_made(model_file, tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    out = tmp_path / "a" / "b" / "c" / "out"
+    assert main(["fit", f"{model_file}:nan_model", *FAST, "--out", str(out)]) == 1
+    assert "nan" in capsys.readouterr().err.lower()
+    assert (tmp_path / "a").is_dir() and not (tmp_path / "a" / "b").exists()
+
+
+@pytest.mark.parametrize("signame, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_cleans_up_and_exits_with_one_line(model_file, tmp_path, signame, code):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "pyro_relax.cli", "fit", str(model_file), "--guide", "normal",
+            "--steps", "1000000", "--num-samples", "10", "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".out.tmp-") for p in tmp_path.iterdir()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never made its temporary folder"
+            time.sleep(0.05)
+        time.sleep(0.5)  # let it get into the fit
+        proc.send_signal(getattr(signal, signame))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("INFO")]  # Pyro's log
+    assert lines == [f"pyro-relax: interrupted ({signame}); nothing written to {out}"], err
+    assert _leftovers(tmp_path) == [] and not out.exists()
