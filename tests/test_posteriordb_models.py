@@ -1,4 +1,4 @@
-"""Tests of the posteriordb loader and the seven Pyro models in examples/posteriordb.
+"""Tests of the posteriordb loader and the thirteen Pyro models in examples/posteriordb.
 
 The density checks compare each Pyro model with an independent numpy/scipy
 transcription of the Stan program, in the constrained parameters (the Stan
@@ -115,8 +115,78 @@ def _np_gauss_mix(v: dict, d: dict) -> np.ndarray:
     return lp + np.logaddexp(one, two).sum(-1)
 
 
+def _np_regression(y: np.ndarray, loc: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    return stats.norm.logpdf(y[None, :], loc, sigma[:, None]).sum(-1)
+
+
+def _np_earnings(v: dict, d: dict) -> np.ndarray:
+    b = v["beta"]
+    loc = b[:, :1] + b[:, 1:] * d["height"][None, :]
+    return _np_regression(d["earn"].astype(float), loc, v["sigma"])  # flat priors
+
+
+def _np_kidiq(v: dict, d: dict) -> np.ndarray:
+    b, sigma = v["beta"], v["sigma"]
+    loc = b[:, :1] + b[:, 1:] * d["mom_iq"][None, :]
+    return stats.cauchy.logpdf(sigma, 0, 2.5) + _np_regression(d["kid_score"], loc, sigma)
+
+
+def _np_mesquite(v: dict, d: dict) -> np.ndarray:
+    b = v["beta"].T[:, :, None]  # b[i] has shape (draws, 1)
+    loc = (b[0] + b[1] * d["diam1"] + b[2] * d["diam2"] + b[3] * d["canopy_height"]
+           + b[4] * d["total_height"] + b[5] * d["density"] + b[6] * d["group"])
+    return _np_regression(d["weight"], loc, v["sigma"])
+
+
+def _np_nes(v: dict, d: dict) -> np.ndarray:
+    age = d["age_discrete"]
+    age30_44, age45_64, age65up = (np.where(age == k, 1.0, 0.0) for k in (2, 3, 4))
+    b = v["beta"].T[:, :, None]
+    loc = (b[0] + b[1] * d["real_ideo"] + b[2] * d["race_adj"] + b[3] * age30_44
+           + b[4] * age45_64 + b[5] * age65up + b[6] * d["educ1"] + b[7] * d["gender"]
+           + b[8] * d["income"])
+    return _np_regression(d["partyid7"], loc, v["sigma"])
+
+
+def _np_sblri(v: dict, d: dict) -> np.ndarray:
+    beta, sigma = v["beta"], v["sigma"]
+    lp = stats.norm.logpdf(beta, 0, 10).sum(-1) + stats.norm.logpdf(sigma, 0, 10)
+    return lp + _np_regression(d["y"], beta @ d["X"].T, sigma)
+
+
+def _np_hmm(v: dict, d: dict) -> np.ndarray:
+    theta = np.stack([v["theta1"], v["theta2"]], axis=1)  # (draws, j, k)
+    phi, lam = v["phi"], v["lambda"]
+    K, N = d["K"], d["N"]
+    lp = np.zeros(len(phi))
+    for k in range(K):
+        lp = lp + np.array([stats.dirichlet.logpdf(t[k], d["alpha"][k]) for t in theta])
+    lp = lp + stats.norm.logpdf(phi[:, 0], 0, 1) + stats.norm.logpdf(phi[:, 1], 3, 1)
+    lp = lp + stats.norm.logpdf(lam[:, 0], 0, 1) + stats.norm.logpdf(lam[:, 1], 3, 1)
+
+    def emit(t: int, k: int) -> np.ndarray:
+        return (stats.norm.logpdf(d["u"][t], phi[:, k], d["tau"])
+                + stats.norm.logpdf(d["v"][t], lam[:, k], d["rho"]))
+
+    gamma = [emit(0, k) for k in range(K)]
+    for t in range(1, N):  # the Stan forward loop, literally (vectorized over draws only)
+        gamma = [
+            special.logsumexp(
+                [gamma[j] + np.log(theta[:, j, k]) + emit(t, k) for j in range(K)], axis=0
+            )
+            for k in range(K)
+        ]
+    return lp + special.logsumexp(gamma, axis=0)
+
+
 NUMPY_DENSITY = {
     "arK": _np_arK,
+    "earnings": _np_earnings,
+    "hmm_drive": _np_hmm,
+    "kidiq": _np_kidiq,
+    "mesquite": _np_mesquite,
+    "nes1976": _np_nes,
+    "sblri": _np_sblri,
     "eight_schools_centered": lambda v, d: _np_eight_schools(v, d, centered=True),
     "eight_schools_noncentered": lambda v, d: _np_eight_schools(v, d, centered=False),
     "garch11": _np_garch,

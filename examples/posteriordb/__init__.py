@@ -1,4 +1,4 @@
-"""Pyro versions of seven posteriordb posteriors with gold-standard reference draws.
+"""Pyro versions of thirteen posteriordb posteriors with gold-standard reference draws.
 
 Each module defines ``NAME`` (the posteriordb folder), ``LATENT_DIM`` (the
 unconstrained dimension), a zero-argument Pyro ``model()``,
@@ -14,22 +14,34 @@ from types import ModuleType
 
 from . import (
     arK,
+    earnings,
     eight_schools_centered,
     eight_schools_noncentered,
     garch11,
     gp_pois_regr,
+    hmm_drive,
+    kidiq,
     kilpisjarvi,
     low_dim_gauss_mix,
+    mesquite,
+    nes1976,
+    sblri,
 )
 
 MODELS: dict[str, ModuleType] = {
     "arK": arK,
+    "earnings": earnings,
     "eight_schools_centered": eight_schools_centered,
     "eight_schools_noncentered": eight_schools_noncentered,
     "garch11": garch11,
     "gp_pois_regr": gp_pois_regr,
+    "hmm_drive": hmm_drive,
+    "kidiq": kidiq,
     "kilpisjarvi": kilpisjarvi,
     "low_dim_gauss_mix": low_dim_gauss_mix,
+    "mesquite": mesquite,
+    "nes1976": nes1976,
+    "sblri": sblri,
 }
 
 

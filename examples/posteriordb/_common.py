@@ -9,6 +9,9 @@ __all__ = [
     "flat_ordered",
     "flat_positive",
     "flat_real",
+    "flat_real_vector",
+    "regression_names",
+    "regression_values",
     "sample_site",
     "to_numpy",
     "vector_names",
@@ -111,3 +114,27 @@ def flat_ordered(size: int) -> dist.TorchDistribution:
     zero = torch.zeros(size, **_default())
     base = dist.Normal(zero, 1.0).to_event(1)
     return dist.TransformedDistribution(base, [OrderedTransform()]).mask(False)
+
+
+def flat_real_vector(size: int) -> dist.TorchDistribution:
+    """An improper flat prior on real vectors of length ``size``; see :func:`flat_real`."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"flat_real_vector: expected a positive int size, got {size!r}")
+    zero = torch.zeros(size, **_default())
+    return dist.Normal(zero, 1.0).to_event(1).mask(False)
+
+
+def regression_names(samples: Mapping[str, Tensor], size: int) -> dict[str, np.ndarray]:
+    """``beta`` (``size`` coefficients) and ``sigma`` samples as ``beta[1..size], sigma``."""
+    return {
+        **vector_names(sample_site(samples, "beta", (size,)), "beta"),
+        "sigma": to_numpy(sample_site(samples, "sigma", ())),
+    }
+
+
+def regression_values(draw: Mapping[str, object], size: int) -> dict[str, Tensor]:
+    """The ``beta`` and ``sigma`` sites of a linear regression from a reference draw."""
+    sigma = draw_scalar(draw, "sigma")
+    check_domain(sigma, "sigma", 0.0, None)
+    beta = draw_vector(draw, "beta", size)
+    return {"beta": beta, "sigma": sigma}

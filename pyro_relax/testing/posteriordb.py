@@ -1,6 +1,6 @@
 """Loaders for the posteriordb reference posteriors shipped next to the repository.
 
-Seven posteriors from posteriordb (Magnusson et al., BSD-3) live in
+Thirteen posteriors from posteriordb (Magnusson et al., BSD-3) live in
 ``../shared/posteriordb``: each folder holds the data in Stan's data format
 (a zipped JSON object) and gold-standard reference draws (a zipped JSON list
 of 10 chains, each mapping a Stan parameter name such as ``"theta[1]"`` to
@@ -31,12 +31,18 @@ from torch import Tensor
 
 POSTERIOR_NAMES: tuple[str, ...] = (
     "arK-arK",
+    "bball_drive_event_1-hmm_drive_1",
+    "earnings-earn_height",
     "eight_schools-eight_schools_centered",
     "eight_schools-eight_schools_noncentered",
     "garch-garch11",
     "gp_pois_regr-gp_pois_regr",
+    "kidiq-kidscore_momiq",
     "kilpisjarvi_mod-kilpisjarvi",
     "low_dim_gauss_mix-low_dim_gauss_mix",
+    "mesquite-mesquite",
+    "nes1976-nes",
+    "sblri-blr",
 )
 
 ENV_VAR = "PYRO_RELAX_POSTERIORDB"
@@ -48,7 +54,7 @@ def _is_db(path: Path) -> bool:
 
 
 def find_posteriordb(path: str | os.PathLike[str] | None = None) -> Path:
-    """Locate the folder that holds the seven posteriordb posteriors.
+    """Locate the folder that holds the posteriordb posteriors of :data:`POSTERIOR_NAMES`.
 
     The places tried, in order: ``path`` if given; the environment variable
     ``PYRO_RELAX_POSTERIORDB`` if set; ``../shared/posteriordb`` relative to the
@@ -63,7 +69,7 @@ def find_posteriordb(path: str | os.PathLike[str] | None = None) -> Path:
         The absolute path of the folder.
 
     Raises:
-        FileNotFoundError: when no candidate holds all seven posterior folders.
+        FileNotFoundError: when no candidate holds all the posterior folders.
 
     Example:
         >>> find_posteriordb().name
