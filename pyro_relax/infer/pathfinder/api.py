@@ -1,0 +1,347 @@
+"""Multi-path Pathfinder for a vectorized log density, and its result.
+
+Several paths start from jittered initial points; each keeps its best-ELBO
+Gaussian. The pooled draws (``num_draws`` from each usable path) get the
+importance weights ``log p(z) - log q_mix(z)`` against the equal-weight mixture
+of the paths' Gaussians, are Pareto-smoothed (PSIS) and resampled with
+replacement to ``num_draws`` draws. Using the mixture (not each path's own
+Gaussian) lets the weights correct the share of paths that ended in each mode.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PathfinderResult", "pathfinder"]
+
+import math
+import numbers
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pyro_relax.diagnostics.psis import MIN_PSIS_DRAWS, psis_khat
+from pyro_relax.infer.pathfinder.gaussian import Gaussian, mixture_log_prob
+from pyro_relax.infer.pathfinder.path import PathInfo, PathOptions, run_path
+
+LogDensity = Callable[[Tensor], Tensor]
+_NAME = "pathfinder"
+
+
+@dataclass
+class PathfinderResult:
+    """What :func:`pathfinder` found.
+
+    Attributes:
+        loc: the mean ``(d,)`` of the best single Gaussian (highest ELBO over all paths).
+        scale_tril: its Cholesky factor ``(d, d)``: ``loc + scale_tril @ u`` with
+            ``u ~ N(0, I)`` whitens the posterior.
+        elbo: its ELBO estimate.
+        path_elbos: each path's best ELBO ``(num_paths,)`` (``-inf`` for a failed path).
+        paths: each path's :class:`~pyro_relax.infer.pathfinder.path.PathInfo`.
+        draws: ``num_draws`` PSIS-resampled draws ``(num_draws, d)``.
+        log_weights: the raw log weights of the pooled draws (before smoothing).
+        khat: the PSIS Pareto k-hat of the pooled weights.
+        num_evals: rows of ``log p`` evaluated (a value with its gradient counts once).
+        wall_time: seconds.
+        samples: for :func:`pathfinder_for_model`, ``draws`` as constrained site values
+            keyed by site name, each ``(num_draws,) + site_shape``; else ``None``.
+        constrain: for :func:`pathfinder_for_model`, the map from unconstrained draws
+            ``(n, d)`` to such a dict; else ``None``.
+    """
+
+    loc: Tensor
+    scale_tril: Tensor
+    elbo: float
+    path_elbos: Tensor
+    paths: list[PathInfo]
+    draws: Tensor
+    log_weights: Tensor
+    khat: float
+    num_evals: int
+    wall_time: float
+    samples: dict[str, Tensor] | None = None
+    constrain: Callable[[Tensor], dict[str, Tensor]] | None = field(default=None, repr=False)
+
+    @property
+    def gaussian(self) -> Gaussian:
+        """The best single Gaussian as ``(loc, scale_tril)``."""
+        return Gaussian(self.loc, self.scale_tril)
+
+    def draw(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draws from the best single Gaussian and their log densities.
+
+        Arguments:
+            n: the number of draws (``>= 1``).
+            generator: a random generator on ``loc``'s device (``None``: the global one).
+
+        Returns:
+            ``(z, log_q)`` of shapes ``(n, d)`` and ``(n,)``.
+        """
+        n = _check_int(n, "n", 1, "PathfinderResult.draw")
+        u = torch.randn(
+            (n, self.loc.shape[-1]), generator=generator, dtype=self.loc.dtype,
+            device=self.loc.device,
+        )
+        return self.gaussian.sample_from(u)
+
+    def importance_weights(
+        self, log_p: LogDensity, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draws from the best single Gaussian and their log weights ``log p(z) - log q(z)``.
+
+        Arguments:
+            log_p: the vectorized log density ``(n, d) -> (n,)``.
+            n: the number of draws (``>= 1``).
+            generator: as in :meth:`draw`.
+
+        Returns:
+            ``(z, log_w)`` of shapes ``(n, d)`` and ``(n,)``; a draw outside the support
+            (``log p = -inf``) gets ``log_w = -inf``.
+
+        Raises:
+            ValueError: when ``log p`` is NaN or ``+inf`` at a draw.
+        """
+        if not callable(log_p):
+            raise TypeError(f"importance_weights: expected a callable log_p, got {log_p!r}")
+        z, log_q = self.draw(n, generator)
+        with torch.no_grad():
+            lp = _evaluate(log_p, z, "importance_weights")
+        bad = torch.isnan(lp) | torch.isposinf(lp)
+        if bool(bad.any()):
+            raise ValueError(
+                f"importance_weights: expected log_p to be finite or -inf at the draws, got "
+                f"{int(bad.sum())} NaN/+inf values of {n}"
+            )
+        return z, lp - log_q
+
+
+def _check_int(value: object, name: str, minimum: int, owner: str = _NAME) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: expected an int {name}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{owner}: expected {name} >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_float(value: object, name: str, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{_NAME}: expected a float {name}, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v) or (v <= 0 if positive else v < 0):
+        kind = "> 0" if positive else ">= 0"
+        raise ValueError(f"{_NAME}: expected a finite {name} {kind}, got {value!r}")
+    return v
+
+
+def _evaluate(log_p: LogDensity, z: Tensor, owner: str) -> Tensor:
+    out = log_p(z)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{owner}: expected log_p to return a tensor, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(z.shape[:-1]):
+        raise ValueError(
+            f"{owner}: expected log_p to map shape {tuple(z.shape)} to {tuple(z.shape[:-1])}, "
+            f"got {tuple(out.shape)} (is it vectorized over leading dimensions?)"
+        )
+    return out.to(torch.float64)
+
+
+class _Counted:
+    """A float64 view of ``log_p`` that counts the rows it evaluates."""
+
+    def __init__(self, log_p: LogDensity) -> None:
+        self.log_p = log_p
+        self.count = 0
+
+    def __call__(self, z: Tensor) -> Tensor:
+        self.count += int(z.shape[:-1].numel())
+        return _evaluate(self.log_p, z, _NAME)
+
+
+def _starts(init: Any, num_paths: int, radius: float, generator: Any) -> Tensor:
+    if not isinstance(init, Tensor):
+        raise TypeError(f"{_NAME}: expected init to be a torch.Tensor, got {type(init).__name__}")
+    if not init.dtype.is_floating_point:
+        raise TypeError(f"{_NAME}: expected a floating init, got {init.dtype}")
+    x = init.detach().to(torch.float64)
+    if x.dim() == 2:
+        if x.shape[0] != num_paths:
+            raise ValueError(
+                f"{_NAME}: expected init of shape (d,) or (num_paths={num_paths}, d), "
+                f"got {tuple(x.shape)}"
+            )
+    elif x.dim() != 1:
+        raise ValueError(f"{_NAME}: expected init of shape (d,) or (num_paths, d), got "
+                         f"{tuple(x.shape)}")
+    if x.shape[-1] < 1:
+        raise ValueError(f"{_NAME}: expected init with d >= 1, got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{_NAME}: expected a finite init, got {int((~torch.isfinite(x)).sum())} "
+                         f"NaN/inf entries")
+    if x.dim() == 2:
+        return x.clone()
+    jitter = torch.rand((num_paths, x.shape[0]), generator=generator, dtype=x.dtype,
+                        device=x.device)
+    return x + radius * (2.0 * jitter - 1.0)
+
+
+def pathfinder(
+    log_p: LogDensity,
+    init: Tensor,
+    num_paths: int = 4,
+    num_draws: int = 1000,
+    *,
+    init_radius: float = 2.0,
+    max_iters: int = 200,
+    history_size: int = 6,
+    num_elbo_draws: int = 30,
+    patience: int = 20,
+    hessian: str = "auto",
+    exact_hessian_max_dim: int = 64,
+    ftol: float = 1e-10,
+    gtol: float = 1e-8,
+    generator: torch.Generator | None = None,
+) -> PathfinderResult:
+    """Multi-path Pathfinder: L-BFGS paths, best-ELBO Gaussians, PSIS-resampled draws.
+
+    Runs in float64 on ``init``'s device (``log_p`` gets float64 input; its output is
+    cast to float64).
+
+    Arguments:
+        log_p: a vectorized log density (up to a constant): ``(..., d) -> (...)``.
+        init: the initial point ``(d,)`` (each path starts at ``init + U(-r, r)^d``
+            with ``r = init_radius``) or one point per path ``(num_paths, d)`` (used as is).
+        num_paths: the number of paths (``>= 1``).
+        num_draws: draws from each path's best Gaussian, and draws returned (``>= 1``;
+            the pooled draws must number at least 25 for PSIS).
+        init_radius: the jitter ``r >= 0`` of a ``(d,)`` init (Stan uses 2).
+        max_iters: L-BFGS iterations per path (``>= 1``).
+        history_size: the L-BFGS history size ``m`` (``>= 1``).
+        num_elbo_draws: the draws ``K`` of each ELBO estimate (``>= 2``).
+        patience: end a path after this many iterations without an ELBO improvement.
+        hessian: ``"auto"`` (the exact autograd Hessian when ``d <= exact_hessian_max_dim``),
+            ``"exact"`` or ``"lbfgs"``. The exact one is used at an iterate only where
+            it is positive definite; elsewhere the L-BFGS factors (or their diagonal).
+        exact_hessian_max_dim: the largest ``d`` for which ``"auto"`` uses the exact Hessian.
+        ftol: L-BFGS stops when the relative change of ``log p`` falls below this.
+        gtol: L-BFGS stops when the largest gradient entry falls below this.
+        generator: a random generator on ``init``'s device (``None``: the global one).
+
+    Returns:
+        A :class:`PathfinderResult`.
+
+    Raises:
+        ValueError: on a bad argument, or when no path starts at a finite point
+            (``"pathfinder: no finite point found from N initial points; ..."``), or
+            no path yields a Gaussian with a finite ELBO.
+        TypeError: on an argument of the wrong type.
+
+    References:
+        Zhang, Carpenter, Gelman, Vehtari (2022). Pathfinder: Parallel quasi-Newton
+        variational inference. JMLR 23(306). arXiv 2108.03782.
+
+    Example:
+        >>> import torch
+        >>> cov = torch.tensor([[1.0, 0.8], [0.8, 1.0]], dtype=torch.float64)
+        >>> prec = torch.linalg.inv(cov)
+        >>> log_p = lambda z: -0.5 * ((z @ prec) * z).sum(-1)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> fit = pathfinder(log_p, torch.zeros(2), num_paths=2, num_draws=200, generator=g)
+        >>> torch.allclose(fit.scale_tril @ fit.scale_tril.T, cov, atol=1e-6)
+        True
+        >>> fit.draws.shape
+        torch.Size([200, 2])
+    """
+    if not callable(log_p):
+        raise TypeError(f"{_NAME}: expected a callable log_p, got {type(log_p).__name__}")
+    num_paths = _check_int(num_paths, "num_paths", 1)
+    num_draws = _check_int(num_draws, "num_draws", 1)
+    if num_paths * num_draws < MIN_PSIS_DRAWS:
+        raise ValueError(
+            f"{_NAME}: expected num_paths * num_draws >= {MIN_PSIS_DRAWS} for PSIS, got "
+            f"{num_paths} * {num_draws}"
+        )
+    radius = _check_float(init_radius, "init_radius", positive=False)
+    if hessian not in ("auto", "exact", "lbfgs"):
+        raise ValueError(f"{_NAME}: expected hessian in ('auto', 'exact', 'lbfgs'), got "
+                         f"{hessian!r}")
+    options = PathOptions(
+        max_iters=_check_int(max_iters, "max_iters", 1),
+        history_size=_check_int(history_size, "history_size", 1),
+        num_elbo_draws=_check_int(num_elbo_draws, "num_elbo_draws", 2),
+        patience=_check_int(patience, "patience", 1),
+        exact_hessian=False,
+        ftol=_check_float(ftol, "ftol"),
+        gtol=_check_float(gtol, "gtol"),
+    )
+    max_dim = _check_int(exact_hessian_max_dim, "exact_hessian_max_dim", 0)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{_NAME}: expected a torch.Generator, got {type(generator).__name__}")
+    starts = _starts(init, num_paths, radius, generator)
+    d = starts.shape[-1]
+    use_exact = hessian == "exact" or (hessian == "auto" and d <= max_dim)
+    options = PathOptions(**{**options.__dict__, "exact_hessian": use_exact})
+
+    t0 = time.perf_counter()
+    counted = _Counted(log_p)
+    paths = [run_path(counted, starts[i], options, generator) for i in range(num_paths)]
+    if all(p.stop == "non-finite start" for p in paths):
+        raise ValueError(
+            f"{_NAME}: no finite point found from {num_paths} initial points; check the "
+            f"model's support / initial values"
+        )
+    good = [p for p in paths if p.best is not None and math.isfinite(p.elbo)]
+    if not good:
+        raise ValueError(
+            f"{_NAME}: no path gave a Gaussian approximation with a finite ELBO "
+            f"(stops: {sorted({p.stop for p in paths})}); check that log_p is finite on "
+            f"a neighbourhood of its mode"
+        )
+    best = max(good, key=lambda p: p.elbo).best
+    assert best is not None
+    components = [p.best for p in good if p.best is not None]
+    pooled = []
+    for q in components:
+        u = torch.randn((num_draws, d), generator=generator, dtype=starts.dtype,
+                        device=starts.device)
+        pooled.append(q.sample_from(u)[0])
+    z = torch.cat(pooled)
+    if z.shape[0] < MIN_PSIS_DRAWS:  # fewer usable paths than asked: top up from the best
+        extra = MIN_PSIS_DRAWS - z.shape[0]
+        u = torch.randn((extra, d), generator=generator, dtype=z.dtype, device=z.device)
+        z = torch.cat([z, best.sample_from(u)[0]])
+    with torch.no_grad():
+        lp = counted(z)
+        log_w = lp - mixture_log_prob(components, z)
+    bad = ~torch.isfinite(log_w)
+    if bool((torch.isnan(lp) | torch.isposinf(lp)).any()):
+        warnings.warn(
+            f"{_NAME}: log_p was NaN or +inf at {int((torch.isnan(lp) | torch.isposinf(lp)).sum())}"
+            f" of {z.shape[0]} pooled draws; they get zero weight",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    log_w = torch.where(bad, torch.full_like(log_w, -math.inf), log_w)
+    if bool(bad.all()):
+        raise ValueError(f"{_NAME}: log_p is not finite at any of the {z.shape[0]} pooled draws")
+    smoothed, khat = psis_khat(log_w)
+    probs = torch.as_tensor(smoothed, dtype=z.dtype, device=z.device).exp()
+    idx = torch.multinomial(probs, num_draws, replacement=True, generator=generator)
+    path_elbos = torch.tensor([p.elbo for p in paths], dtype=z.dtype, device=z.device)
+    return PathfinderResult(
+        loc=best.loc,
+        scale_tril=best.scale_tril,
+        elbo=max(p.elbo for p in good),
+        path_elbos=path_elbos,
+        paths=paths,
+        draws=z[idx],
+        log_weights=log_w,
+        khat=float(khat),
+        num_evals=counted.count,
+        wall_time=time.perf_counter() - t0,
+    )

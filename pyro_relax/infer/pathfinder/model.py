@@ -1,0 +1,137 @@
+"""Pathfinder for a zero-argument Pyro model, in its unconstrained space.
+
+The log density is :meth:`~pyro_relax.infer.guides.potential.PotentialMixin.log_joint_unconstrained`
+of a tiny ``AutoContinuous`` that only holds the model's layout (site names,
+shapes and ``biject_to`` transforms). It is vectorized over rows and falls
+back to a loop, with a warning, for a model that cannot take a particle
+plate. Every call of the model runs with float64 as the default dtype (restored
+afterwards), so data the model makes with the default dtype are float64 too.
+"""
+
+from __future__ import annotations
+
+__all__ = ["pathfinder_for_model"]
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from pyro.infer.autoguide import AutoContinuous
+from pyro.infer.autoguide.initialization import init_to_median
+from torch import Tensor
+
+from pyro_relax.infer.guides.base import RelaxedGuideMixin, check_model
+from pyro_relax.infer.pathfinder.api import PathfinderResult, _check_int, pathfinder
+
+_NAME = "pathfinder_for_model"
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+class _ModelLayout(RelaxedGuideMixin, AutoContinuous):
+    """The model's unconstrained layout and log density (never used as a guide)."""
+
+    def __init__(self, model: Callable[[], Any]) -> None:
+        super().__init__(model, init_loc_fn=init_to_median)
+        self._init_relaxed(model)
+
+    def _build(self, init_loc: Tensor) -> None:
+        self._median_init = init_loc.detach()
+
+    def _draw(self, sample_shape: torch.Size) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError("this layout object only evaluates the model's density")
+
+
+def pathfinder_for_model(
+    model: Callable[[], Any],
+    num_paths: int = 4,
+    num_draws: int = 1000,
+    *,
+    init: Tensor | None = None,
+    init_radius: float = 2.0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    **kwargs: Any,
+) -> PathfinderResult:
+    """Run :func:`~pyro_relax.infer.pathfinder.pathfinder` on a Pyro model's posterior.
+
+    Each path starts at ``init + U(-r, r)`` in the unconstrained space (``init``
+    defaults to zeros, as in Stan, ``r = init_radius``). The result's ``samples``
+    hold the PSIS-resampled draws as constrained site values and ``constrain`` maps
+    any unconstrained draws ``(n, d)`` (e.g. from ``result.draw(n)``) the same way.
+
+    Arguments:
+        model: a Pyro model taking no arguments, with continuous latent sites.
+        num_paths: the number of paths (``>= 1``).
+        num_draws: the number of draws (see :func:`pathfinder`).
+        init: an unconstrained initial point ``(d,)`` or one per path ``(num_paths, d)``.
+        init_radius: the jitter of a ``(d,)`` init.
+        dtype: the default dtype while the model runs (float64; the computation
+            itself is always float64).
+        device: where the unconstrained draws live (``None``: the default device);
+            the model must make its tensors there.
+        **kwargs: further options of :func:`pathfinder` (``max_iters``, ``hessian``,
+            ``generator``, ...).
+
+    Returns:
+        A :class:`PathfinderResult` with ``samples`` and ``constrain`` set.
+
+    Raises:
+        TypeError: when ``model`` is not callable or ``dtype`` is not floating.
+        ValueError: on a model without latent sites, a bad argument, or when no path
+            starts at a finite point.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model():
+        ...     s = pyro.sample("s", dist.LogNormal(0.0, 0.5))
+        ...     pyro.sample("x", dist.Normal(0.0, s), obs=torch.tensor(0.3))
+        >>> g = torch.Generator().manual_seed(0)
+        >>> fit = pathfinder_for_model(model, num_paths=2, num_draws=100, generator=g)
+        >>> fit.samples["s"].shape, bool((fit.samples["s"] > 0).all())
+        (torch.Size([100]), True)
+    """
+    check_model(model, _NAME)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{_NAME}: expected a floating torch.dtype, got {dtype!r}")
+    num_paths = _check_int(num_paths, "num_paths", 1, _NAME)
+    dev = torch.get_default_device() if device is None else torch.device(device)
+    layout = _ModelLayout(model)
+    with _default_dtype(dtype):
+        layout._setup_prototype()
+    d = int(layout.latent_dim)
+    if d < 1:
+        raise ValueError(f"{_NAME}: expected a model with continuous latent sites, got none")
+
+    def log_p(z: Tensor) -> Tensor:
+        with _default_dtype(dtype):
+            return layout._log_joint(z.to(device=dev, dtype=dtype), (), {}).to(torch.float64)
+
+    def constrain(z: Tensor) -> dict[str, Tensor]:
+        with _default_dtype(dtype), torch.no_grad():
+            return layout.unconstrained_to_samples(z.to(device=dev, dtype=dtype))
+
+    # Two rows, so that a model that cannot take a particle plate is found (and looped
+    # over, with a warning) before the paths' one-row gradient calls.
+    with torch.no_grad():
+        log_p(torch.linspace(-0.5, 0.5, 2 * d, dtype=torch.float64, device=dev).reshape(2, d))
+    if init is None:
+        init = torch.zeros(d, dtype=torch.float64, device=dev)
+    elif not isinstance(init, Tensor) or init.shape[-1:] != (d,):
+        shape = tuple(init.shape) if isinstance(init, Tensor) else type(init).__name__
+        raise ValueError(f"{_NAME}: expected an init of shape (d,) or (num_paths, d) with "
+                         f"d={d}, got {shape}")
+    result = pathfinder(log_p, init.to(dev), num_paths, num_draws, init_radius=init_radius,
+                        **kwargs)
+    result.constrain = constrain
+    result.samples = constrain(result.draws)
+    return result
