@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from pyro_relax.distributions import Flow, FlowDistribution
-from pyro_relax.surjections import AbsSurjection, AugmentSurjection
+from pyro_relax.surjections import (
+    AbsSurjection,
+    AugmentSurjection,
+    SortSurjection,
+    UniformDequantization,
+    VariationalDequantization,
+)
 from pyro_relax.transforms.stacks import coupling_stack
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -89,3 +95,80 @@ def test_bad_input_raises():
         FlowDistribution("not a distribution", [])
     with pytest.raises(ValueError, match="base shape"):
         Flow((0,), [])
+
+
+# -- issue 10, item 3: integer and bool data ---------------------------------------------
+@pytest.mark.parametrize(
+    "make", [lambda: AbsSurjection(), lambda: SortSurjection()], ids=["abs", "sort"]
+)
+def test_integer_data_gives_the_float_likelihood(make):
+    # Before the fix the fair-sign constant -D log 2 was truncated to the integer dtype:
+    # abs gave -4.338 for [[1, 2]] instead of -5.724.
+    flow = Flow((2,), [make()])
+    lp_int = flow.log_prob(torch.tensor([[1, 2]]))
+    lp_float = flow.log_prob(torch.tensor([[1.0, 2.0]]))
+    assert lp_int.dtype == torch.float32
+    torch.testing.assert_close(lp_int, lp_float)
+    lp_bool = flow.log_prob(torch.tensor([[True, False]]))
+    torch.testing.assert_close(lp_bool, flow.log_prob(torch.tensor([[1.0, 0.0]])))
+
+
+def test_integer_data_through_pyro_transforms_and_dequantization():
+    flow = Flow((2,), [T.affine_coupling(2, hidden_dims=[8])])
+    x = torch.tensor([[1, -2], [0, 3]])
+    torch.testing.assert_close(flow.log_prob(x), flow.log_prob(x.float()))
+    # Dequantization takes integers: an integer tensor and its float copy give the
+    # same bound under the same noise.
+    deq = Flow((3,), [T.SigmoidTransform(), UniformDequantization(num_bins=4)])
+    counts = torch.tensor([[0, 3, 1]])
+    torch.manual_seed(1)
+    a = deq.log_prob(counts)
+    torch.manual_seed(1)
+    b = deq.log_prob(counts.float())
+    torch.testing.assert_close(a, b)
+    layer = VariationalDequantization(3, num_bins=4, hidden=(8,))
+    z, v = layer.encode(counts)
+    assert z.dtype == torch.float32 and v.shape == (1,)
+
+
+# -- issue 10, item 7: empty batches, dtypes, constructor arguments ---------------------
+@pytest.mark.parametrize(
+    "make",
+    [lambda: [AbsSurjection()], lambda: [T.affine_coupling(2, hidden_dims=[8])], lambda: []],
+    ids=["abs", "affine_coupling", "identity"],
+)
+def test_empty_batch_just_works(make):
+    flow = Flow((2,), make())
+    lp = flow.log_prob(torch.zeros(0, 2))
+    assert lp.shape == (0,)
+    assert flow.sample((0,)).shape == (0, 2)
+    x, log_q = flow().rsample_and_log_q(torch.Size((0, 3)))
+    assert x.shape == (0, 3, 2) and log_q.shape == (0, 3)
+
+
+def test_float64_into_float32_flow_is_a_type_error():
+    flow = Flow((2,), [T.affine_coupling(2, hidden_dims=[8])])
+    with pytest.raises(
+        TypeError,
+        match=r"FlowDistribution.log_prob: expected torch.float32.*"
+        r"got torch.float64",
+    ):
+        flow.log_prob(torch.zeros(3, 2, dtype=torch.float64))
+    # the documented way: move the flow
+    assert flow.double().log_prob(torch.zeros(3, 2, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_int_shape_and_empty_layer_list():
+    flow = Flow(2, [])
+    assert flow.base_shape == (2,)
+    x = torch.randn(4, 2)
+    expected = dist.Normal(0.0, 1.0).log_prob(x).sum(-1)
+    torch.testing.assert_close(flow.log_prob(x), expected)
+    with pytest.raises(TypeError, match="Flow: expected a list of layers"):
+        Flow((2,), AbsSurjection())
+    with pytest.raises(ValueError, match="Flow: expected a base shape"):
+        Flow((2, 0), [])
+    with pytest.raises(ValueError, match="Flow: expected a base shape"):
+        Flow("2", [])
+    with pytest.raises(ValueError, match="Flow.sample: expected a sample shape"):
+        flow.sample((-1,))

@@ -4,7 +4,10 @@ Log importance weights ``log w = log p(x) - log q(x)`` come from a guide, a
 stochastic flow's path weight or any proposal. Draws run along the first axis;
 trailing axes are independent batches (e.g. ``(n, *batch_shape)`` from a flow's
 ``log_prob`` with ``sample_shape=(n,)``). A weight of ``-inf`` (zero weight) is
-allowed; ``NaN`` and ``+inf`` are not.
+allowed; ``NaN`` and ``+inf`` are not, and neither is a set (or a batch
+column) whose weights are all ``-inf``: no draw has positive weight, so no
+estimate exists, and every function here raises a ``ValueError`` naming itself
+instead of returning ``NaN``.
 """
 
 from __future__ import annotations
@@ -32,22 +35,30 @@ MIN_PSIS_DRAWS = 25
 """Fewest draws for PSIS: the Pareto fit uses the top ``n/5`` weights and needs at least 5."""
 
 
-def _check_log_weights(log_weights: Any, min_draws: int) -> np.ndarray:
-    lw = as_numpy(log_weights, "log_weights").astype(np.float64)
+def _check_log_weights(log_weights: Any, min_draws: int, fn: str) -> np.ndarray:
+    """Log weights as float64 ``(n, *batch)``; every message names ``fn``."""
+    lw = as_numpy(log_weights, f"{fn}: log_weights").astype(np.float64)
     if lw.ndim == 0:
-        raise ValueError("log_weights must have shape (n, *batch) with draws first, got a scalar")
+        raise ValueError(
+            f"{fn}: expected log_weights of shape (n, *batch), draws first, got a scalar"
+        )
     if lw.shape[0] < min_draws:
         raise ValueError(
-            f"log_weights needs at least {min_draws} draws along axis 0, got shape {lw.shape}"
+            f"{fn}: expected at least {min_draws} draws along axis 0 of log_weights, "
+            f"got shape {lw.shape}"
         )
+    if lw.size == 0:
+        raise ValueError(f"{fn}: expected a non-empty batch of log_weights, got shape {lw.shape}")
     n_nan, n_pos = int(np.isnan(lw).sum()), int(np.isposinf(lw).sum())
     if n_nan or n_pos:
         raise ValueError(
-            f"log_weights must be finite or -inf (zero weight), got {n_nan} NaN and "
+            f"{fn}: expected log weights finite or -inf (zero weight), got {n_nan} NaN and "
             f"{n_pos} +inf entries"
         )
-    if np.isneginf(lw).all(axis=0).any():
-        raise ValueError("log_weights has a batch column in which every weight is -inf")
+    dead = np.isneginf(lw).all(axis=0)
+    if dead.any():
+        where = "" if lw.ndim == 1 else f" in batch column(s) {np.argwhere(dead).tolist()[:5]}"
+        raise ValueError(f"{fn}: all log weights are -inf{where}: no draw has positive weight")
     return lw
 
 
@@ -80,6 +91,11 @@ def psis_khat(log_weights: Any) -> tuple[np.ndarray, float | np.ndarray]:
         that ``exp(smoothed)`` sums to one over the draws; ``khat`` a float for 1-D input,
         else an array of shape ``batch``.
 
+    Raises:
+        TypeError: if the log weights are not real numbers.
+        ValueError: for too few draws, NaN or ``+inf`` entries, or all weights ``-inf``
+            (in any batch column).
+
     References:
         Vehtari, Simpson, Gelman, Yao, Gabry (2024). Pareto smoothed importance
         sampling. JMLR 25(72). arXiv 1507.02646.
@@ -94,7 +110,7 @@ def psis_khat(log_weights: Any) -> tuple[np.ndarray, float | np.ndarray]:
         >>> smoothed.shape, khat < 0.5
         ((1000,), True)
     """
-    lw = _check_log_weights(log_weights, MIN_PSIS_DRAWS)
+    lw = _check_log_weights(log_weights, MIN_PSIS_DRAWS, "psis_khat")
     cols = lw.reshape(lw.shape[0], -1)
     out = np.empty_like(cols)
     khat = np.empty(cols.shape[1])
@@ -123,13 +139,13 @@ def khat_verdict(k: float) -> str:
         ('good', 'acceptable', 'unreliable')
     """
     if isinstance(k, bool):
-        raise TypeError("k must be a real number, got bool")
-    arr = as_numpy(k, "k")
+        raise TypeError("khat_verdict: expected a real number k, got bool")
+    arr = as_numpy(k, "khat_verdict: k")
     if arr.ndim != 0:
-        raise TypeError(f"k must be a scalar, got shape {arr.shape}")
+        raise TypeError(f"khat_verdict: expected a scalar k, got shape {arr.shape}")
     k = float(arr)
     if np.isnan(k):
-        raise ValueError("k must not be NaN")
+        raise ValueError("khat_verdict: expected a k-hat value, got NaN")
     if k < 0.5:
         return "good"
     if k < 0.7:
@@ -156,6 +172,11 @@ def importance_ess(log_weights: Any) -> float | np.ndarray:
     Returns:
         The ESS in ``[1, n]``: a float for 1-D input, else an array of shape ``batch``.
 
+    Raises:
+        TypeError: if the log weights are not real numbers.
+        ValueError: for too few draws, NaN or ``+inf`` entries, or all weights ``-inf``
+            (in any batch column).
+
     References:
         Kish (1965). Survey Sampling. Wiley.
 
@@ -164,7 +185,7 @@ def importance_ess(log_weights: Any) -> float | np.ndarray:
         >>> importance_ess(torch.zeros(100))
         100.0
     """
-    lw = _check_log_weights(log_weights, MIN_IS_DRAWS)
+    lw = _check_log_weights(log_weights, MIN_IS_DRAWS, "importance_ess")
     return _scalar_or_array(_kish_ess(lw))
 
 
@@ -177,12 +198,17 @@ def importance_ess_fraction(log_weights: Any) -> float | np.ndarray:
     Returns:
         ``importance_ess(log_weights) / n``: a float for 1-D input, else an array.
 
+    Raises:
+        TypeError: if the log weights are not real numbers.
+        ValueError: for too few draws, NaN or ``+inf`` entries, or all weights ``-inf``
+            (in any batch column).
+
     Example:
         >>> import numpy as np
         >>> importance_ess_fraction(np.r_[0.0, np.full(19, -np.inf)])
         0.05
     """
-    lw = _check_log_weights(log_weights, MIN_IS_DRAWS)
+    lw = _check_log_weights(log_weights, MIN_IS_DRAWS, "importance_ess_fraction")
     return _scalar_or_array(_kish_ess(lw) / lw.shape[0])
 
 
@@ -196,6 +222,12 @@ def psis_expectation(values: Any, log_weights: Any) -> np.ndarray:
     Returns:
         ``sum_i w_i values_i`` with PSIS-smoothed weights normalized to one, a float64
         array of shape ``(*batch, *event)``.
+
+    Raises:
+        TypeError: if the log weights are not real numbers.
+        ValueError: for too few draws, NaN or ``+inf`` entries, or all weights ``-inf``
+            (in any batch column), or
+            values of the wrong shape or not finite.
 
     References:
         Vehtari, Simpson, Gelman, Yao, Gabry (2024). Pareto smoothed importance
@@ -211,14 +243,16 @@ def psis_expectation(values: Any, log_weights: Any) -> np.ndarray:
         >>> bool(abs(m2 - 1.0) < 0.15)
         True
     """
-    smoothed, _ = psis_khat(log_weights)
-    vals = as_numpy(values, "values").astype(np.float64)
+    lw = _check_log_weights(log_weights, MIN_PSIS_DRAWS, "psis_expectation")
+    smoothed, _ = psis_khat(lw)
+    vals = as_numpy(values, "psis_expectation: values").astype(np.float64)
     if vals.shape[: smoothed.ndim] != smoothed.shape:
         raise ValueError(
-            f"values must have shape (n, *batch, *event) = {smoothed.shape} + event, "
-            f"got {vals.shape}"
+            f"psis_expectation: expected values of shape (n, *batch, *event) = "
+            f"{smoothed.shape} + event, got {vals.shape}"
         )
     if not np.isfinite(vals).all():
-        raise ValueError("values must be finite")
+        n_bad = int((~np.isfinite(vals)).sum())
+        raise ValueError(f"psis_expectation: expected finite values, got {n_bad} NaN or inf")
     w = np.exp(smoothed).reshape(smoothed.shape + (1,) * (vals.ndim - smoothed.ndim))
     return (w * vals).sum(axis=0)

@@ -10,6 +10,8 @@ import numpy as np
 from pyro_relax.diagnostics._compat import import_arviz
 from pyro_relax.diagnostics.convert import to_inference_data
 from pyro_relax.diagnostics.psis import (
+    MIN_PSIS_DRAWS,
+    _check_log_weights,
     importance_ess,
     importance_ess_fraction,
     khat_verdict,
@@ -68,29 +70,35 @@ def summarize(
     if hasattr(idata_or_samples, "posterior") or _has_posterior(idata_or_samples):
         data = idata_or_samples  # checked first: a 1.x DataTree is also a Mapping
     elif isinstance(idata_or_samples, Mapping):
-        data = to_inference_data(idata_or_samples, chains=chains)
+        data = _converted(idata_or_samples, chains=chains)
     else:
         raise TypeError(
-            "idata_or_samples must be ArviZ data with a posterior group or a dict of draws, "
+            "summarize: expected ArviZ data with a posterior group or a dict of draws, "
             f"got {type(idata_or_samples).__name__}"
         )
     shapes = _event_shapes(data)
+    if not shapes:
+        raise ValueError("summarize: expected at least one posterior variable, got none")
     n_draws = int(np.prod(data["posterior"][next(iter(shapes))].shape[:2]))
     if n_draws < 4:
-        raise ValueError(f"summaries need at least 4 draws, got {n_draws}")
+        raise ValueError(f"summarize: expected at least 4 draws, got {n_draws}")
     table = _az_summary(data, "all").loc[:, list(SUMMARY_COLUMNS)].astype(np.float64)
     if reference is None:
         return table
     if not isinstance(reference, Mapping) or not reference:
-        raise TypeError(f"reference must be a non-empty dict of draws, got {type(reference)}")
-    ref_data = to_inference_data(reference)
+        raise TypeError(
+            f"summarize: expected reference a non-empty dict of draws, got {type(reference)}"
+        )
+    ref_data = _converted(reference)
     ref_shapes = _event_shapes(ref_data)
     for name, shape in ref_shapes.items():
         if name not in shapes:
-            raise ValueError(f"reference variable {name!r} is not in the posterior {list(shapes)}")
+            raise ValueError(
+                f"summarize: reference variable {name!r} is not in the posterior {list(shapes)}"
+            )
         if shape != shapes[name]:
             raise ValueError(
-                f"reference {name!r}: expected event shape {shapes[name]}, got {shape}"
+                f"summarize: reference {name!r}: expected event shape {shapes[name]}, got {shape}"
             )
     ref = _az_summary(ref_data, "stats").loc[:, ["mean", "sd"]].astype(np.float64)
     ref = ref.rename(columns={"mean": "ref_mean", "sd": "ref_sd"})
@@ -99,6 +107,26 @@ def summarize(
         table["mean_err_sd"] = (table["mean"] - table["ref_mean"]) / table["ref_sd"]
         table["sd_err_sd"] = (table["sd"] - table["ref_sd"]) / table["ref_sd"]
     return table
+
+
+def _converted(draws: Mapping[str, Any], chains: int = 1) -> Any:
+    """``to_inference_data`` with its errors renamed after :func:`summarize`."""
+    for name, value in draws.items():
+        try:
+            arr = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"summarize: expected an array of draws for {name!r}: {exc}") from exc
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"summarize: expected real draws for {name!r}, got dtype {arr.dtype}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            n_bad = int((~np.isfinite(arr)).sum())
+            raise ValueError(
+                f"summarize: expected finite draws for {name!r}, got {n_bad} NaN or inf"
+            )
+    try:
+        return to_inference_data(draws, chains=chains)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"summarize: {exc}") from exc
 
 
 def _has_posterior(data: Any) -> bool:
@@ -119,20 +147,25 @@ def weighted_report(log_weights: Any) -> dict[str, Any]:
         PSIS k-hat and its verdict (:func:`khat_verdict`), and the Kish ESS of the raw
         weights and its fraction of ``n``.
 
+    Raises:
+        TypeError: if the log weights are not real numbers.
+        ValueError: for a shape other than ``(n,)`` with ``n >= 25``, NaN or ``+inf``
+            entries, or all weights ``-inf``.
+
     Example:
         >>> import torch
         >>> report = weighted_report(torch.zeros(100))
         >>> report["verdict"], report["ess"]
         ('good', 100.0)
     """
-    shape = tuple(getattr(log_weights, "shape", np.shape(log_weights)))
-    if len(shape) != 1:
-        raise ValueError(f"log_weights must be 1-D, got shape {shape}")
-    _, khat = psis_khat(log_weights)
+    lw = _check_log_weights(log_weights, MIN_PSIS_DRAWS, "weighted_report")
+    if lw.ndim != 1:
+        raise ValueError(f"weighted_report: expected 1-D log_weights, got shape {lw.shape}")
+    _, khat = psis_khat(lw)
     return {
-        "n": shape[0],
+        "n": lw.shape[0],
         "khat": khat,
         "verdict": khat_verdict(khat),
-        "ess": importance_ess(log_weights),
-        "ess_fraction": importance_ess_fraction(log_weights),
+        "ess": importance_ess(lw),
+        "ess_fraction": importance_ess_fraction(lw),
     }

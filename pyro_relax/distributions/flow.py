@@ -15,7 +15,35 @@ from torch.distributions import Distribution
 
 from pyro_relax._validation import validation, validation_enabled
 from pyro_relax.distributions.adapter import TransformLayer, as_layer
-from pyro_relax.surjections.base import RelaxedLayer, check_event_shape, check_finite
+from pyro_relax.surjections.base import (
+    RelaxedLayer,
+    check_event_shape,
+    check_finite,
+    floating_input,
+)
+
+
+def _check_layers(layers: object, name: str) -> list:
+    """``layers`` as a list; a single layer or a non-sequence is a ``TypeError``."""
+    if isinstance(layers, RelaxedLayer | torch.distributions.Transform) or not isinstance(
+        layers, Sequence | nn.ModuleList
+    ):
+        raise TypeError(
+            f"{name}: expected a list of layers (possibly empty), got {type(layers).__name__}"
+        )
+    return list(layers)
+
+
+def _check_sample_shape(sample_shape: object, name: str) -> torch.Size:
+    if isinstance(sample_shape, int) and not isinstance(sample_shape, bool):
+        sample_shape = (sample_shape,)
+    if not isinstance(sample_shape, Sequence) or any(
+        isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in sample_shape
+    ):
+        raise ValueError(
+            f"{name}: expected a sample shape of non-negative ints, got {sample_shape!r}"
+        )
+    return torch.Size(sample_shape)
 
 
 class FlowDistribution(TorchDistribution):
@@ -32,9 +60,18 @@ class FlowDistribution(TorchDistribution):
     :meth:`log_prob_iw` for the importance-weighted estimate with ``K``
     particles, which tightens towards ``log p(x)`` as ``K`` grows.
 
+    Dtypes: ``log_prob`` converts integer and bool values to the flow's
+    floating dtype (that of the base distribution), so count data and
+    dequantization layers work on integer tensors; a floating value of another
+    dtype is a ``TypeError`` (convert it, or the flow with ``.to(dtype)``), as a
+    torch module would refuse it, only with a message saying so. An empty batch
+    (``(0,) + event_shape``) gives an empty ``log_prob``, and ``sample((0,))``
+    an empty sample.
+
     Arguments:
         base: a distribution whose event shape is the latent event shape.
-        layers: relaxed layers or (conditional) Pyro/torch transforms.
+        layers: relaxed layers or (conditional) Pyro/torch transforms, possibly
+            none (the flow is then the base distribution).
         context: a conditioning tensor ``batch_shape + (c,)`` passed to the layers
             that accept a context.
 
@@ -61,7 +98,7 @@ class FlowDistribution(TorchDistribution):
                 f"FlowDistribution: expected a base Distribution, got {type(base).__name__}"
             )
         self.base = base
-        self.layers = [as_layer(layer) for layer in layers]
+        self.layers = [as_layer(layer) for layer in _check_layers(layers, "FlowDistribution")]
         shape = base.event_shape
         for layer in self.layers:
             out = layer.data_shape(shape)
@@ -75,7 +112,17 @@ class FlowDistribution(TorchDistribution):
                 raise TypeError(
                     f"FlowDistribution: expected a context tensor, got {type(context).__name__}"
                 )
-            batch_shape = torch.broadcast_shapes(batch_shape, context.shape[:-1])
+            if context.dim() < 1:
+                raise ValueError(
+                    "FlowDistribution: expected a context of shape batch + (c,), got a scalar"
+                )
+            try:
+                batch_shape = torch.broadcast_shapes(batch_shape, context.shape[:-1])
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"FlowDistribution: context batch shape {tuple(context.shape[:-1])} does not "
+                    f"broadcast with the base batch shape {tuple(batch_shape)}"
+                ) from exc
         self.context = context
         super().__init__(batch_shape, torch.Size(shape), validate_args=False)
 
@@ -95,6 +142,29 @@ class FlowDistribution(TorchDistribution):
     def _ctx(self, layer: RelaxedLayer) -> Tensor | None:
         return self.context if layer.accepts_context else None
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The flow's floating dtype: the base's (its mean's), else its layers', else ``None``."""
+        try:
+            mean = self.base.mean
+        except (NotImplementedError, AttributeError, RuntimeError, ValueError):
+            mean = None
+        if isinstance(mean, Tensor) and mean.is_floating_point():
+            return mean.dtype
+        for layer in self.layers:
+            dtype = layer.floating_dtype()
+            if dtype is not None:
+                return dtype
+        return None
+
+    def _base_log_prob(self, z: Tensor) -> Tensor:
+        """``base.log_prob(z)``, also for an empty batch (Pyro's ``Independent`` fails there)."""
+        if z.numel() == 0:
+            batch = z.shape[: z.dim() - len(self.base.event_shape)]
+            shape = torch.broadcast_shapes(batch, self.base.batch_shape)
+            return z.new_zeros(shape)
+        return self.base.log_prob(z)
+
     def _base_for(self, sample_shape: torch.Size) -> Distribution:
         base = self.base
         if base.batch_shape != self.batch_shape:
@@ -108,9 +178,10 @@ class FlowDistribution(TorchDistribution):
         stochastic layers it is the path estimate whose use in
         ``log target(x) - estimate`` gives unbiased importance weights.
         """
-        base = self._base_for(torch.Size(sample_shape))
+        sample_shape = _check_sample_shape(sample_shape, "FlowDistribution.sample")
+        base = self._base_for(sample_shape)
         z = base.rsample(sample_shape) if base.has_rsample else base.sample(sample_shape)
-        log_q = base.log_prob(z)
+        log_q = self._base_log_prob(z)
         with validation(False):
             for layer in self.layers:
                 z, s = layer.decode(z, self._ctx(layer))
@@ -124,22 +195,37 @@ class FlowDistribution(TorchDistribution):
         with torch.no_grad():
             return self.rsample_and_log_q(sample_shape)[0]
 
-    def _check_value(self, value: Tensor) -> None:
-        check_event_shape(value, self.event_shape, "FlowDistribution.log_prob")
-        check_finite(value, "FlowDistribution.log_prob")
+    def _check_value(self, value: Tensor, name: str = "FlowDistribution.log_prob") -> Tensor:
+        value = floating_input(value, self.dtype, name)
+        check_event_shape(value, self.event_shape, name)
+        check_finite(value, name)
         if validation_enabled() and self.layers:
             self.layers[-1].check_data(value)
+        return value
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """``log p(value)``: exact if :attr:`exact`, else a single-sample lower bound."""
-        self._check_value(value)
+        """``log p(value)``: exact if :attr:`exact`, else a single-sample lower bound.
+
+        Arguments:
+            value: data of shape ``sample_shape + batch_shape + event_shape``;
+                integer and bool tensors are converted to :attr:`dtype`.
+
+        Returns:
+            A tensor of shape ``sample_shape + batch_shape``.
+
+        Raises:
+            TypeError: for a non-tensor, or a floating dtype other than :attr:`dtype`.
+            ValueError: for a wrong event shape, NaN/inf, or values outside the
+                data domain of the last layer.
+        """
+        value = self._check_value(value)
         z = value
         total = value.new_zeros(())
         with validation(False):
             for layer in reversed(self.layers):
                 z, v = layer.encode(z, self._ctx(layer))
                 total = total + v
-        return self.base.log_prob(z) + total
+        return self._base_log_prob(z) + total
 
     def log_prob_iw(self, value: Tensor, num_particles: int = 100) -> Tensor:
         """Importance-weighted estimate ``log (1/K) sum_k exp(bound_k)`` with ``K`` particles.
@@ -147,11 +233,15 @@ class FlowDistribution(TorchDistribution):
         Its expectation increases with ``K`` and tends to ``log p(value)``
         (Burda et al. 2016). For an exact flow it equals :meth:`log_prob`.
         """
-        if not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"log_prob_iw: expected num_particles >= 1, got {num_particles!r}")
+        bad = isinstance(num_particles, bool) or not isinstance(num_particles, int)
+        if bad or num_particles < 1:
+            raise ValueError(
+                f"FlowDistribution.log_prob_iw: expected an int num_particles >= 1, "
+                f"got {num_particles!r}"
+            )
         if self.exact:
             return self.log_prob(value)
-        self._check_value(value)
+        value = self._check_value(value, "FlowDistribution.log_prob_iw")
         rep = value.expand((num_particles,) + value.shape)
         with validation(False):
             lp = self.log_prob(rep)
@@ -168,9 +258,10 @@ class Flow(nn.Module):
     parameters are trained by SVI.
 
     Arguments:
-        base_shape: the latent event shape; the base is a standard normal on it
-            (its buffers follow the module's device and dtype).
-        layers: the stack, from the base to the data.
+        base_shape: the latent event shape (an int ``n`` means ``(n,)``); the base
+            is a standard normal on it (its buffers follow the module's device and dtype).
+        layers: the stack, from the base to the data; an empty list is the
+            identity (the flow is the base distribution).
         base: optionally a distribution, or an ``nn.Module`` that returns one when
             called, to use instead of the standard normal.
 
@@ -190,13 +281,21 @@ class Flow(nn.Module):
         base: Distribution | nn.Module | None = None,
     ) -> None:
         super().__init__()
-        shape = torch.Size(base_shape)
-        if any(not isinstance(s, int) or s <= 0 for s in shape):
+        if isinstance(base_shape, int) and not isinstance(base_shape, bool):
+            base_shape = (base_shape,)
+        if not isinstance(base_shape, Sequence) or any(
+            isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in base_shape
+        ):
             raise ValueError(
-                f"Flow: expected a base shape of positive ints, got {tuple(base_shape)}"
+                f"Flow: expected a base shape of positive ints (or one int), got {base_shape!r}"
             )
-        self.base_shape = shape
-        self.layers = nn.ModuleList(as_layer(layer) for layer in layers)
+        if base is not None and not isinstance(base, Distribution | nn.Module):
+            raise TypeError(
+                f"Flow: expected base a Distribution, an nn.Module or None, "
+                f"got {type(base).__name__}"
+            )
+        self.base_shape = torch.Size(base_shape)
+        self.layers = nn.ModuleList(as_layer(layer) for layer in _check_layers(layers, "Flow"))
         self._base = base
         self.register_buffer("_zero", torch.tensor(0.0), persistent=False)
 
@@ -220,5 +319,5 @@ class Flow(nn.Module):
         return self(context).log_prob(x)
 
     def sample(self, sample_shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
-        """Shortcut for ``self(context).sample(sample_shape)``."""
-        return self(context).sample(torch.Size(sample_shape))
+        """Shortcut for ``self(context).sample(sample_shape)`` (an int ``n`` means ``(n,)``)."""
+        return self(context).sample(_check_sample_shape(sample_shape, "Flow.sample"))

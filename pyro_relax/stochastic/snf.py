@@ -41,6 +41,17 @@ def log_Z_from_log_weights(log_w: Tensor) -> tuple[Tensor, Tensor]:
     With ``w = exp(log w)``, ``Z_hat = mean(w)`` is unbiased for ``Z``;
     ``se(log Z_hat) = sd(w) / (sqrt(n) mean(w))`` (computed stably).
 
+    Arguments:
+        log_w: log weights of shape ``(n, *batch)``, finite or ``-inf`` (zero weight).
+
+    Returns:
+        ``(log_Z, se)``, each of shape ``batch``; ``se`` is ``inf`` for one draw.
+
+    Raises:
+        TypeError: if ``log_w`` is not a floating tensor.
+        ValueError: for an empty set, NaN or ``+inf`` entries, or all weights ``-inf``
+            (in any batch column).
+
     Example:
         >>> import torch
         >>> est, se = log_Z_from_log_weights(torch.zeros(100))
@@ -48,6 +59,11 @@ def log_Z_from_log_weights(log_w: Tensor) -> tuple[Tensor, Tensor]:
         (0.0, 0.0)
     """
     _check_log_weights(log_w, "log_Z_from_log_weights")
+    if log_w.device.type != "meta" and bool((log_w == -math.inf).all(0).any()):
+        raise ValueError(
+            "log_Z_from_log_weights: all log weights are -inf: no draw has positive weight "
+            "(log Z would be -inf with an undefined standard error)"
+        )
     n = log_w.shape[0]
     log_mean = torch.logsumexp(log_w, 0) - math.log(n)
     rel = torch.exp(log_w - log_mean)  # w / mean(w)

@@ -6,9 +6,11 @@ __all__ = [
     "RelaxedLayer",
     "check_event_shape",
     "check_finite",
+    "floating_input",
     "sum_event",
 ]
 
+import itertools
 import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
@@ -50,6 +52,47 @@ def check_finite(x: Tensor, name: str) -> None:
     if not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name}: expected finite values, got {n_bad} NaN or inf entries")
+
+
+def floating_input(
+    t: Tensor, dtype: torch.dtype | None, name: str, keep_integers: bool = False
+) -> Tensor:
+    """Apply the package's one dtype rule to an input tensor ``t``.
+
+    * integer and bool tensors are converted to ``dtype`` (or the default float
+      dtype when ``dtype`` is ``None``), unless ``keep_integers`` (layers that take
+      integer data, such as dequantization, convert them themselves);
+    * a floating tensor of another dtype than ``dtype`` is refused with a
+      ``TypeError`` (no silent down- or up-cast; move the data or the layer with
+      ``.to(dtype)``); with ``dtype=None`` any floating dtype passes;
+    * complex tensors and non-tensors are refused with a ``TypeError``.
+
+    Arguments:
+        t: the input.
+        dtype: the floating dtype of the entry point (its parameters), or ``None``.
+        name: what to call the entry point in messages.
+        keep_integers: leave integer and bool tensors as they are.
+
+    Returns:
+        ``t`` itself or its floating conversion.
+
+    Raises:
+        TypeError: as described above.
+    """
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.is_complex():
+        raise TypeError(f"{name}: expected a real tensor, got {t.dtype}")
+    if not t.is_floating_point():
+        if keep_integers:
+            return t
+        return t.to(dtype or torch.get_default_dtype())
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(
+            f"{name}: expected {dtype} input (the dtype of its parameters), got {t.dtype}; "
+            f"convert the input with .to({dtype}) or the model with .to({t.dtype})"
+        )
+    return t
 
 
 def sum_event(t: Tensor, event_dim: int) -> Tensor:
@@ -98,6 +141,14 @@ class RelaxedLayer(nn.Module, ABC):
     ``event_dim`` is the number of rightmost dimensions of an event on the data
     side (1 for vectors, 3 for ``(C, H, W)`` images).
 
+    Dtypes: integer and bool inputs are converted to the layer's floating dtype
+    (that of its first floating parameter or buffer, else the default dtype)
+    before anything is computed, except by ``encode`` of a layer with
+    ``takes_integers = True`` (dequantization), which receives them as they are.
+    A floating input of another dtype than the layer's is a ``TypeError``; a
+    layer without floating parameters takes any floating dtype and its outputs
+    follow the input (see :func:`floating_input`).
+
     Context: a layer that takes a conditioning context sets
     ``accepts_context = True`` and reads the ``context`` argument
     (shape ``batch_shape + (context_dim,)``).
@@ -109,6 +160,7 @@ class RelaxedLayer(nn.Module, ABC):
     exact: ClassVar[bool] = True
     reparametrized: ClassVar[bool] = True
     accepts_context: ClassVar[bool] = False
+    takes_integers: ClassVar[bool] = False
     event_dim: int = 1
 
     def __init_subclass__(cls, **kwargs: object) -> None:
@@ -148,11 +200,19 @@ class RelaxedLayer(nn.Module, ABC):
     def check_latent(self, z: Tensor) -> None:
         """Raise ``ValueError`` if ``z`` lies outside the layer's range (override)."""
 
+    def floating_dtype(self) -> torch.dtype | None:
+        """The dtype of the first floating parameter or buffer, ``None`` if there is none."""
+        for t in itertools.chain(self.parameters(), self.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return None
+
     # -- public entry points ------------------------------------------------
-    def _validate(self, t: Tensor, event_shape: torch.Size | None, side: str) -> None:
+    def _validate(self, t: Tensor, event_shape: torch.Size | None, side: str) -> Tensor:
         name = f"{type(self).__name__}.{side}"
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        t = floating_input(
+            t, self.floating_dtype(), name, keep_integers=side == "encode" and self.takes_integers
+        )
         if event_shape is not None:
             check_event_shape(t, event_shape, name)
         elif t.dim() < self.event_dim:
@@ -161,27 +221,49 @@ class RelaxedLayer(nn.Module, ABC):
                 f"got shape {tuple(t.shape)}"
             )
         check_finite(t, name)
+        return t
 
-    def _check_context(self, context: Tensor | None) -> None:
-        if context is not None and not self.accepts_context:
+    def _check_context(self, context: Tensor | None) -> Tensor | None:
+        if context is None:
+            return None
+        if not self.accepts_context:
             raise ValueError(f"{type(self).__name__} takes no context, got a context tensor")
+        name = f"{type(self).__name__} context"
+        context = floating_input(context, self.floating_dtype(), name)
+        if context.dim() < 1:
+            raise ValueError(f"{name}: expected shape batch_shape + (c,), got a scalar")
+        check_finite(context, name)
+        return context
 
     def encode(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Map data ``x`` to the latent side; return ``(z, V)`` (see the class docstring)."""
-        self._validate(x, self.expected_data_shape(), "encode")
-        self._check_context(context)
+        x = self._validate(x, self.expected_data_shape(), "encode")
+        context = self._check_context(context)
         if validation_enabled():
             self.check_data(x)
+        if self._empty_batch(x):
+            return self._empty_result(x, self.latent_shape)
         return self._encode(x, context)
 
     def decode(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Map latent ``z`` to the data side; return ``(x, S)`` (see the class docstring)."""
         expected = self.expected_data_shape()
-        self._validate(z, None if expected is None else self.latent_shape(expected), "decode")
-        self._check_context(context)
+        z = self._validate(z, None if expected is None else self.latent_shape(expected), "decode")
+        context = self._check_context(context)
         if validation_enabled():
             self.check_latent(z)
+        if self._empty_batch(z):
+            return self._empty_result(z, self.data_shape)
         return self._decode(z, context)
+
+    def _empty_batch(self, t: Tensor) -> bool:
+        return math.prod(self._batch_shape(t, self.event_dim)) == 0
+
+    def _empty_result(self, t: Tensor, event_map: object) -> tuple[Tensor, Tensor]:
+        """The output of an empty batch: no computation (many torch ops refuse it)."""
+        batch = self._batch_shape(t, self.event_dim)
+        event = torch.Size(event_map(t.shape[len(batch) :]))  # type: ignore[operator]
+        return t.new_zeros(batch + event), t.new_zeros(batch)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Same as :meth:`encode`."""

@@ -25,6 +25,7 @@ class _Dequantization(RelaxedLayer):
 
     stochastic_forward = True
     exact = False
+    takes_integers = True  # encode receives integer tensors as they are
     num_bins: int
 
     def check_data(self, x: Tensor) -> None:
