@@ -176,3 +176,98 @@ def test_diverging_training_is_reported():
     errors = (FloatingPointError, ValueError, RuntimeError)
     with pytest.raises(errors, match=r"NaN|inf|invalid values|layer \d+"):
         SNFTrainer(snf, 200, batch_size=16, lr=1e4, progress=False).run()
+
+
+# ---- checkpoints trust nothing (issue 10, item 5) ---------------------------------------------
+
+
+def _mark(path):
+    """Called only if a checkpoint's pickle is executed (it must not be)."""
+    with open(path, "w") as f:
+        f.write("ran")
+
+
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (_mark, (self.path,))
+
+
+def _checkpointed(path, steps=20, **kw):
+    kw = dict(batch_size=16, seed=3, lr=5e-3, progress=False, checkpoint_every=5) | kw
+    trainer = SNFTrainer(_snf(), steps, checkpoint=path, **kw)
+    trainer.run(until=10)
+    return trainer
+
+
+def test_resume_with_other_steps_or_lr_is_refused_listing_the_differences(tmp_path):
+    path = tmp_path / "snf.pt"
+    _checkpointed(path)
+    kw = dict(batch_size=16, seed=3, progress=False, checkpoint=path)
+    with pytest.raises(ValueError, match=r"snf\.pt.*steps: saved 20, given 30") as err:
+        SNFTrainer(_snf(), 30, lr=5e-3, **kw)
+    assert "lr" not in str(err.value).split("configuration:")[1].split("(pass")[0]
+    with pytest.raises(ValueError, match=r"lr: saved 0\.005, given 0\.01.*override=True"):
+        SNFTrainer(_snf(), 20, lr=1e-2, **kw)
+    with pytest.raises(ValueError, match=r"batch_size: saved 16, given 8; seed: saved 3, given 4"):
+        SNFTrainer(_snf(), 20, lr=5e-3, checkpoint=path, batch_size=8, seed=4, progress=False)
+
+
+def test_override_continues_with_the_given_schedule(tmp_path):
+    path = tmp_path / "snf.pt"
+    _checkpointed(path)
+    trainer = SNFTrainer(
+        _snf(), 40, batch_size=16, seed=3, lr=1e-2, progress=False, checkpoint=path, override=True
+    )
+    assert trainer.step == 10 and trainer.scheduler.T_max == 40
+    # the cosine schedule of the given steps and lr at step 10: lr * (1 + cos(pi / 4)) / 2
+    want = 0.5 * 1e-2 * (1 + math.cos(math.pi * 10 / 40))
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(want, rel=1e-12)
+    history = trainer.run()
+    assert len(history["loss"]) == 40 and trainer.step == 40
+    assert torch.load(path, weights_only=True)["config"]["steps"] == 40
+    # a checkpoint beyond the given steps cannot be resumed, even with override
+    with pytest.raises(ValueError, match=r"at step 40, beyond steps=20"):
+        SNFTrainer(_snf(), 20, batch_size=16, checkpoint=path, override=True, progress=False)
+
+
+def test_corrupted_truncated_and_foreign_checkpoints_name_the_file(tmp_path):
+    good = tmp_path / "good.pt"
+    _checkpointed(good)
+    raw = good.read_bytes()
+    cases = {
+        "garbage.pt": b"not a checkpoint at all" * 10,
+        "truncated.pt": raw[: len(raw) // 2],
+        "empty.pt": b"",
+    }
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(ValueError, match=rf"cannot read the checkpoint .*{name}"):
+            SNFTrainer(_snf(), 20, checkpoint=tmp_path / name, progress=False)
+        assert (tmp_path / name).read_bytes() == blob  # never overwritten
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match=r"foreign\.pt.* lacks \['config'"):
+        SNFTrainer(_snf(), 20, checkpoint=tmp_path / "foreign.pt", progress=False)
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"list\.pt.*not a trainer checkpoint"):
+        SNFTrainer(_snf(), 20, checkpoint=tmp_path / "list.pt", progress=False)
+
+
+def test_checkpoint_pickles_are_not_executed(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"config": _Evil(str(marker))}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"cannot read the checkpoint .*evil\.pt"):
+        SNFTrainer(_snf(), 20, checkpoint=tmp_path / "evil.pt", progress=False)
+    assert not marker.exists()
+
+
+def test_checkpoint_of_another_model_names_the_file(tmp_path):
+    path = tmp_path / "snf.pt"
+    _checkpointed(path)
+    other = StochasticNormalizingFlow(
+        (2,), [T.affine_coupling(2, hidden_dims=[4]), MALA(target_log_prob)], target_log_prob
+    )
+    with pytest.raises(ValueError, match=r"snf\.pt.* does not fit this model"):
+        SNFTrainer(other, 20, batch_size=16, seed=3, lr=5e-3, checkpoint=path, progress=False)

@@ -7,6 +7,7 @@ __all__ = ["SNFTrainer", "forward_kl_loss", "mixed_kl_loss", "reverse_kl_loss", 
 import math
 import numbers
 import os
+import tempfile
 from typing import Any
 
 import torch
@@ -92,10 +93,15 @@ class SNFTrainer:
     The loop draws ``batch_size`` flow samples for the reverse KL and, with
     ``forward_weight > 0``, a minibatch of ``data`` (with replacement) for the
     forward KL; the learning rate follows a cosine decay over ``steps``. With a
-    ``checkpoint`` path, the model, optimizer, scheduler, RNG state, step and
-    history are saved every ``checkpoint_every`` steps and at the end, and a new
-    trainer given the same path resumes where the file left off: a resumed run
-    reproduces the uninterrupted one (same seed, same device).
+    ``checkpoint`` path, the model, optimizer, scheduler, RNG state, step,
+    history and the trainer's configuration (:attr:`config`) are saved every
+    ``checkpoint_every`` steps and at the end, and a new trainer given the same
+    path resumes where the file left off: a resumed run reproduces the
+    uninterrupted one (same seed, same device). The file is read with
+    ``torch.load(weights_only=True)`` (no pickled code runs), and a configuration
+    other than the saved one is refused with a ``ValueError`` listing the
+    differences, unless ``override=True`` (then the given ``steps`` and ``lr``
+    take over from the saved step: the cosine schedule is recomputed for them).
 
     Arguments:
         snf: the model.
@@ -110,6 +116,13 @@ class SNFTrainer:
         checkpoint: file path for checkpoints (``None``: none).
         checkpoint_every: steps between checkpoints.
         progress: show a tqdm progress bar.
+        override: on resume, continue with the given configuration instead of
+            refusing one that differs from the checkpoint's.
+
+    Raises:
+        ValueError: on a bad option, or a checkpoint that cannot be read, is not a
+            trainer checkpoint, does not fit the model, or was saved with another
+            configuration (every message names the file).
 
     Example:
         >>> import torch, pyro.distributions.transforms as T
@@ -135,6 +148,7 @@ class SNFTrainer:
         checkpoint: str | os.PathLike[str] | None = None,
         checkpoint_every: int = 100,
         progress: bool = True,
+        override: bool = False,
     ) -> None:
         if not isinstance(snf, StochasticNormalizingFlow):
             raise TypeError(
@@ -166,18 +180,55 @@ class SNFTrainer:
         params = [p for p in snf.parameters() if p.requires_grad]
         if not params:
             raise ValueError("SNFTrainer: the flow has no trainable parameters")
+        if not isinstance(override, bool):
+            raise TypeError(f"SNFTrainer: expected a bool override, got {type(override).__name__}")
+        self.lr = float(lr)
+        self.override = override
         self.optimizer = torch.optim.Adam(params, lr=lr)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, self.steps)
         self.step = 0
         self.history: dict[str, list[float]] = {"loss": []}
         self._rng: Tensor | None = None
         if self.checkpoint is not None and os.path.exists(self.checkpoint):
-            self.load_state_dict(torch.load(self.checkpoint, weights_only=False))
+            self.load_state_dict(self._read(self.checkpoint), source=self.checkpoint)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The options that shape the run, saved with each checkpoint and compared on resume."""
+        return {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "reverse_weight": self.reverse_weight,
+            "forward_weight": self.forward_weight,
+            "seed": self.seed,
+            "clip_grad": self.clip_grad,
+            "data_shape": None if self.data is None else list(self.data.shape),
+        }
+
+    @staticmethod
+    def _read(path: str) -> dict[str, Any]:
+        """Load a checkpoint file safely (``weights_only=True``), naming the file on failure."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated, corrupted, foreign or unsafe pickles
+            raise ValueError(
+                f"SNFTrainer: cannot read the checkpoint {path!r} ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else 'no details'}); expected a file "
+                f"written by SNFTrainer.save (move it away to start afresh)"
+            ) from err
+        if not isinstance(state, dict):
+            raise ValueError(
+                f"SNFTrainer: the checkpoint {path!r} is not a trainer checkpoint "
+                f"(expected a dict, got {type(state).__name__})"
+            )
+        return state
 
     # -- state ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: model, optimizer, scheduler, RNG, step, history."""
+        """Everything needed to resume: model, optimizer, scheduler, RNG, step, history, config."""
         return {
+            "config": self.config,
             "model": self.snf.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -186,24 +237,98 @@ class SNFTrainer:
             "history": self.history,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` (the RNG state is applied when :meth:`run` continues)."""
-        missing = {"model", "optimizer", "scheduler", "rng", "step", "history"} - set(state)
+    def _config_differences(self, saved: object) -> list[str]:
+        if not isinstance(saved, dict):
+            return [f"config: saved {saved!r}, given {self.config}"]
+        given = self.config
+        return [
+            f"{key}: saved {saved.get(key, '(none)')!r}, given {given.get(key, '(none)')!r}"
+            for key in sorted(set(given) | set(saved))
+            if saved.get(key, "(none)") != given.get(key, "(none)")
+        ]
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "the state dict") -> None:
+        """Restore a :meth:`state_dict` (the RNG state is applied when :meth:`run` continues).
+
+        Arguments:
+            state: what :meth:`state_dict` returned (or a checkpoint file held).
+            source: where ``state`` came from, for the messages.
+
+        Raises:
+            ValueError: if ``state`` lacks a part, does not fit the model or the
+                optimizer, or was saved with another configuration (and
+                ``override`` is false).
+        """
+        where = f"SNFTrainer: checkpoint {source!r}" if source != "the state dict" else (
+            "SNFTrainer: the state dict"
+        )
+        if not isinstance(state, dict):
+            raise TypeError(f"{where}: expected a dict, got {type(state).__name__}")
+        parts = {"config", "model", "optimizer", "scheduler", "rng", "step", "history"}
+        missing = parts - set(state)
         if missing:
-            raise ValueError(f"SNFTrainer: checkpoint lacks {sorted(missing)}")
-        self.snf.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
-        self.history = {k: list(v) for k, v in state["history"].items()}
-        self._rng = state["rng"]
+            raise ValueError(
+                f"{where} lacks {sorted(missing)} (expected a file written by SNFTrainer.save)"
+            )
+        diffs = self._config_differences(state["config"])
+        if diffs and not self.override:
+            raise ValueError(
+                f"{where} was saved with another configuration: {'; '.join(diffs)} "
+                f"(pass the saved values, or override=True to continue with the given ones)"
+            )
+        step, history, rng = state["step"], state["history"], state["rng"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"{where}: expected a step >= 0, got {step!r}")
+        if step > self.steps:
+            raise ValueError(
+                f"{where} is at step {step}, beyond steps={self.steps} (expected steps >= {step})"
+            )
+        if not isinstance(history, dict) or not isinstance(rng, Tensor):
+            raise ValueError(f"{where}: expected a history dict and an RNG state tensor")
+        try:
+            self.snf.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(
+                f"{where} does not fit this model or optimizer ({type(err).__name__}: {first}); "
+                f"expected a checkpoint of the same architecture"
+            ) from err
+        if diffs:  # override: the given steps and lr take over from the saved step
+            self._reschedule(step)
+        self.step = step
+        self.history = {k: list(v) for k, v in history.items()}
+        self._rng = rng
+
+    def _reschedule(self, step: int) -> None:
+        """Point the cosine schedule at the given ``steps`` and ``lr`` from ``step`` on."""
+        self.scheduler.T_max = self.steps
+        self.scheduler.base_lrs = [self.lr for _ in self.optimizer.param_groups]
+        lr_now = 0.5 * self.lr * (1.0 + math.cos(math.pi * step / self.steps))
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.lr
+            group["lr"] = lr_now
+        self.scheduler._last_lr = [lr_now for _ in self.optimizer.param_groups]
 
     def save(self) -> None:
         """Write the checkpoint file (no-op without a ``checkpoint`` path)."""
-        if self.checkpoint is not None:
-            tmp = self.checkpoint + ".tmp"
-            torch.save(self.state_dict(), tmp)
+        if self.checkpoint is None:
+            return
+        folder = os.path.dirname(os.path.abspath(self.checkpoint))
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".snf-checkpoint-", dir=folder)
+        except OSError as err:
+            where = self.checkpoint
+            raise OSError(f"SNFTrainer: cannot write the checkpoint {where!r}: {err}") from err
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(self.state_dict(), f)
             os.replace(tmp, self.checkpoint)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
 
     # -- the loop -------------------------------------------------------------
     def _minibatch(self) -> Tensor | None:
