@@ -423,3 +423,95 @@ def test_nuts_smoke_kilpisjarvi_short():
 def test_nuts_smoke_kilpisjarvi():
     # the brief's 50 + 50 run at the default tree depth 10: about 170 s on one core
     _nuts_smoke("kilpisjarvi", warmup=50, samples=50)
+
+
+# ----------------------------------------------------------------------------------------------
+# the six models of issue 9: validation, batch dimensions, transformed data, NUTS check
+
+NEW_SIX = ("earnings", "hmm_drive", "kidiq", "mesquite", "nes1976", "sblri")
+
+
+@pytest.mark.parametrize("short", SHORT)
+def test_log_density_two_batch_dims(short, float64):
+    # a (2, 4) batch of draws gives a (2, 4) log density equal to the flat batch of 8
+    module = load_model(short)
+    draws = _draws(module.NAME, DRAW_INDEX)
+    flat = _log_joint_per_draw(module.model, module.site_values_from_reference(draws))
+    square = {k: v.reshape(2, 4) for k, v in draws.items()}
+    lp = _log_joint_per_draw(module.model, module.site_values_from_reference(square))
+    assert lp.shape == (2, 4)
+    # the same float64 arithmetic up to summation order: rounding ~1e-12 relative
+    torch.testing.assert_close(lp.reshape(-1), flat, rtol=1e-9, atol=1e-7)
+
+
+def test_new_models_input_validation():
+    from examples.posteriordb import _common
+
+    for short in ("earnings", "kidiq", "mesquite", "nes1976", "sblri"):
+        module = load_model(short)
+        draw = {k: float(v[0]) for k, v in pdb.load_reference_draws(module.NAME).items()}
+        with pytest.raises(ValueError, match="sigma"):
+            module.site_values_from_reference({**draw, "sigma": 0.0})
+        with pytest.raises(KeyError, match=r"beta\[2\]"):
+            module.site_values_from_reference({k: v for k, v in draw.items() if k != "beta[2]"})
+        with pytest.raises(ValueError, match=r"expected event shape"):
+            module.to_reference_names({"beta": torch.zeros(3, 1), "sigma": torch.ones(3)})
+    hmm = load_model("hmm_drive")
+    draw = {k: float(v[0]) for k, v in pdb.load_reference_draws(hmm.NAME).items()}
+    with pytest.raises(ValueError, match="sum of theta1"):
+        hmm.site_values_from_reference({**draw, "theta1[1]": draw["theta1[1]"] - 0.01})
+    with pytest.raises(ValueError, match="theta2"):
+        hmm.site_values_from_reference({**draw, "theta2[1]": -0.01, "theta2[2]": 1.01})
+    with pytest.raises(ValueError, match="increments of lambda"):
+        hmm.site_values_from_reference({**draw, "lambda[1]": draw["lambda[2]"] + 1.0})
+    with pytest.raises(ValueError, match="positive int"):
+        _common.flat_real_vector(0)
+
+
+def test_nes_age_dummies_follow_transformed_data():
+    nes = load_model("nes1976")
+    data = pdb.load_data(nes.NAME)
+    x = nes.design_matrix(pdb.data_tensors(nes.NAME, dtype=torch.float64)).numpy()
+    age = data["age_discrete"]
+    assert x.shape == (data["N"], 9)
+    for column, level in zip((3, 4, 5), (2, 3, 4), strict=True):
+        np.testing.assert_array_equal(x[:, column], (age == level).astype(float))
+    # the baseline group (age_discrete == 1) has no dummy; every level occurs
+    np.testing.assert_array_equal(x[:, 3:6].sum(-1), (age != 1).astype(float))
+    assert all(np.any(age == level) for level in (1, 2, 3, 4))
+    np.testing.assert_array_equal(x[:, 0], 1.0)
+
+
+def test_hmm_transitions_as_in_stan(float64):
+    # Stan's gamma[1] has no transition before the first emission (a uniform first state);
+    # Pyro's HMM makes one, so it must be uniform whatever theta is, and the other N - 1
+    # must be log theta[j, k] (from state j to state k)
+    hmm = load_model("hmm_drive")
+    draws = _draws(hmm.NAME, DRAW_INDEX[:3])
+    values = hmm.site_values_from_reference(draws)
+    u = pdb.data_tensors(hmm.NAME)["u"]
+    hmm_dist = hmm._hmm(values["theta1"], values["theta2"], values["phi"], values["lambda"], u)
+    logits = hmm_dist.transition_logits
+    assert logits.shape == (3, hmm.N, 2, 2)
+    torch.testing.assert_close(logits[:, 0].exp(), torch.full_like(logits[:, 0], 0.5))
+    theta = torch.stack([values["theta1"], values["theta2"]], dim=-2)
+    torch.testing.assert_close(logits[:, 1:].exp(), theta[:, None].expand(3, hmm.N - 1, 2, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("short", NEW_SIX)
+def test_nuts_reproduces_reference_means(short, float64):
+    # 500 warmup + 500 draws, one chain (dense mass matrix for the regressions). The check
+    # guards against a mis-transcription shared by the model and its numpy version. With an
+    # ESS of at least ~150 per parameter (measured: more), the Monte Carlo sd of a mean is
+    # at most 1/sqrt(150) = 0.08 reference sd, so 0.25 is about 3 Monte Carlo sd.
+    module = load_model(short)
+    pyro.set_rng_seed(0)
+    kernel = NUTS(module.model, full_mass=short != "hmm_drive")
+    mcmc = MCMC(kernel, num_samples=500, warmup_steps=500, disable_progbar=True)
+    mcmc.run()
+    got = module.to_reference_names(mcmc.get_samples())
+    errors = {k: float((got[k].mean() - mean) / sd)
+              for k, (mean, sd) in pdb.reference_moments(module.NAME).items()}
+    bad = {k: round(e, 3) for k, e in errors.items() if abs(e) > 0.25}
+    assert not bad, f"{short}: mean errors in reference sd {bad}"

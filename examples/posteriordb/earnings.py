@@ -8,7 +8,7 @@ The Stan model (flat priors on the declared domains)::
 ``earn`` is in dollars and ``height`` in inches (about 66, far from 0): the
 posterior has ``sigma`` near 19,000, ``beta[1]`` near -61,000 (sd about
 9,700) and ``beta[2]`` near 1,300 (sd about 140), with the intercept and the
-slope correlated at about -0.999. Scales that differ by 10^4 and the
+slope correlated at about -0.998. Scales that differ by 10^4 and the
 correlation are the point of this posterior; ``beta`` and ``sigma`` have
 improper flat priors (log density 0).
 """

@@ -10,7 +10,9 @@ The Stan model (flat priors on the declared domains)::
     }
 
 Raw (unlogged, uncentered) predictors, N = 46 bushes and collinear plant
-measures: the coefficients are strongly correlated and ``sigma`` is skewed.
+measures: eight parameters from 46 points, coefficients correlated up to
+about -0.77 (``beta[2]`` and ``beta[3]``, the two diameters), and a skewed
+``sigma``.
 ``beta`` and ``sigma`` have improper flat priors (log density 0).
 """
 

@@ -19,7 +19,8 @@ The Stan model (flat priors on the declared domains)::
 
 Age enters as three dummies (the group ``age_discrete == 1``, under 30, is
 the baseline); the other predictors are uncentered integer codes, so the
-intercept is correlated with every slope. ``beta`` and ``sigma`` have
+intercept is correlated with the slopes (down to about -0.66, with
+``beta[3]``). ``beta`` and ``sigma`` have
 improper flat priors (log density 0).
 """
 
