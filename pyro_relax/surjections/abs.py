@@ -48,8 +48,10 @@ class AbsSurjection(RelaxedLayer):
         self, dim: int | None = None, hidden: Sequence[int] = (64,), event_dim: int = 1
     ) -> None:
         super().__init__()
-        if dim is not None and (not isinstance(dim, int) or dim < 1):
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
             raise ValueError(f"AbsSurjection: expected a positive int dim or None, got {dim!r}")
+        if isinstance(event_dim, bool) or not isinstance(event_dim, int) or event_dim < 1:
+            raise ValueError(f"AbsSurjection: expected an int event_dim >= 1, got {event_dim!r}")
         if dim is not None and event_dim != 1:
             raise ValueError(f"AbsSurjection: the learned sign needs event_dim 1, got {event_dim}")
         self.dim = dim

@@ -123,7 +123,10 @@ class RelaxedLayer(nn.Module, ABC):
       has ``E[exp(log w)] = Z`` (``DESIGN.md``).
 
     The public :meth:`encode` and :meth:`decode` validate the input (event shape,
-    finiteness, the layer's domain via :meth:`check_data`) and call these.
+    finiteness, the layer's domain via :meth:`check_data`) and call these; with
+    validation on they also refuse a non-finite output (overflow) with a
+    ``ValueError``, and turn torch's shape errors into a ``ValueError`` naming
+    the layer. An empty batch gives empty outputs without calling them.
 
     Class flags (``ClassVar[bool]``, checked for agreement when a subclass is made):
 
@@ -243,7 +246,7 @@ class RelaxedLayer(nn.Module, ABC):
             self.check_data(x)
         if self._empty_batch(x):
             return self._empty_result(x, self.latent_shape)
-        return self._encode(x, context)
+        return self._checked_call(self._encode, x, context, "encode")
 
     def decode(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Map latent ``z`` to the data side; return ``(x, S)`` (see the class docstring)."""
@@ -254,7 +257,41 @@ class RelaxedLayer(nn.Module, ABC):
             self.check_latent(z)
         if self._empty_batch(z):
             return self._empty_result(z, self.data_shape)
-        return self._decode(z, context)
+        return self._checked_call(self._decode, z, context, "decode")
+
+    def _checked_call(
+        self, fn: object, t: Tensor, context: Tensor | None, side: str
+    ) -> tuple[Tensor, Tensor]:
+        """Run ``_encode``/``_decode``; name the layer in torch's shape errors, refuse overflow."""
+        name = f"{type(self).__name__}.{side}"
+        try:
+            out, contribution = fn(t, context)  # type: ignore[operator]
+        except (torch.OutOfMemoryError, NotImplementedError):
+            raise
+        except (RuntimeError, IndexError) as exc:
+            raise ValueError(
+                f"{name}: cannot map an input of shape {tuple(t.shape)} and dtype {t.dtype} "
+                f"(event_dim {self.event_dim}; is the event shape the one the layer was "
+                f"built for?): {exc}"
+            ) from exc
+        batch = self._batch_shape(t, self.event_dim)
+        event = t.shape[len(batch) :]
+        want = batch + (self.latent_shape(event) if side == "encode" else self.data_shape(event))
+        if out.shape != want or contribution.shape != batch:
+            raise ValueError(
+                f"{name}: expected outputs of shapes {tuple(want)} and {tuple(batch)} for an "
+                f"input of shape {tuple(t.shape)}, got {tuple(out.shape)} and "
+                f"{tuple(contribution.shape)} (is the event shape the one the layer was built for?)"
+            )
+        if validation_enabled() and t.device.type != "meta":
+            for what, value in (("output", out), ("contribution", contribution)):
+                if not bool(torch.isfinite(value).all()):
+                    big = float(t.abs().max())
+                    raise ValueError(
+                        f"{name}: expected a finite {what}, got NaN or inf for finite input "
+                        f"of magnitude up to {big:.3g} (the input overflows this layer)"
+                    )
+        return out, contribution
 
     def _empty_batch(self, t: Tensor) -> bool:
         return math.prod(self._batch_shape(t, self.event_dim)) == 0

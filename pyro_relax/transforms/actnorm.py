@@ -78,7 +78,9 @@ class ActNorm(TransformModule):
 
     # -- helpers ------------------------------------------------------------
     def _check(self, x: Tensor, who: str) -> None:
-        check_feature_dim(x, self.num_features, -self._event_dim, self._event_dim, who)
+        check_feature_dim(
+            x, self.num_features, -self._event_dim, self._event_dim, who, self.log_scale.dtype
+        )
 
     def _view(self, p: Tensor) -> Tensor:
         """A parameter shaped to broadcast over the spatial dimensions."""
@@ -123,6 +125,7 @@ class ActNorm(TransformModule):
     def _inverse(self, y: Tensor) -> Tensor:
         self._check(y, "ActNorm.inv")
         if not self._initialized:
+            check_finite(y, "ActNorm.inv (data-dependent initialization)")
             rows = self._stats_rows(y)
             if rows.shape[0] >= 2:
                 self._set_from(rows)

@@ -60,16 +60,18 @@ class InvertibleConv1x1(TransformModule):
         return self.lu.weight()
 
     def _call(self, x: Tensor) -> Tensor:
-        check_feature_dim(x, self.channels, -3, 3, "InvertibleConv1x1")
+        check_feature_dim(x, self.channels, -3, 3, "InvertibleConv1x1", self.lu.lower.dtype)
         return self.lu.apply(x, -3)
 
     def _inverse(self, y: Tensor) -> Tensor:
-        check_feature_dim(y, self.channels, -3, 3, "InvertibleConv1x1.inv")
+        check_feature_dim(y, self.channels, -3, 3, "InvertibleConv1x1.inv", self.lu.lower.dtype)
         return self.lu.solve(y, -3)
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         """``H W sum log|s|`` for each batch element: shape ``x.shape[:-3]``."""
-        check_feature_dim(x, self.channels, -3, 3, "InvertibleConv1x1.log_abs_det_jacobian")
+        check_feature_dim(
+            x, self.channels, -3, 3, "InvertibleConv1x1.log_abs_det_jacobian", self.lu.lower.dtype
+        )
         pixels = x.shape[-2] * x.shape[-1]
         return (pixels * self.lu.log_abs_det()).expand(x.shape[:-3]).clone()
 

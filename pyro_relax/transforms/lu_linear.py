@@ -19,10 +19,23 @@ def check_positive_int(value: object, what: str, owner: str) -> int:
     return value
 
 
-def check_feature_dim(x: Tensor, size: int, dim: int, event_dim: int, owner: str) -> None:
-    """Raise ``ValueError`` unless ``x`` has ``event_dim`` event dims, size ``size`` at ``dim``."""
+def check_feature_dim(
+    x: Tensor, size: int, dim: int, event_dim: int, owner: str, dtype: torch.dtype | None = None
+) -> None:
+    """Raise unless ``x`` is a floating tensor (of ``dtype`` if given) with ``event_dim``
+    event dims and size ``size`` at ``dim`` (``TypeError`` for the dtype, else ``ValueError``).
+    """
     if not isinstance(x, Tensor):
         raise TypeError(f"{owner}: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{owner}: expected a floating tensor, got {x.dtype} (a bare transform does not "
+            "convert; FlowDistribution and the layer adapter convert integer data)"
+        )
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(
+            f"{owner}: expected {dtype} input (the dtype of its parameters), got {x.dtype}"
+        )
     if x.dim() < event_dim or x.shape[dim] != size:
         got = tuple(x.shape[x.dim() - event_dim :]) if x.dim() >= event_dim else tuple(x.shape)
         raise ValueError(
@@ -167,19 +180,19 @@ class LULinear(TransformModule):
         return self.lu.weight()
 
     def _call(self, x: Tensor) -> Tensor:
-        check_feature_dim(x, self.dim, -1, 1, "LULinear")
+        check_feature_dim(x, self.dim, -1, 1, "LULinear", self.lu.lower.dtype)
         y = self.lu.apply(x, -1)
         return y if self.bias is None else y + self.bias
 
     def _inverse(self, y: Tensor) -> Tensor:
-        check_feature_dim(y, self.dim, -1, 1, "LULinear.inv")
+        check_feature_dim(y, self.dim, -1, 1, "LULinear.inv", self.lu.lower.dtype)
         if self.bias is not None:
             y = y - self.bias
         return self.lu.solve(y, -1)
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         """``sum log|s|`` for each batch element: shape ``x.shape[:-1]``."""
-        check_feature_dim(x, self.dim, -1, 1, "LULinear.log_abs_det_jacobian")
+        check_feature_dim(x, self.dim, -1, 1, "LULinear.log_abs_det_jacobian", self.lu.lower.dtype)
         return self.lu.log_abs_det().expand(x.shape[:-1]).clone()
 
     def extra_repr(self) -> str:
