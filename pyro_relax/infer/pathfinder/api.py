@@ -190,6 +190,32 @@ def _starts(init: Any, num_paths: int, radius: float, generator: Any) -> Tensor:
     return x + radius * (2.0 * jitter - 1.0)
 
 
+def _resampling_weights(log_w: Tensor) -> tuple[Tensor, float]:
+    """PSIS-smoothed normalized weights and k-hat of the pooled draws.
+
+    Log weights that differ by round-off only (an exact approximation) are equal
+    weights with no tail (``k = -inf``): ArviZ's Pareto fit on a handful of distinct
+    values returns NaN. Should the fit still fail, the raw self-normalized weights are
+    used and ``k = inf`` (unreliable) is reported with a warning.
+    """
+    finite = log_w[torch.isfinite(log_w)]
+    scale = max(1.0, float(finite.abs().max()))
+    if float(finite.max() - finite.min()) <= 1e-9 * scale:
+        w = torch.isfinite(log_w).to(log_w.dtype)
+        return w / w.sum(), -math.inf
+    smoothed, khat = psis_khat(log_w)
+    probs = torch.as_tensor(smoothed, dtype=log_w.dtype, device=log_w.device).exp()
+    if not bool(torch.isfinite(probs).all()) or math.isnan(float(khat)):
+        warnings.warn(
+            f"{_NAME}: the Pareto fit of the importance weights failed (k-hat {khat}); "
+            f"resampling with the raw weights and reporting k-hat = inf",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return torch.softmax(log_w, 0), math.inf
+    return probs, float(khat)
+
+
 def pathfinder(
     log_p: LogDensity,
     init: Tensor,
@@ -329,8 +355,7 @@ def pathfinder(
     log_w = torch.where(bad, torch.full_like(log_w, -math.inf), log_w)
     if bool(bad.all()):
         raise ValueError(f"{_NAME}: log_p is not finite at any of the {z.shape[0]} pooled draws")
-    smoothed, khat = psis_khat(log_w)
-    probs = torch.as_tensor(smoothed, dtype=z.dtype, device=z.device).exp()
+    probs, khat = _resampling_weights(log_w)
     idx = torch.multinomial(probs, num_draws, replacement=True, generator=generator)
     path_elbos = torch.tensor([p.elbo for p in paths], dtype=z.dtype, device=z.device)
     return PathfinderResult(
