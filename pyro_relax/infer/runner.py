@@ -20,23 +20,69 @@ __all__ = [
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
-from pyro.infer.autoguide import AutoContinuous, AutoIAFNormal, AutoNormal
+from pyro.infer import MCMC, NUTS
+from pyro.infer.autoguide import (
+    AutoContinuous,
+    AutoDiagonalNormal,
+    AutoIAFNormal,
+    AutoMultivariateNormal,
+)
 from pyro.infer.autoguide.initialization import init_to_feasible
-from pyro.infer.importance import vectorized_importance_weights
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
-from tqdm.auto import tqdm
 
-GUIDES = ("normal", "iaf", "flow", "flow-ais", "snf", "diffusion")
-KERNELS = ("nuts", "mala", "flow-imh", "ais-imh", "neutra")
+from pyro_relax.infer.guides.base import check_num_samples
+
+# Each method's one-line description; the CLI offers exactly these names.
+GUIDES: dict[str, str] = {
+    "auto": "Pathfinder, a whitened flow until the ELBO stalls, then AIS / NeuTra if k-hat asks",
+    "pathfinder": "multi-path Pathfinder (its best Gaussian, importance weighted)",
+    "flow": "an IAF flow guide started at Pathfinder's Gaussian (whitening layer)",
+    "flow-ais": "the flow guide followed by annealed importance sampling in its base space",
+    "snf": "a stochastic normalizing flow (flow + Langevin blocks in its base space)",
+    "diffusion": "a controlled diffusion (PIS) guide with a whitening output layer",
+    "normal": "Pyro's AutoDiagonalNormal (mean field)",
+    "mvn": "Pyro's AutoMultivariateNormal (full-rank Gaussian)",
+    "iaf": "Pyro's AutoIAFNormal",
+}
+KERNELS: dict[str, str] = {
+    "nuts": "Pyro's NUTS",
+    "mala": "MALA started at Pathfinder's mode, preconditioned by its covariance",
+    "flow-imh": "independence MH with the flow guide as proposal",
+    "ais-imh": "independence MH with the flow + AIS proposal",
+    "neutra": "NUTS in the flow guide's base space (NeuTra)",
+}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# guides that start from Pathfinder's Gaussian (init="pathfinder")
+_WHITENED = ("flow", "flow-ais", "snf", "diffusion")
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Run a block with ``dtype`` as torch's default dtype (restored afterwards)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def check_dtype(dtype: object, owner: str) -> torch.dtype:
+    """``"float32"``/``"float64"`` or a floating ``torch.dtype`` as a ``torch.dtype``."""
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    raise ValueError(f"{owner}: expected dtype 'float32' or 'float64', got {dtype!r}")
 
 
 def check_continuous_model(model: Callable[[], Any]) -> dict[str, tuple[int, ...]]:
@@ -66,11 +112,13 @@ def check_continuous_model(model: Callable[[], Any]) -> dict[str, tuple[int, ...
     return sites
 
 
-def _make_guide(model: Callable[[], Any], name: str, **kwargs: Any) -> AutoContinuous | AutoNormal:
+def _make_guide(model: Callable[[], Any], name: str, **kwargs: Any) -> AutoContinuous:
     from pyro_relax.infer import guides as g
 
     if name == "normal":
-        return AutoNormal(model)
+        return AutoDiagonalNormal(model)
+    if name == "mvn":
+        return AutoMultivariateNormal(model)
     if name == "iaf":
         return AutoIAFNormal(model, num_transforms=2)
     # Defaults measured on centered eight schools (1000 steps): a stack started at
@@ -79,6 +127,7 @@ def _make_guide(model: Callable[[], Any], name: str, **kwargs: Any) -> AutoConti
     # (2000 steps x 8 particles, seeds 0-2), IAF layers put the hierarchical
     # scale before the values it scales: max mean error 0.07-0.13 reference sd
     # on centered eight schools against 0.20-0.24 for affine couplings.
+    # With init_gaussian (Pathfinder's) the stack ends in a whitening layer instead.
     start = {"init_loc_fn": init_to_feasible, "init_scale": 1.0}
     if name in ("flow", "flow-ais"):
         return g.AutoFlowGuide(model, **{"kind": "iaf", **start, **kwargs})
@@ -86,17 +135,59 @@ def _make_guide(model: Callable[[], Any], name: str, **kwargs: Any) -> AutoConti
         return g.AutoSNFGuide(model, **{**start, **kwargs})
     if name == "diffusion":
         return g.AutoDiffusionGuide(model, **{**start, **kwargs})
-    raise ValueError(f"unknown guide {name!r}; expected one of {GUIDES}")
+    raise ValueError(f"unknown guide {name!r}; expected one of {sorted(GUIDES)}")
 
 
 @dataclass
 class FitResult:
-    """What :func:`fit_guide` returns."""
+    """What :func:`fit_guide` returns.
+
+    ``stages`` lists what ran (Pathfinder, the SVI fit, annealing, ...), each a
+    dict with at least ``stage`` and ``seconds``; ``dtype`` is the dtype the
+    fit ran in (draws are returned in the caller's default dtype).
+    """
 
     guide: Any
     elbo: list[float]
     seconds: float
     name: str
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    dtype: torch.dtype = torch.float64
+    pathfinder: Any = None
+
+
+class PathfinderGuide:
+    """Pathfinder's best Gaussian as a guide: draws with their log importance weights.
+
+    Arguments:
+        result: a :class:`~pyro_relax.infer.pathfinder.PathfinderResult` of
+            :func:`~pyro_relax.infer.pathfinder.pathfinder_for_model`.
+        log_p: the model's vectorized unconstrained log density.
+    """
+
+    def __init__(self, result: Any, log_p: Callable[[Tensor], Tensor]) -> None:
+        if getattr(result, "constrain", None) is None:
+            raise ValueError("PathfinderGuide: expected a result of pathfinder_for_model")
+        self.result = result
+        self._log_p = log_p
+
+    def importance_weights(self, num_samples: int) -> tuple[dict[str, Tensor], Tensor]:
+        """``num_samples`` draws from the Gaussian (constrained) and their log weights."""
+        n = check_num_samples(num_samples, "PathfinderGuide.importance_weights")
+        z, log_w = self.result.importance_weights(self._log_p, n)
+        return self.result.constrain(z), log_w
+
+
+def run_pathfinder(model: Callable[[], Any], seed: int, dtype: torch.dtype, **kwargs: Any) -> Any:
+    """Multi-path Pathfinder on the model (4 paths), seeded; raises if no path starts finite."""
+    from pyro_relax.infer.pathfinder import pathfinder_for_model
+
+    device = torch.get_default_device()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    options = {"num_paths": 4, "num_draws": 200, **kwargs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the vectorization note: said once below
+        return pathfinder_for_model(model, dtype=dtype, generator=generator, **options)
 
 
 def fit_guide(
@@ -109,22 +200,51 @@ def fit_guide(
     progress: bool = True,
     guide_kwargs: dict[str, Any] | None = None,
     ais_levels: int = 10,
+    dtype: str | torch.dtype = "float64",
+    init: str = "pathfinder",
+    until_converged: bool = False,
 ) -> FitResult:
-    """Fit a guide to a zero-argument model with SVI and ``Trace_ELBO``.
+    """Fit a guide to a zero-argument model with the robust particle ELBO.
 
-    ``num_particles`` particles per step are vectorized (one model call).
-    ``"flow-ais"`` fits the ``"flow"`` guide, then wraps it in
-    :meth:`~pyro_relax.infer.guides.AutoSNFGuide.from_flow_guide` (``ais_levels``
-    annealed HMC levels in the flow's base space, pilot-tuned step sizes);
-    the time of both parts is counted. ``"snf"`` (without explicit ``layers``)
-    is warm-started: its flow part is first fitted alone as an affine
-    ``AutoFlowGuide`` for half the steps, then the SNF (its blocks in the
-    flow's base space, ``placement="base"``) is trained end to end for the rest;
-    blocks started on an untrained flow, or run in the model's own badly scaled
-    space, meet points where the gradient is huge or the density NaN.
+    The fit runs with ``dtype`` (float64 by default) as torch's default dtype,
+    so the guide's parameters, the model's data made inside it and the
+    potential are all float64: a model whose recursion overflows float32 in
+    the prior's tails fits. Each step draws ``num_particles`` particles,
+    evaluated in one batched pass (a particle plate, else ``torch.func.vmap``,
+    else 2 particles in a loop); non-finite particles are dropped and counted,
+    non-finite steps skipped with the learning rate halved
+    (:func:`~pyro_relax.infer.fitting.fit_particles`).
+
+    With ``init="pathfinder"`` the flow-based guides (``flow``, ``flow-ais``,
+    ``snf``, ``diffusion``) start at Pathfinder's best Gaussian: their stack
+    ends in a whitening affine layer ``loc + L u`` and the layers below it
+    start as the identity. ``"pathfinder"`` is Pathfinder alone. ``"flow-ais"``
+    fits the ``"flow"`` guide, then wraps it in
+    :meth:`~pyro_relax.infer.guides.AutoSNFGuide.from_flow_guide`
+    (``ais_levels`` annealed HMC levels in the flow's base space); ``"snf"``
+    (without explicit ``layers``) is warm-started: its flow part is first
+    fitted alone for half the steps, then the SNF (its blocks in the flow's
+    base space) is trained for the rest. The times of all parts are counted.
+
+    Arguments:
+        model: a zero-argument Pyro model with continuous latent sites.
+        guide: a name in :data:`GUIDES` (``"auto"`` is :func:`~pyro_relax.infer.auto.fit_auto`).
+        steps: SVI steps (the most, with ``until_converged``).
+        lr: Adam's learning rate.
+        seed: the random seed.
+        num_particles: ELBO particles per step.
+        progress: show progress bars.
+        guide_kwargs: options of the guide's constructor.
+        ais_levels: the annealing levels of ``flow-ais``.
+        dtype: ``"float64"`` (default) or ``"float32"``.
+        init: ``"pathfinder"`` (default) or ``"feasible"`` (the model's feasible
+            point with unit scale) for the flow-based guides.
+        until_converged: stop once the windowed ELBO stops improving.
 
     Raises:
-        FloatingPointError: if the ELBO becomes NaN or inf.
+        ValueError: for bad options, a discrete or missing latent site, or when
+            Pathfinder finds no finite point.
+        FloatingPointError: when the ELBO stays non-finite (what to try is in the message).
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -133,77 +253,101 @@ def fit_guide(
         >>> fit_guide(model, "normal", steps=5, progress=False).elbo[-1] < 10
         True
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"fit_guide: expected steps >= 1, got {steps!r}")
+    owner = "fit_guide"
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{owner}: expected steps >= 1, got {steps!r}")
     if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"fit_guide: expected num_particles >= 1, got {num_particles!r}")
-    if not (isinstance(lr, float | int) and lr > 0):
-        raise ValueError(f"fit_guide: expected a positive learning rate, got {lr!r}")
+        raise ValueError(f"{owner}: expected num_particles >= 1, got {num_particles!r}")
+    if isinstance(lr, bool) or not (isinstance(lr, float | int) and 0 < lr < math.inf):
+        raise ValueError(f"{owner}: expected a positive learning rate, got {lr!r}")
+    if guide not in GUIDES:
+        raise ValueError(f"{owner}: unknown guide {guide!r}; expected one of {sorted(GUIDES)}")
+    if init not in ("pathfinder", "feasible"):
+        raise ValueError(f"{owner}: expected init 'pathfinder' or 'feasible', got {init!r}")
+    run_dtype = check_dtype(dtype, owner)
+    if guide == "auto":
+        from pyro_relax.infer.auto import fit_auto
+
+        return fit_auto(model, seed=seed, progress=progress, dtype=run_dtype, lr=lr,
+                        num_particles=num_particles, max_steps=steps)
     check_continuous_model(model)
-    kwargs = dict(guide_kwargs or {})
-    warm: FitResult | None = None
+    with default_dtype(run_dtype):
+        return _fit(model, guide, steps, lr, seed, num_particles, progress,
+                    dict(guide_kwargs or {}), ais_levels, run_dtype, init, until_converged)
+
+
+def _fit(
+    model: Callable[[], Any], guide: str, steps: int, lr: float, seed: int, num_particles: int,
+    progress: bool, kwargs: dict[str, Any], ais_levels: int, dtype: torch.dtype, init: str,
+    until_converged: bool,
+) -> FitResult:
+    from pyro_relax.infer.fitting import fit_particles
+
+    stages: list[dict[str, Any]] = []
+    pf = None
+    if guide == "pathfinder" or (guide in _WHITENED and init == "pathfinder"
+                                 and "init_gaussian" not in kwargs):
+        pyro.set_rng_seed(seed)
+        pf = run_pathfinder(model, seed, dtype)
+        stages.append({"stage": "pathfinder", "seconds": pf.wall_time, "elbo": pf.elbo,
+                       "khat": pf.khat, "num_evals": pf.num_evals})
+        if guide == "pathfinder":
+            log_p = _pathfinder_log_p(model, dtype)
+            return FitResult(PathfinderGuide(pf, log_p), [pf.elbo], pf.wall_time, guide,
+                             stages, dtype, pf)
+        kwargs["init_gaussian"] = (pf.loc, pf.scale_tril)
+    spent = sum(st["seconds"] for st in stages)
     if guide == "snf" and "layers" not in kwargs and steps >= 2:
-        flow_keys = ("num_layers", "hidden", "kind", "init_loc_fn", "init_scale")
+        flow_keys = ("num_layers", "hidden", "kind", "init_loc_fn", "init_scale", "init_gaussian")
         flow_kwargs = {"kind": "affine", "num_layers": 2,
                        **{k: v for k, v in kwargs.items() if k in flow_keys}}
-        warm = fit_guide(model, "flow", steps // 2, lr, seed, num_particles, progress,
-                         flow_kwargs)
+        warm = _fit(model, "flow", steps // 2, lr, seed, num_particles, progress, flow_kwargs,
+                    ais_levels, dtype, "feasible", until_converged)
+        stages += [{**st, "stage": f"warm start: {st['stage']}"} for st in warm.stages]
         kwargs = {k: v for k, v in kwargs.items() if k not in flow_keys}
         kwargs["layers"] = list(warm.guide.flow.layers)
         # in the trained flow's base space the posterior has scale ~1 in every
         # direction, so one step size fits all blocks (not so in the model's space)
         kwargs.setdefault("placement", "base")
         steps -= steps // 2
-
-    def build(vectorize: bool) -> tuple[Any, SVI]:
-        pyro.clear_param_store()
-        pyro.set_rng_seed(seed)
-        g = _make_guide(model, guide, **kwargs)
-        optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / steps), "clip_norm": 10.0})
-        loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=vectorize)
-        return g, SVI(model, g, optim, loss)
-
-    def step(i: int) -> float:
-        try:
-            loss = svi.step()
-        except ValueError as err:  # Pyro's validation of a NaN density or parameter
-            first = str(err).strip().splitlines()[0]
-            if "nan" not in str(err).lower():
-                raise
-            raise FloatingPointError(f"the ELBO became NaN at step {i} ({first})") from err
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"the ELBO became {loss} at step {i}; lower --lr")
-        return loss
-
-    start = time.perf_counter()
-    g, svi = build(num_particles > 1)
-    first_loss = None
-    if num_particles > 1:
-        # A model written for one draw at a time cannot take a particle plate: loop instead.
-        try:
-            first_loss = step(0)
-        except (RuntimeError, ValueError) as err:
-            warnings.warn(
-                f"fit_guide: the model does not run with {num_particles} vectorized particles "
-                f"({type(err).__name__}: {str(err).strip().splitlines()[0][:120]}); "
-                "looping over the particles instead (slower)",
-                stacklevel=2,
-            )
-            g, svi = build(False)
-    elbo: list[float] = []
-    bar = tqdm(range(steps), disable=not progress, desc=f"fit {guide}")
-    for i in bar:
-        loss = first_loss if i == 0 and first_loss is not None else step(i)
-        elbo.append(-loss)
-        if progress and i % 50 == 0:
-            bar.set_postfix(elbo=f"{-loss:.3f}")
-    seconds = time.perf_counter() - start
-    if warm is not None:
-        elbo, seconds = warm.elbo + elbo, seconds + warm.seconds
+        spent += warm.seconds - sum(st["seconds"] for st in warm.stages if st["stage"] ==
+                                    "pathfinder")
+        elbo_before = warm.elbo
+    else:
+        elbo_before = []
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    g = _make_guide(model, guide, **kwargs)
+    stats = fit_particles(g, model, steps, lr, num_particles, until_converged=until_converged,
+                          progress=progress, desc=f"fit {guide}")
+    stages.append({"stage": f"svi ({guide})", "seconds": stats.seconds, "steps": stats.steps,
+                   "final_elbo": stats.elbo[-1], "particles": stats.particles,
+                   "dropped_particles": stats.dropped_particles,
+                   "skipped_steps": stats.skipped_steps, "vectorization": stats.vectorization,
+                   "converged": stats.converged, "notes": stats.notes})
+    for note in stats.notes:
+        warnings.warn(f"fit_guide: {note}", RuntimeWarning, stacklevel=3)
+    fit = FitResult(g, elbo_before + stats.elbo, spent + stats.seconds, guide, stages, dtype, pf)
     if guide == "flow-ais":
-        flow = FitResult(g, elbo, seconds, "flow")
-        return _with_annealing(flow, ais_levels, "fit_guide: flow-ais")
-    return FitResult(g, elbo, seconds, guide)
+        fit.name = "flow"
+        return _with_annealing(fit, ais_levels, "fit_guide: flow-ais")
+    return fit
+
+
+def _pathfinder_log_p(model: Callable[[], Any], dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
+    """The model's unconstrained log density, laid out as Pathfinder's (and our guides') latent."""
+    from pyro_relax.infer.guides.potential import ModelPotential
+
+    with default_dtype(dtype):
+        layout = AutoDiagonalNormal(model)
+        layout()
+        potential = ModelPotential(layout, model)
+
+    def log_p(z: Tensor) -> Tensor:
+        with default_dtype(dtype):
+            return potential.log_joint_rows(z.to(dtype))
+
+    return log_p
 
 
 def _with_annealing(fit: FitResult, levels: int, owner: str) -> FitResult:
@@ -213,8 +357,12 @@ def _with_annealing(fit: FitResult, levels: int, owner: str) -> FitResult:
     if not isinstance(fit.guide, AutoFlowGuide):
         raise ValueError(f"{owner} needs a flow guide, got {fit.name!r}")
     start = time.perf_counter()
-    ais = AutoSNFGuide.from_flow_guide(fit.guide, levels=levels)
-    return FitResult(ais, fit.elbo, fit.seconds + time.perf_counter() - start, "flow-ais")
+    with default_dtype(fit.dtype):
+        ais = AutoSNFGuide.from_flow_guide(fit.guide, levels=levels)
+    seconds = time.perf_counter() - start
+    stages = fit.stages + [{"stage": f"ais ({levels} levels)", "seconds": seconds}]
+    return FitResult(ais, fit.elbo, fit.seconds + seconds, "flow-ais", stages, fit.dtype,
+                     fit.pathfinder)
 
 
 @torch.no_grad()
@@ -223,32 +371,28 @@ def guide_draws(
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Posterior draws of the latent sites and their log importance weights.
 
-    Our guides carry path weights (:meth:`importance_weights`); Pyro's guides
-    get ``log p(x, z) - log q(z)`` from Pyro's vectorized importance weights.
+    Runs in the fit's dtype, in one batched pass of the model (plate, ``vmap``
+    or loop, as in fitting); the draws come back in the caller's default dtype,
+    the log weights in float64. Every guide's weights are
+    ``log p(x, z) - log q(z)`` (path weights for the stochastic guides), so
+    ``E[exp(log_w)] = p(x)``.
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"guide_draws: expected num_samples >= 1, got {num_samples!r}")
+    from pyro_relax.infer.guides.potential import ModelPotential
+
+    n = check_num_samples(num_samples, "guide_draws")
+    out_dtype = torch.get_default_dtype()
     guide = fit.guide
-    if hasattr(guide, "importance_weights"):
-        return guide.importance_weights(num_samples)
-    sites = check_continuous_model(model)
-    log_w, model_trace, _ = vectorized_importance_weights(
-        model, guide, num_samples=num_samples, max_plate_nesting=_plate_nesting(model)
-    )
-    samples = {k: model_trace.nodes[k]["value"].reshape((num_samples,) + sites[k]) for k in sites}
-    return samples, log_w
-
-
-def _plate_nesting(model: Callable[[], Any]) -> int:
-    tr = poutine.trace(model).get_trace()
-    dims = [
-        -f.dim
-        for s in tr.nodes.values()
-        if s["type"] == "sample"
-        for f in s["cond_indep_stack"]
-        if f.vectorized
-    ]
-    return max(dims, default=0)
+    with default_dtype(fit.dtype):
+        if hasattr(guide, "importance_weights"):
+            samples, log_w = guide.importance_weights(n)
+        else:
+            post = guide.get_posterior()
+            z = post.sample(torch.Size([n]))
+            potential = ModelPotential(guide, model)
+            log_w = potential.log_joint_rows(z) - post.log_prob(z)
+            samples = potential.unconstrained_to_samples(z)
+    samples = {k: v.to(out_dtype) if v.is_floating_point() else v for k, v in samples.items()}
+    return samples, log_w.to(torch.float64)
 
 
 @dataclass

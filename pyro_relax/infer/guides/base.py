@@ -39,6 +39,7 @@ from __future__ import annotations
 __all__ = [
     "RelaxedGuideMixin",
     "check_flow_config",
+    "check_init_gaussian",
     "check_init_scale",
     "check_model",
     "check_num_samples",
@@ -52,12 +53,11 @@ from typing import Any
 
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.poutine.runtime import get_plates
 from torch import Tensor
 
 from pyro_relax.diagnostics.psis import importance_ess, khat_verdict, psis_khat
-from pyro_relax.infer.guides.potential import PotentialMixin
+from pyro_relax.infer.guides.potential import PotentialMixin, plate_nesting
 from pyro_relax.stochastic.snf import log_Z_from_log_weights
 from pyro_relax.surjections.base import check_finite
 
@@ -93,6 +93,29 @@ def check_init_scale(init_scale: object, owner: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{owner}: expected init_scale > 0 (finite), got {init_scale!r}")
     return value
+
+
+def check_init_gaussian(value: object, owner: str) -> tuple[Tensor, Tensor] | None:
+    """Validate an initial Gaussian ``(loc (d,), scale_tril (d, d))`` or ``None``."""
+    if value is None:
+        return None
+    if not (isinstance(value, tuple | list) and len(value) == 2
+            and all(isinstance(v, Tensor) for v in value)):
+        raise TypeError(
+            f"{owner}: expected init_gaussian as a (loc, scale_tril) pair of tensors, "
+            f"got {type(value).__name__}"
+        )
+    loc, tril = value
+    d = loc.shape[-1] if loc.dim() == 1 else -1
+    if loc.dim() != 1 or tuple(tril.shape) != (d, d):
+        raise ValueError(
+            f"{owner}: expected init_gaussian shapes (d,) and (d, d), "
+            f"got {tuple(loc.shape)} and {tuple(tril.shape)}"
+        )
+    if not bool(torch.isfinite(loc).all() and torch.isfinite(tril.tril()).all()
+                and (tril.diagonal() > 0).all()):
+        raise ValueError(f"{owner}: expected a finite init_gaussian with a positive diagonal")
+    return loc.detach(), tril.detach().tril()
 
 
 def check_flow_config(owner: str, num_layers: object, hidden: object, kind: object) -> None:
@@ -140,7 +163,10 @@ class RelaxedGuideMixin(PotentialMixin):
     _unpack_latent: Callable[[Tensor], Any]
     _init_loc: Callable[[], Tensor]
 
-    def _init_relaxed(self, model: Callable[..., Any]) -> None:
+    def _init_relaxed(
+        self, model: Callable[..., Any], init_gaussian: tuple[Tensor, Tensor] | None = None
+    ) -> None:
+        self._init_gaussian = check_init_gaussian(init_gaussian, type(self).__name__)
         self._raw_model = (model,)  # a tuple: never registered as a submodule
         self._model_args: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})
         self._max_plate_nesting = 0
@@ -158,6 +184,19 @@ class RelaxedGuideMixin(PotentialMixin):
         check_model(model, f"{type(self).__name__}.attach_model")
         self._raw_model = (model,)
 
+    def _initial_gaussian(self, init_loc: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(loc, scale_tril)`` to start from: ``init_gaussian``, else ``(init_loc, None)``."""
+        if self._init_gaussian is None:
+            return init_loc, None
+        loc, tril = self._init_gaussian
+        if tuple(loc.shape) != (self.latent_dim,):
+            raise ValueError(
+                f"{type(self).__name__}: expected init_gaussian for {self.latent_dim} "
+                f"unconstrained latents, got a loc of shape {tuple(loc.shape)}"
+            )
+        like = {"device": init_loc.device, "dtype": init_loc.dtype}
+        return loc.to(**like), tril.to(**like)
+
     # -- hooks ----------------------------------------------------------------
     @abstractmethod
     def _build(self, init_loc: Tensor) -> None:
@@ -171,16 +210,7 @@ class RelaxedGuideMixin(PotentialMixin):
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
         super()._setup_prototype(*args, **kwargs)  # type: ignore[misc]
         self._model_args = (args, kwargs)
-        full = poutine.block(poutine.trace(self._raw_model[0]).get_trace)(*args, **kwargs)
-        nesting = 0
-        for site in full.nodes.values():
-            if site["type"] != "sample":
-                continue
-            nesting = max(nesting, len(getattr(site["fn"], "batch_shape", ())))
-            for frame in site["cond_indep_stack"]:
-                if frame.vectorized and frame.dim is not None:
-                    nesting = max(nesting, -frame.dim)
-        self._max_plate_nesting = nesting
+        self._max_plate_nesting = plate_nesting(self._raw_model[0], args, kwargs)
         self._vectorize = None
         self._build(self._init_loc())
 
@@ -216,6 +246,23 @@ class RelaxedGuideMixin(PotentialMixin):
         with torch.no_grad():
             z, log_q = self._draw(torch.Size([n]))
         return z.detach(), log_q.detach()
+
+    def rsample_unconstrained(
+        self, num_samples: int, *args: Any, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        """Reparametrized draws and their path log-density estimates (with gradients).
+
+        The building block of a hand-written ELBO:
+        ``log_joint_unconstrained(z) - log_q`` averages to the guide's ELBO.
+
+        Returns:
+            ``(z, log_q)`` of shapes ``(n, latent_dim)`` and ``(n,)``.
+        """
+        n = check_num_samples(num_samples, f"{type(self).__name__}.rsample_unconstrained")
+        self._ensure_setup(args, kwargs)
+        if args or kwargs:
+            self._model_args = (args, kwargs)
+        return self._draw(torch.Size([n]))
 
     def importance_weights(
         self, num_samples: int, *args: Any, **kwargs: Any

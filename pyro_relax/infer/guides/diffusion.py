@@ -53,12 +53,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from pyro.distributions.torch_transform import TransformModule
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from torch import Tensor, nn
 
 from pyro_relax.infer.guides.base import RelaxedGuideMixin, check_init_scale, check_model
 from pyro_relax.infer.guides.flow import LocScaleTransform
+from pyro_relax.infer.guides.whitening import CholeskyAffineTransform
 from pyro_relax.nn.score import ScoreMLP
 
 _REFERENCES = ("pis", "dds")
@@ -80,6 +82,8 @@ class AutoDiffusionGuide(RelaxedGuideMixin, AutoContinuous):
         init_loc_fn: per-site initialization (Pyro's ``init_to_*``).
         init_scale: initial scale of the output affine layer; with the drift at
             zero the guide starts as ``N(init_loc, init_scale^2 I)``.
+        init_gaussian: ``(loc, scale_tril)`` in the unconstrained space; the
+            output layer is then a whitening affine map started there.
 
     References:
         Zhang and Chen. Path Integral Sampler. ICLR 2022 (arXiv 2111.15141).
@@ -107,6 +111,7 @@ class AutoDiffusionGuide(RelaxedGuideMixin, AutoContinuous):
         drift: nn.Module | Callable[[int], nn.Module] | None = None,
         init_loc_fn: Callable[[dict], Tensor] = init_to_median,
         init_scale: float = 0.1,
+        init_gaussian: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         owner = type(self).__name__
         check_model(model, owner)
@@ -131,7 +136,7 @@ class AutoDiffusionGuide(RelaxedGuideMixin, AutoContinuous):
         self._drift_spec = drift
         self._init_scale = check_init_scale(init_scale, owner)
         super().__init__(model, init_loc_fn=init_loc_fn)
-        self._init_relaxed(model)
+        self._init_relaxed(model, init_gaussian)
 
     def _build(self, init_loc: Tensor) -> None:
         d = self.latent_dim
@@ -148,7 +153,12 @@ class AutoDiffusionGuide(RelaxedGuideMixin, AutoContinuous):
                     f"got {type(drift).__name__}"
                 )
         self.drift = drift.to(device=init_loc.device, dtype=init_loc.dtype)
-        self.affine = LocScaleTransform(init_loc, self._init_scale)
+        loc, tril = self._initial_gaussian(init_loc)
+        if tril is None:
+            self.affine: TransformModule = LocScaleTransform(loc, self._init_scale)
+        else:
+            # the reference process is N(0, I)-scaled: whitening puts it where the posterior is
+            self.affine = CholeskyAffineTransform(loc, tril)
 
     def _coefficients(self) -> tuple[float, float, float, float]:
         """``(a, v, c, s_K)`` of the reference chain (constant over the steps)."""

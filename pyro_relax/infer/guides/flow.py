@@ -36,6 +36,11 @@ from pyro_relax.infer.guides.base import (
     check_init_scale,
     check_model,
 )
+from pyro_relax.infer.guides.whitening import (
+    CholeskyAffineTransform,
+    identity_splines,
+    start_as_identity,
+)
 from pyro_relax.surjections.base import RelaxedLayer
 from pyro_relax.transforms.stacks import coupling_stack
 
@@ -91,12 +96,16 @@ def build_flow_layers(
     num_layers: int = 4,
     hidden: int = 64,
     kind: str = "spline",
+    init_scale_tril: Tensor | None = None,
 ) -> list[RelaxedLayer]:
     """The stack of a flow guide: the given layers, or the default one (as relaxed layers).
 
     The default is ``coupling_stack(latent_dim, num_layers, hidden, kind)`` (an
-    IAF stack for ``kind="iaf"``; elementwise splines for ``latent_dim == 1``)
-    followed by a :class:`LocScaleTransform` starting at ``(init_loc, init_scale)``.
+    IAF stack for ``kind="iaf"``; elementwise splines starting as the identity
+    for ``latent_dim == 1``) followed by a :class:`LocScaleTransform` starting
+    at ``(init_loc, init_scale)``, or, given ``init_scale_tril``, by a whitening
+    :class:`~pyro_relax.infer.guides.whitening.CholeskyAffineTransform` starting
+    at ``(init_loc, init_scale_tril)``.
 
     Arguments:
         latent_dim: the unconstrained latent size.
@@ -107,6 +116,8 @@ def build_flow_layers(
         num_layers: coupling (or IAF) layers in the default stack.
         hidden: hidden width of their conditioners.
         kind: ``"spline"``, ``"affine"`` or ``"iaf"``.
+        init_scale_tril: a ``(latent_dim, latent_dim)`` Cholesky factor of the
+            initial Gaussian (e.g. Pathfinder's), or ``None``.
 
     Example:
         >>> import torch
@@ -114,7 +125,9 @@ def build_flow_layers(
         4
     """
     if layers is None:
-        if kind == "iaf" and latent_dim > 1:
+        if latent_dim == 1:
+            stack = list(identity_splines(num_layers))
+        elif kind == "iaf":
             stack: list[Any] = []
             for i in range(num_layers):
                 stack.append(T.affine_autoregressive(latent_dim, hidden_dims=[hidden, hidden]))
@@ -124,7 +137,12 @@ def build_flow_layers(
             stack = coupling_stack(
                 latent_dim, num_layers, hidden, "spline" if kind == "iaf" else kind
             )
-        stack.append(LocScaleTransform(init_loc, init_scale))
+        if init_scale_tril is not None:
+            # zero-initialized conditioners: the guide starts at the whitening Gaussian
+            start_as_identity(stack)
+            stack.append(CholeskyAffineTransform(init_loc, init_scale_tril))
+        else:
+            stack.append(LocScaleTransform(init_loc, init_scale))
     elif callable(layers):
         stack = list(layers(latent_dim))
     elif isinstance(layers, Sequence):
@@ -201,6 +219,11 @@ class AutoFlowGuide(RelaxedGuideMixin, AutoContinuous):
             or ``"iaf"`` (affine autoregressive, fast sampling).
         init_loc_fn: per-site initialization (Pyro's ``init_to_*``).
         init_scale: initial scale of the default stack's loc/scale layer.
+        init_gaussian: ``(loc, scale_tril)`` of a Gaussian approximation in the
+            unconstrained space (e.g. :func:`~pyro_relax.infer.pathfinder.pathfinder_for_model`'s):
+            the default stack then ends in a whitening
+            :class:`~pyro_relax.infer.guides.whitening.CholeskyAffineTransform`
+            started there, instead of the loc/scale layer.
 
     References:
         Rezende and Mohamed. Variational Inference with Normalizing Flows. ICML 2015.
@@ -228,6 +251,7 @@ class AutoFlowGuide(RelaxedGuideMixin, AutoContinuous):
         kind: str = "spline",
         init_loc_fn: Callable[[dict], Tensor] = init_to_median,
         init_scale: float = 0.1,
+        init_gaussian: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         owner = type(self).__name__
         check_model(model, owner)
@@ -241,17 +265,19 @@ class AutoFlowGuide(RelaxedGuideMixin, AutoContinuous):
         self._num_layers, self._hidden, self._kind = num_layers, hidden, kind
         self._init_scale = check_init_scale(init_scale, owner)
         super().__init__(model, init_loc_fn=init_loc_fn)
-        self._init_relaxed(model)
+        self._init_relaxed(model, init_gaussian)
 
     def _build(self, init_loc: Tensor) -> None:
+        loc, tril = self._initial_gaussian(init_loc)
         layers = build_flow_layers(
             self.latent_dim,
             self._layer_spec,
-            init_loc,
+            loc,
             self._init_scale,
             self._num_layers,
             self._hidden,
             self._kind,
+            tril,
         )
         flow = make_flow(layers, self.latent_dim, type(self).__name__)
         self.flow = flow.to(device=init_loc.device, dtype=init_loc.dtype)

@@ -113,6 +113,8 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
         kind: ``"spline"``, ``"affine"`` or ``"iaf"`` for the default flow part.
         init_loc_fn: per-site initialization (Pyro's ``init_to_*``).
         init_scale: initial scale of the default flow part.
+        init_gaussian: ``(loc, scale_tril)`` in the unconstrained space: the default
+            flow part then ends in a whitening affine layer started there.
         placement: ``"data"`` (default): the blocks follow the flow and target the
             model's log density in unconstrained space. ``"base"``: the blocks come
             first, in the flow's base space, and target the model's density pulled
@@ -148,6 +150,7 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
         init_loc_fn: Callable[[dict], Tensor] = init_to_median,
         init_scale: float = 0.1,
         placement: str = "data",
+        init_gaussian: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         owner = type(self).__name__
         check_model(model, owner)
@@ -161,7 +164,7 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
         self._num_layers, self._hidden, self._kind = num_layers, hidden, kind
         self._init_scale = check_init_scale(init_scale, owner)
         super().__init__(model, init_loc_fn=init_loc_fn)
-        self._init_relaxed(model)
+        self._init_relaxed(model, init_gaussian)
 
     def target_log_density(self, z: Tensor) -> Tensor:
         """The blocks' target: ``log_joint_unconstrained`` with the last model arguments."""
@@ -179,14 +182,16 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
         return out
 
     def _build(self, init_loc: Tensor) -> None:
+        loc, tril = self._initial_gaussian(init_loc)
         layers = build_flow_layers(
             self.latent_dim,
             self._layer_spec,
-            init_loc,
+            loc,
             self._init_scale,
             self._num_layers,
             self._hidden,
             self._kind,
+            tril,
         )
         if self._placement == "base":
             pulled = PulledBackDensity(layers, self.target_log_density)
