@@ -200,8 +200,22 @@ class FlowDistribution(TorchDistribution):
         check_event_shape(value, self.event_shape, name)
         check_finite(value, name)
         if validation_enabled() and self.layers:
-            self.layers[-1].check_data(value)
+            try:
+                self.layers[-1].check_data(value)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from exc
         return value
+
+    def _check_result(self, lp: Tensor, value: Tensor, name: str) -> Tensor:
+        """Refuse a NaN or ``+inf`` log-density (``-inf``, zero density, is a value)."""
+        if validation_enabled() and lp.device.type != "meta":
+            if bool((torch.isnan(lp) | (lp == math.inf)).any()):
+                big = float(value.abs().max()) if value.numel() else 0.0
+                raise ValueError(
+                    f"{name}: expected a log-density in [-inf, inf), got NaN or +inf for finite "
+                    f"data of magnitude up to {big:.3g} (the data overflows the flow)"
+                )
+        return lp
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``log p(value)``: exact if :attr:`exact`, else a single-sample lower bound.
@@ -215,8 +229,9 @@ class FlowDistribution(TorchDistribution):
 
         Raises:
             TypeError: for a non-tensor, or a floating dtype other than :attr:`dtype`.
-            ValueError: for a wrong event shape, NaN/inf, or values outside the
-                data domain of the last layer.
+            ValueError: for a wrong event shape, NaN/inf, values outside the
+                data domain of the last layer, or a NaN/``+inf`` result (overflow).
+                ``-inf`` (zero density, or underflow far out in the tails) is returned.
         """
         value = self._check_value(value)
         z = value
@@ -225,7 +240,9 @@ class FlowDistribution(TorchDistribution):
             for layer in reversed(self.layers):
                 z, v = layer.encode(z, self._ctx(layer))
                 total = total + v
-        return self._base_log_prob(z) + total
+        return self._check_result(
+            self._base_log_prob(z) + total, value, "FlowDistribution.log_prob"
+        )
 
     def log_prob_iw(self, value: Tensor, num_particles: int = 100) -> Tensor:
         """Importance-weighted estimate ``log (1/K) sum_k exp(bound_k)`` with ``K`` particles.
