@@ -37,7 +37,10 @@ MIN_PSIS_DRAWS = 25
 
 def _check_log_weights(log_weights: Any, min_draws: int, fn: str) -> np.ndarray:
     """Log weights as float64 ``(n, *batch)``; every message names ``fn``."""
-    lw = as_numpy(log_weights, f"{fn}: log_weights").astype(np.float64)
+    raw = as_numpy(log_weights, f"{fn}: log_weights")
+    if raw.dtype.kind == "b":
+        raise TypeError(f"{fn}: expected real log weights, got booleans")
+    lw = raw.astype(np.float64)
     if lw.ndim == 0:
         raise ValueError(
             f"{fn}: expected log_weights of shape (n, *batch), draws first, got a scalar"
