@@ -129,6 +129,14 @@ def test_nan_input_raises(case):
         layer.encode(x, ctx)
 
 
+@pytest.mark.parametrize("case", REGISTRY, ids=IDS)
+def test_integer_input_matches_float(case):
+    # Issue 10, item 3: integer data was run through the layers in the integer dtype.
+    layer = _layer(case, case.event_shapes[0])
+    x, ctx = _inputs(case, case.event_shapes[0])
+    checks.check_integer_input(layer, 3 * x, ctx)
+
+
 def test_registry_count_reported(capsys):
     # The count is printed so the test run shows how many layers got every check.
     print(f"\nlayer registry: {len(REGISTRY)} cases: {', '.join(IDS)}")

@@ -14,6 +14,7 @@ __all__ = [
     "check_decode_contribution",
     "check_dtype_follows_input",
     "check_gradients",
+    "check_integer_input",
     "check_log_det_autograd",
     "check_meta_device",
     "check_repr",
@@ -170,6 +171,35 @@ def check_dtype_follows_input(
     for name, t in (("z", z), ("V", v), ("x", x2), ("S", s)):
         if t.dtype != torch.float64:
             raise AssertionError(f"{name} came out as {t.dtype} for float64 input")
+
+
+def check_integer_input(
+    layer: RelaxedLayer, x: Tensor, context: Tensor | None = None, seed: int = 0
+) -> None:
+    """Integer data gives what its float copy gives (the dtype rule of ``RelaxedLayer``).
+
+    ``x`` is rounded to ``int64``; ``encode`` of it and of the same values as floats,
+    under the same seed, must agree (both succeed with equal outputs, or both raise
+    the same error type, e.g. for values the rounding moved out of the domain).
+    """
+    xi = x.detach().round().to(torch.int64)
+    xf = xi.to(x.dtype)
+    results = []
+    for data in (xi, xf):
+        torch.manual_seed(seed)
+        try:
+            results.append(layer.encode(data, context))
+        except (ValueError, TypeError) as exc:
+            results.append(type(exc))
+    a, b = results
+    if isinstance(a, type) or isinstance(b, type):
+        if a is not b:
+            raise AssertionError(f"integer input gave {a!r}, its float copy {b!r}")
+        return
+    for name, u, w in (("z", a[0], b[0]), ("V", a[1], b[1])):
+        if u.dtype != w.dtype:
+            raise AssertionError(f"{name}: integer input gave {u.dtype}, float input {w.dtype}")
+        _close(u, w, f"{name} for integer input", atol=1e-5)
 
 
 def check_meta_device(layer: RelaxedLayer, x: Tensor, context: Tensor | None = None) -> None:
