@@ -164,3 +164,15 @@ def test_from_flow_guide_and_placement_errors(problem):
     guide = AutoSNFGuide(problem.model, layers, blocks=["hmc"], placement="base")
     with pytest.raises(ValueError, match="exact bijective"):
         guide(problem.y, problem.w)
+
+
+def test_pulled_back_target_with_wrong_output_shape_is_refused():
+    # issue 10, item 6: a summed target is a ValueError, not silently broadcast log weights
+    layers = [T.AffineTransform(torch.ones(2), 2.0, event_dim=1)]
+    density = PulledBackDensity(layers, lambda x: standard_normal_log_prob(x).sum())
+    with pytest.raises(ValueError, match=r"PulledBackDensity: .*batch shape \(3,\)"):
+        density(torch.zeros(3, 2))
+    blocks = annealed_hmc_levels(density, levels=2)
+    snf = StochasticNormalizingFlow((2,), blocks + layers, lambda x: standard_normal_log_prob(x))
+    with pytest.raises(ValueError, match=r"HMC \(layer 0\): step 1 of 1.*PulledBackDensity"):
+        snf.sample_with_log_weights(4)

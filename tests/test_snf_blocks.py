@@ -330,14 +330,17 @@ def test_target_raising_mid_step_names_block_and_step(cls):
         return _quartic(x)
 
     block = cls(flaky, step_size=0.1, n_steps=3)
+    # a foreign error is wrapped (RuntimeError, which RelaxedLayer.decode may turn into a
+    # ValueError naming the layer); either way the block and the step are named
     with pytest.raises(
-        RuntimeError, match=rf"{cls.__name__}: step \d of 3: .*ArithmeticError: boom"
+        (RuntimeError, ValueError), match=rf"{cls.__name__}: step \d of 3: .*ArithmeticError: boom"
     ):
         block.decode(torch.zeros(4, 2))
 
 
 def test_target_with_wrong_event_shape_names_block():
-    with pytest.raises(RuntimeError, match="HMC: step 1 of 1.*expected event shape"):
+    # the target's own ValueError keeps its type (a clean input error), naming the block and step
+    with pytest.raises(ValueError, match="HMC: step 1 of 1.*expected event shape"):
         HMC(DoubleWell()).decode(torch.zeros(4, 3))
 
 
@@ -346,3 +349,35 @@ def test_gaussian_log_density_helper():
     x = torch.randn(3, 4)
     ref = torch.distributions.Normal(0.5, 1.5).log_prob(x).sum(-1)
     torch.testing.assert_close(g(x), ref)
+
+
+# ---- a target's output shape is checked (issue 10, item 6) -------------------------------------
+
+
+def _summed(x):
+    """A common mistake: the log density summed over the batch too (a scalar)."""
+    return -0.5 * x.square().sum()
+
+
+def _unsummed(x):
+    """Another: the event dimension left in (shape batch + event)."""
+    return -0.5 * x.square()
+
+
+@pytest.mark.parametrize("cls", BLOCKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("bad", [_summed, _unsummed], ids=["summed", "unsummed"])
+def test_target_with_wrong_output_shape_is_refused_by_every_block(cls, bad):
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: step 1 of 2.*batch shape \(4,\)"):
+        cls(bad, n_steps=2).decode(torch.zeros(4, 2))
+    # the base of the annealing path is checked too
+    with pytest.raises(ValueError, match=r"base log density to return the batch shape \(4,\)"):
+        cls(_quartic, base=bad, lam=0.5).decode(torch.zeros(4, 2))
+
+
+def test_annealed_density_checks_output_shapes_for_other_event_dims():
+    d = AnnealedDensity(lambda x: x.sum((-2, -1)), lam=1.0, event_dim=2)
+    assert d(torch.zeros(3, 2, 2)).shape == (3,)
+    with pytest.raises(ValueError, match=r"AnnealedDensity: expected the target .* \(3, 2\)"):
+        AnnealedDensity(lambda x: x.sum((-2, -1)))(torch.zeros(3, 2, 2))
+    with pytest.raises(TypeError, match="AnnealedDensity: expected the target log density"):
+        AnnealedDensity(lambda x: 0.0)(torch.zeros(3, 2))

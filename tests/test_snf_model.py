@@ -316,3 +316,15 @@ def test_unbiasedness_check_detects_missing_path_weights():
     snf = StochasticNormalizingFlow((2,), layers, target_log_prob).double()
     est, se = snf.log_Z_estimate(20_000)
     assert abs(float(est) - LOG_Z) > 5 * float(se)
+
+
+@pytest.mark.parametrize(
+    "bad", [lambda x: target_log_prob(x).sum(), lambda x: target_log_prob(x)[..., None]]
+)
+def test_target_with_wrong_output_shape_is_refused(bad):
+    # issue 10, item 6: a summed (scalar) target used to broadcast into wrong log weights
+    snf = StochasticNormalizingFlow((2,), [T.AffineTransform(0.0, 1.0)], bad)
+    with pytest.raises(ValueError, match=r"StochasticNormalizingFlow: .*batch shape \(5,\)"):
+        snf.sample_with_log_weights(5)
+    with pytest.raises(ValueError, match=r"batch shape \(2, 3\)"):
+        snf.sample_with_log_weights((2, 3))

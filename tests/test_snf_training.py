@@ -271,3 +271,12 @@ def test_checkpoint_of_another_model_names_the_file(tmp_path):
     )
     with pytest.raises(ValueError, match=r"snf\.pt.* does not fit this model"):
         SNFTrainer(other, 20, batch_size=16, seed=3, lr=5e-3, checkpoint=path, progress=False)
+
+
+def test_trainer_refuses_a_target_with_wrong_output_shape():
+    # issue 10, item 6: checked once, when the trainer is made
+    snf = StochasticNormalizingFlow(
+        (2,), [T.affine_coupling(2, hidden_dims=[4])], lambda x: target_log_prob(x).sum()
+    )
+    with pytest.raises(ValueError, match=r"SNFTrainer: expected the target .*batch shape \(2,\)"):
+        SNFTrainer(snf, 5, progress=False)

@@ -513,3 +513,20 @@ def test_banana_samples(device):
     assert_expectation(x1**2 * x2, 2 * b * s1**4, "E x1^2 x2")
     assert_expectation(x3, 0.0, "E x3")
     assert_expectation(x3**2, 1.0, "E x3^2")
+
+
+class _SummedTarget(Target):
+    """A subclass breaking the contract: its _log_prob sums over the batch."""
+
+    def __init__(self):
+        super().__init__(2)
+        self._log_Z = 0.0
+
+    def _log_prob(self, x):
+        return -0.5 * x.square().sum()
+
+
+def test_target_subclass_with_wrong_output_shape_is_refused():
+    # issue 10, item 6: the base class checks the subclass's output once per call
+    with pytest.raises(ValueError, match=r"_SummedTarget.log_prob: expected .* batch shape \(4,\)"):
+        _SummedTarget().log_prob(torch.zeros(4, 2))

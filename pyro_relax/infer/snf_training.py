@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from pyro_relax.stochastic.annealing import check_log_density_output
 from pyro_relax.stochastic.snf import StochasticNormalizingFlow
 
 
@@ -180,6 +181,7 @@ class SNFTrainer:
         params = [p for p in snf.parameters() if p.requires_grad]
         if not params:
             raise ValueError("SNFTrainer: the flow has no trainable parameters")
+        self._probe_target(params[0])
         if not isinstance(override, bool):
             raise TypeError(f"SNFTrainer: expected a bool override, got {type(override).__name__}")
         self.lr = float(lr)
@@ -191,6 +193,16 @@ class SNFTrainer:
         self._rng: Tensor | None = None
         if self.checkpoint is not None and os.path.exists(self.checkpoint):
             self.load_state_dict(self._read(self.checkpoint), source=self.checkpoint)
+
+    def _probe_target(self, like: Tensor) -> None:
+        """Check once that the target returns the batch shape (on two points at the origin)."""
+        shape = (2,) + tuple(self.snf(None).event_shape)
+        try:
+            with torch.no_grad():
+                lp = self.snf.target_log_prob(like.new_zeros(shape))
+        except Exception:  # noqa: BLE001 - a target undefined at 0 is checked on real samples
+            return
+        check_log_density_output(lp, shape[:1], "SNFTrainer")
 
     @property
     def config(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ __all__ = [
     "BlockState",
     "LearnedSchedule",
     "ScheduleEntry",
+    "check_log_density_output",
     "geometric_schedule",
     "linear_schedule",
     "standard_normal_log_prob",
@@ -61,6 +62,47 @@ def standard_normal_log_prob(x: Tensor) -> Tensor:
         -1.8379
     """
     return -0.5 * (x.square().sum(-1) + x.shape[-1] * math.log(2 * math.pi))
+
+
+def check_log_density_output(
+    lp: object, batch_shape: torch.Size | tuple[int, ...], name: str, what: str = "target"
+) -> Tensor:
+    """Return ``lp`` if it is a floating tensor of shape ``batch_shape``, else raise.
+
+    A log density maps ``batch + event`` to ``batch``; one that sums over the
+    batch (a scalar) or keeps the event dimensions would broadcast into wrong
+    log weights without a word. The check reads shapes only (no synchronization).
+
+    Arguments:
+        lp: what the log density returned.
+        batch_shape: the batch shape of its input.
+        name: the entry point named in the message.
+        what: which density (``"target"``, ``"base"``).
+
+    Returns:
+        ``lp`` unchanged.
+
+    Raises:
+        TypeError: if ``lp`` is not a floating-point tensor.
+        ValueError: if its shape is not ``batch_shape``.
+
+    Example:
+        >>> import torch
+        >>> check_log_density_output(torch.zeros(3), (3,), "f").shape
+        torch.Size([3])
+    """
+    if not isinstance(lp, Tensor) or not (lp.is_floating_point() or lp.is_complex()):
+        got = f"dtype {lp.dtype}" if isinstance(lp, Tensor) else type(lp).__name__
+        raise TypeError(
+            f"{name}: expected the {what} log density to return a floating-point tensor, got {got}"
+        )
+    if lp.shape != torch.Size(batch_shape):
+        raise ValueError(
+            f"{name}: expected the {what} log density to return the batch shape "
+            f"{tuple(batch_shape)}, got {tuple(lp.shape)} (it must map batch + event to batch: "
+            f"sum over the event dimensions only, never over the batch)"
+        )
+    return lp
 
 
 def _check_lambda(value: object, owner: str) -> float:
@@ -189,6 +231,8 @@ class AnnealedDensity(nn.Module):
         lam: a float in ``[0, 1]`` or a module returning a 0-dim tensor
             (a :class:`ScheduleEntry`).
         learn_lam: learn a float ``lam`` (sigmoid-parametrized; start in ``(0, 1)``).
+        event_dim: the event dimensions of ``x``; each density must return the
+            batch shape ``x.shape[:-event_dim]`` (a ``ValueError`` otherwise).
 
     Example:
         >>> import torch
@@ -203,9 +247,13 @@ class AnnealedDensity(nn.Module):
         base: LogDensity | None = None,
         lam: float | nn.Module = 1.0,
         learn_lam: bool = False,
+        event_dim: int = 1,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
+        if isinstance(event_dim, bool) or not isinstance(event_dim, int) or event_dim < 0:
+            raise ValueError(f"{owner}: expected an int event_dim >= 0, got {event_dim!r}")
+        self.event_dim = event_dim
         self._target_fn = self._attach("target", target, owner)
         self._base_fn = None if base is None else self._attach("base", base, owner)
         self.learn_lam = bool(learn_lam)
@@ -248,12 +296,18 @@ class AnnealedDensity(nn.Module):
         return self.lam_value
 
     def forward(self, x: Tensor) -> Tensor:
-        """``log pi_lambda(x)`` of shape ``batch`` (no input checks: used inside steps)."""
-        lp_target = self._target_fn(x)
+        """``log pi_lambda(x)`` of shape ``batch`` (no value checks: used inside steps).
+
+        The shapes of the densities' outputs are checked (free: no synchronization).
+        """
+        batch = x.shape[: x.dim() - self.event_dim]
+        owner = type(self).__name__
+        lp_target = check_log_density_output(self._target_fn(x), batch, owner)
         if self._base_fn is None or self._target_only:
             return lp_target
         lam = self.lam().to(dtype=lp_target.dtype)
-        return lam * lp_target + (1.0 - lam) * self._base_fn(x)
+        lp_base = check_log_density_output(self._base_fn(x), batch, owner, "base")
+        return lam * lp_target + (1.0 - lam) * lp_base
 
     def extra_repr(self) -> str:
         kind = (
@@ -293,8 +347,10 @@ class AnnealedBlock(RelaxedLayer):
     :attr:`last_acceptance`; the public :meth:`encode`/:meth:`decode` (with
     validation on) and :class:`~pyro_relax.stochastic.snf.StochasticNormalizingFlow`
     check them once per call and raise a ``ValueError`` naming the block and the
-    step. An exception raised by the log density inside a step is re-raised as a
-    ``RuntimeError`` naming the block and the step.
+    step. An exception raised by the log density inside a step is re-raised
+    naming the block and the step: a ``ValueError`` or ``TypeError`` (a wrong
+    output shape, an input check) as the same type, anything else as a
+    ``RuntimeError``.
 
     Positive hyperparameters (step sizes, masses, frictions) are stored as logs
     (learnable or buffers) and read with :meth:`positive`.
@@ -328,7 +384,7 @@ class AnnealedBlock(RelaxedLayer):
             raise ValueError(f"{owner}: expected an int n_steps >= 1, got {n_steps!r}")
         if isinstance(event_dim, bool) or not isinstance(event_dim, int) or event_dim < 1:
             raise ValueError(f"{owner}: expected an int event_dim >= 1, got {event_dim!r}")
-        self.density = AnnealedDensity(target, base, lam, learn_lam)
+        self.density = AnnealedDensity(target, base, lam, learn_lam, event_dim)
         self.n_steps = n_steps
         self.event_dim = event_dim
         self.name: str | None = None
@@ -402,7 +458,9 @@ class AnnealedBlock(RelaxedLayer):
             try:
                 state, d, acc = self._step(state)
             except Exception as err:  # the log density failed: name the block and the step
-                raise RuntimeError(
+                # input errors keep their type (a clean ValueError stays one); others wrap
+                kind = type(err) if type(err) in (ValueError, TypeError) else RuntimeError
+                raise kind(
                     f"{self._label()}: step {k} of {self.n_steps}: the log density raised "
                     f"{type(err).__name__}: {err}"
                 ) from err
@@ -437,17 +495,24 @@ class AnnealedBlock(RelaxedLayer):
                 f"lower the step size or check the target)"
             )
 
-    def encode(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        out = super().encode(x, context)
+    def _checked(self, call: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """Run the base class's checked call; the block's own message (step named) comes first."""
+        self.last_bad_step = None
+        try:
+            out = call()
+        except ValueError:
+            if validation_enabled():
+                self.raise_if_nonfinite()
+            raise
         if validation_enabled():
             self.raise_if_nonfinite()
         return out
 
+    def encode(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._checked(lambda: super(AnnealedBlock, self).encode(x, context))
+
     def decode(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        out = super().decode(z, context)
-        if validation_enabled():
-            self.raise_if_nonfinite()
-        return out
+        return self._checked(lambda: super(AnnealedBlock, self).decode(z, context))
 
     def _half_sq_norm(self, t: Tensor, inv_mass: Tensor | float = 1.0) -> Tensor:
         """``sum_event(inv_mass * t^2) / 2`` (a kinetic energy or a squared noise norm)."""

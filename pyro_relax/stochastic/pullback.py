@@ -31,6 +31,7 @@ from pyro_relax.distributions.adapter import as_layer
 from pyro_relax.stochastic.annealing import (
     AnnealedBlock,
     LogDensity,
+    check_log_density_output,
     geometric_schedule,
     linear_schedule,
     standard_normal_log_prob,
@@ -94,8 +95,14 @@ class PulledBackDensity(nn.Module):
         return u, log_det
 
     def forward(self, u: Tensor) -> Tensor:
+        """``log p(f(u)) + log|det f'(u)|`` of shape ``u.shape[:-1]``.
+
+        Raises:
+            ValueError: if the target does not return the batch shape.
+        """
         x, log_det = self.push(u)
-        return self._target_fn(x) + log_det
+        lp = check_log_density_output(self._target_fn(x), log_det.shape, "PulledBackDensity")
+        return lp + log_det
 
     log_prob = forward
 

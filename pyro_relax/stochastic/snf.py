@@ -19,7 +19,11 @@ from torch.distributions import Distribution
 
 from pyro_relax._validation import validation, validation_enabled
 from pyro_relax.distributions.flow import Flow
-from pyro_relax.stochastic.annealing import AnnealedBlock, LogDensity
+from pyro_relax.stochastic.annealing import (
+    AnnealedBlock,
+    LogDensity,
+    check_log_density_output,
+)
 from pyro_relax.surjections.base import RelaxedLayer
 
 
@@ -129,7 +133,8 @@ class StochasticNormalizingFlow(Flow):
         base_shape: the latent event shape (standard normal base unless ``base``).
         layers: the stack, base to data (Pyro transforms, relaxed layers, blocks).
         target: the unnormalized target log density (a Target, module,
-            distribution or callable mapping ``batch + event`` to ``batch``).
+            distribution or callable mapping ``batch + event`` to ``batch``; any
+            other output shape is a ``ValueError`` when the weights are computed).
         base: optional base distribution or module returning one.
 
     References:
@@ -222,7 +227,10 @@ class StochasticNormalizingFlow(Flow):
                 f"sample_with_log_weights: expected a positive int or shape, got {n!r}"
             )
         x, log_q = self(context).rsample_and_log_q(torch.Size(int(s) for s in shape))
-        log_w = self.target_log_prob(x) - log_q
+        lp = check_log_density_output(
+            self.target_log_prob(x), log_q.shape, "StochasticNormalizingFlow"
+        )
+        log_w = lp - log_q
         if validation_enabled():
             self._check_run(log_w)
         return x, log_w

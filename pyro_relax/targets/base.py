@@ -123,7 +123,19 @@ class Target(nn.Module, ABC):
             A tensor of shape ``batch_shape`` in the dtype of ``x``.
         """
         self._check(x, "log_prob")
-        return self._log_prob(x)
+        out = self._log_prob(x)
+        if not isinstance(out, Tensor) or out.shape != x.shape[:-1] or out.dtype != x.dtype:
+            got = (
+                f"shape {tuple(out.shape)}, dtype {out.dtype}"
+                if isinstance(out, Tensor)
+                else type(out).__name__
+            )
+            raise ValueError(
+                f"{type(self).__name__}.log_prob: expected _log_prob to return the batch shape "
+                f"{tuple(x.shape[:-1])} in dtype {x.dtype}, got {got} (a subclass must sum over "
+                f"the event only)"
+            )
+        return out
 
     def normalized_log_prob(self, x: Tensor) -> Tensor:
         """The normalized log density ``log_prob(x) - log_Z`` (same shapes as :meth:`log_prob`)."""
