@@ -498,6 +498,48 @@ def test_hmm_transitions_as_in_stan(float64):
     torch.testing.assert_close(logits[:, 1:].exp(), theta[:, None].expand(3, hmm.N - 1, 2, 2))
 
 
+def _np_design(short: str, d: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Design matrix and response of a flat-prior regression, written out from model.stan."""
+    ones = np.ones(d["N"])
+    if short == "earnings":
+        return np.stack([ones, d["height"]], -1).astype(float), d["earn"].astype(float)
+    if short == "mesquite":
+        names = ("diam1", "diam2", "canopy_height", "total_height", "density", "group")
+        return np.stack([ones, *(d[k] for k in names)], -1).astype(float), d["weight"]
+    age = d["age_discrete"]
+    columns = [ones, d["real_ideo"], d["race_adj"], age == 2, age == 3, age == 4,
+               d["educ1"], d["gender"], d["income"]]
+    return np.stack(columns, -1).astype(float), d["partyid7"].astype(float)
+
+
+@pytest.mark.parametrize("short", ["earnings", "mesquite", "nes1976"])
+def test_flat_prior_regression_reference_matches_closed_form(short):
+    # With p(beta, sigma) flat, beta | y is multivariate t with nu = N - p - 1 degrees of
+    # freedom around the least-squares fit, covariance S / (nu - 2) (X'X)^-1, and sigma^2 | y
+    # is inverse gamma((N - p - 1) / 2, S / 2). This checks the reading of model.stan
+    # (predictors, their order, the age dummies) against the reference draws, independently
+    # of any sampler. 10,000 near-independent reference draws: the Monte Carlo sd of a mean is
+    # 0.01 sd and of an sd 0.7 %, so the tolerances (0.06 sd, 4 %) are about 6 Monte Carlo sd.
+    module = load_model(short)
+    x, y = _np_design(short, pdb.load_data(module.NAME))
+    n, p = x.shape
+    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+    rss = float(((y - x @ beta) ** 2).sum())
+    nu = n - p - 1
+    beta_sd = np.sqrt(np.diag(np.linalg.inv(x.T @ x)) * rss / (nu - 2))
+    a = nu / 2
+    sigma_mean = np.sqrt(rss / 2) * np.exp(special.gammaln(a - 0.5) - special.gammaln(a))
+    sigma_sd = np.sqrt(rss / 2 / (a - 1) - sigma_mean**2)
+    ref = pdb.reference_moments(module.NAME)
+    exact = {f"beta[{i + 1}]": (beta[i], beta_sd[i]) for i in range(p)}
+    exact["sigma"] = (sigma_mean, sigma_sd)
+    assert list(exact) == list(ref)
+    for k, (mean, sd) in exact.items():
+        ref_mean, ref_sd = ref[k]
+        assert abs(mean - ref_mean) < 0.06 * ref_sd, (k, mean, ref_mean, ref_sd)
+        assert sd == pytest.approx(ref_sd, rel=0.04), (k, sd, ref_sd)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("short", NEW_SIX)
 def test_nuts_reproduces_reference_means(short, float64):
