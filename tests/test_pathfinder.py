@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:
 from examples.posteriordb import load_model  # noqa: E402
 
 F64 = torch.float64
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def gaussian_target(d: int, cond: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, object]:
@@ -95,6 +96,25 @@ def test_gaussian_target_lbfgs_factors() -> None:
     assert (w.T @ w / n - torch.eye(d, dtype=F64)).abs().max() < 5 * math.sqrt(2) * se
     # The best single Gaussian is close but not exact.
     assert (fit.loc - mean).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_runs_in_float64_on_the_device_of_init(device: str) -> None:
+    mean, cov, log_p = gaussian_target(3, 4.0, seed=2)
+    mean_d, prec_d = mean.to(device), torch.linalg.inv(cov).to(device)
+
+    def log_p_dev(z: torch.Tensor) -> torch.Tensor:
+        assert z.device.type == device and z.dtype == F64
+        diff = z - mean_d
+        return (-0.5 * (diff @ prec_d) * diff).sum(-1).float()  # float32 out: cast back
+
+    fit = pathfinder(log_p_dev, torch.zeros(3, device=device, dtype=torch.float32),
+                     num_paths=2, num_draws=50, generator=torch.Generator(device).manual_seed(0))
+    for t in (fit.loc, fit.scale_tril, fit.draws, fit.log_weights, fit.path_elbos):
+        assert t.device.type == device and t.dtype == F64
+    z, log_q = fit.draw(5, generator=torch.Generator(device).manual_seed(1))
+    assert z.device.type == device and log_q.device.type == device
+    torch.testing.assert_close(fit.loc.cpu(), mean, rtol=0, atol=1e-3)  # float32 density
 
 
 def test_result_draw_and_importance_weights() -> None:
