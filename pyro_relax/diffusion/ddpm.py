@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_relax._validation import validation_enabled
-from pyro_relax.diffusion.guard import check_finite_result
+from pyro_relax.diffusion.guard import check_finite_result, check_model_dtype, model_dtype
 from pyro_relax.surjections.base import check_event_shape, check_finite
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -149,7 +149,8 @@ class DDPM(nn.Module):
         return torch.where(i.unsqueeze(-1) == 1, beta, post)
 
     def check_input(self, x: Tensor, name: str) -> None:
-        """Check that ``x`` is finite with event shape ``(dim,)``."""
+        """Check that ``x`` is a finite tensor of the model's dtype with event shape ``(dim,)``."""
+        check_model_dtype(x, model_dtype(self.network), f"DDPM.{name}")
         check_event_shape(x, (self.dim,), f"DDPM.{name}")
         check_finite(x, f"DDPM.{name}")
 

@@ -9,10 +9,12 @@ raises a ``FloatingPointError`` naming the first bad step and its time. With
 
 from __future__ import annotations
 
-__all__ = ["StepGuard", "check_finite_result"]
+__all__ = ["StepGuard", "check_finite_result", "check_model_dtype", "model_dtype"]
+
+import itertools
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyro_relax._validation import validation_enabled
 
@@ -114,3 +116,45 @@ def check_finite_result(value: Tensor, name: str, what: str) -> Tensor:
                 f"finite network outputs: check the network and its inputs)"
             )
     return value
+
+
+def check_model_dtype(x: object, dtype: torch.dtype | None, name: str) -> None:
+    """Raise ``TypeError`` unless ``x`` is a floating tensor in the model's ``dtype``.
+
+    Arguments:
+        x: the input.
+        dtype: the dtype of the model's parameters (``None``: any floating dtype).
+        name: the entry point.
+
+    Raises:
+        TypeError: for a non-tensor, an integer, bool or complex tensor, or another float dtype.
+
+    Example:
+        >>> import torch
+        >>> check_model_dtype(torch.zeros(2), torch.float32, "f")
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name}: expected a floating-point tensor, got dtype {x.dtype} (convert with .float())"
+        )
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(
+            f"{name}: expected {dtype} input (the dtype of the model), got {x.dtype}; "
+            f"convert the input or the model with .to(dtype)"
+        )
+
+
+def model_dtype(module: nn.Module) -> torch.dtype | None:
+    """The floating dtype of a module's first floating parameter or buffer (``None`` if none).
+
+    Example:
+        >>> import torch
+        >>> model_dtype(torch.nn.Linear(2, 2).double())
+        torch.float64
+    """
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return None

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from pyro_relax._validation import validation_enabled
 from pyro_relax.diffusion.divergence import exact_divergence, hutchinson_divergence
-from pyro_relax.diffusion.guard import check_finite_result
+from pyro_relax.diffusion.guard import check_finite_result, check_model_dtype, model_dtype
 from pyro_relax.diffusion.sde import SDE, as_time, check_time
 
 _PARAMETERIZATIONS = ("noise", "score")
@@ -138,8 +138,10 @@ class ScoreProcess(nn.Module):
 
     # ---- checked public versions ----------------------------------------------------
     def check_input(self, x: Tensor, name: str) -> None:
-        """Check that ``x`` is finite with event shape ``(dim,)``."""
-        self.sde.check_input(x, self.dim, f"{type(self).__name__}.{name}")
+        """Check that ``x`` is a finite tensor of the model's dtype with event shape ``(dim,)``."""
+        label = f"{type(self).__name__}.{name}"
+        check_model_dtype(x, model_dtype(self.network), label)
+        self.sde.check_input(x, self.dim, label)
 
     def _checked(self, x: Tensor, t: Tensor | float, name: str) -> Tensor:
         self.check_input(x, name)
@@ -164,19 +166,23 @@ class ScoreProcess(nn.Module):
 
     def score(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The score ``s(x, t) ~ grad log p_t(x)``; ``t`` broadcasts to ``x.shape[:-1]``."""
-        return self._score(x, self._checked(x, t, "score"))
+        out = self._score(x, self._checked(x, t, "score"))
+        return check_finite_result(out, f"{type(self).__name__}.score", "the score")
 
     def forward_drift(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The forward drift ``f(x, t)``."""
-        return self._forward_drift(x, self._checked(x, t, "forward_drift"))
+        out = self._forward_drift(x, self._checked(x, t, "forward_drift"))
+        return check_finite_result(out, f"{type(self).__name__}.forward_drift", "the drift")
 
     def reverse_drift(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The reverse-SDE drift ``f - g^2 s`` (to be integrated backwards in time)."""
-        return self._reverse_drift(x, self._checked(x, t, "reverse_drift"))
+        out = self._reverse_drift(x, self._checked(x, t, "reverse_drift"))
+        return check_finite_result(out, f"{type(self).__name__}.reverse_drift", "the drift")
 
     def ode_drift(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The probability-flow ODE velocity ``f - g^2 s / 2``."""
-        return self._ode_drift(x, self._checked(x, t, "ode_drift"))
+        out = self._ode_drift(x, self._checked(x, t, "ode_drift"))
+        return check_finite_result(out, f"{type(self).__name__}.ode_drift", "the velocity")
 
     def prior_sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """Draw ``sample_shape + (dim,)`` from the prior at ``T``."""
