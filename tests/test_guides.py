@@ -263,8 +263,29 @@ def test_log_joint_falls_back_to_a_loop_for_unvectorizable_models(problem):
     guide = _make("flow", model)
     guide(problem.y, problem.w)
     z = torch.randn(6, 3)
-    with pytest.warns(RuntimeWarning, match="loops over the rows"):
+    with pytest.warns(RuntimeWarning, match="torch.func.vmap instead"):
         got = guide.log_joint_unconstrained(z)
+    assert guide.vectorization == "vmap"
+    torch.testing.assert_close(got, problem.exact_log_joint_unconstrained(z), rtol=1e-5, atol=1e-4)
+
+
+def test_log_joint_loops_when_vmap_fails_too(problem):
+    def model(y, w):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), PRIOR_SD_MU).to_event(1))
+        tau = pyro.sample("tau", dist.LogNormal(0.0, PRIOR_SD_LOGTAU))
+        loc = torch.stack([mu[0], mu[1]])  # breaks under a particle plate
+        if float(tau) < 0:  # data-dependent control flow: breaks under vmap
+            raise AssertionError("unreachable")
+        with pyro.plate("data", y.shape[0]):
+            pyro.sample("y", dist.Normal(loc, OBS_SD_Y).to_event(1), obs=y)
+            pyro.sample("w", dist.LogNormal(tau.log(), OBS_SD_LOGW), obs=w)
+
+    guide = _make("flow", model)
+    guide(problem.y, problem.w)
+    z = torch.randn(6, 3)
+    with pytest.warns(RuntimeWarning, match="looping over rows"):
+        got = guide.log_joint_unconstrained(z)
+    assert guide.vectorization == "loop"
     torch.testing.assert_close(got, problem.exact_log_joint_unconstrained(z), rtol=1e-5, atol=1e-4)
 
 
@@ -500,17 +521,19 @@ def test_save_load_round_trip(problem, kind, tmp_path):
     torch.testing.assert_close(lq_a, lq_b)
 
 
-def test_fit_guide_loops_over_particles_for_a_scalar_only_model():
-    """A model that breaks under a particle plate still fits (with a warning), not a crash."""
+def test_fit_guide_vmaps_particles_for_a_scalar_only_model():
+    """A model that breaks under a particle plate fits with vmap (and says so), not a loop."""
     from pyro_relax.infer.runner import fit_guide
 
     def scalar_model():
         v = pyro.sample("v", dist.Normal(0.0, 1.0))
         pyro.sample("x", dist.Normal(torch.zeros(3), torch.exp(v)).to_event(1))  # (3,) vs batch
 
-    with pytest.warns(UserWarning, match="vectorized particles"):
+    with pytest.warns(RuntimeWarning, match="does not vectorize over a particle plate"):
         fit = fit_guide(scalar_model, "flow", steps=3, num_particles=4, progress=False,
-                        guide_kwargs={"num_layers": 1, "hidden": 4})
+                        guide_kwargs={"num_layers": 1, "hidden": 4}, init="feasible")
     assert len(fit.elbo) == 3 and all(math.isfinite(e) for e in fit.elbo)
+    svi = fit.stages[-1]
+    assert svi["vectorization"] == "vmap" and svi["particles"] == 4  # one batched pass, no loop
     with pytest.raises(ValueError, match="num_particles"):
         fit_guide(scalar_model, "flow", steps=3, num_particles=0)

@@ -154,6 +154,7 @@ class FitResult:
     stages: list[dict[str, Any]] = field(default_factory=list)
     dtype: torch.dtype = torch.float64
     pathfinder: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class PathfinderGuide:
@@ -203,6 +204,7 @@ def fit_guide(
     dtype: str | torch.dtype = "float64",
     init: str = "pathfinder",
     until_converged: bool = False,
+    budget: float = 600.0,
 ) -> FitResult:
     """Fit a guide to a zero-argument model with the robust particle ELBO.
 
@@ -240,6 +242,7 @@ def fit_guide(
         init: ``"pathfinder"`` (default) or ``"feasible"`` (the model's feasible
             point with unit scale) for the flow-based guides.
         until_converged: stop once the windowed ELBO stops improving.
+        budget: seconds for ``"auto"``'s escalation (see :func:`~pyro_relax.infer.auto.fit_auto`).
 
     Raises:
         ValueError: for bad options, a discrete or missing latent site, or when
@@ -268,8 +271,9 @@ def fit_guide(
     if guide == "auto":
         from pyro_relax.infer.auto import fit_auto
 
+        check_continuous_model(model)
         return fit_auto(model, seed=seed, progress=progress, dtype=run_dtype, lr=lr,
-                        num_particles=num_particles, max_steps=steps)
+                        num_particles=num_particles, max_steps=steps, budget=budget)
     check_continuous_model(model)
     with default_dtype(run_dtype):
         return _fit(model, guide, steps, lr, seed, num_particles, progress,
