@@ -139,7 +139,8 @@ def fit_auto(
     method, best = "flow", fit
     if khat > 0.7:
         levels = 10
-        while levels <= max_levels and time.perf_counter() - t0 < budget:
+        # the first annealing stage always runs; doubling goes on while the budget lasts
+        while levels <= max_levels and (levels == 10 or time.perf_counter() - t0 < budget):
             torch.manual_seed(seed)
             start = time.perf_counter()
             ais = _with_annealing(fit, levels, "fit_auto")
