@@ -47,7 +47,7 @@ class DDPMSchedule(nn.Module):
         cosine_s: float = 0.008,
     ) -> None:
         super().__init__()
-        if not isinstance(num_steps, int) or num_steps < 1:
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"DDPMSchedule: expected num_steps >= 1, got {num_steps!r}")
         n = num_steps
         if kind == "linear":

@@ -14,6 +14,7 @@ from torch import Tensor
 from pyro_relax.diffusion.ddpm import DDPM
 from pyro_relax.diffusion.ddpm_samplers import ddim, ddpm_ancestral
 from pyro_relax.diffusion.diffflow import DiffFlow
+from pyro_relax.diffusion.guard import check_model_dtype, model_dtype
 from pyro_relax.diffusion.likelihood import ode_log_prob
 from pyro_relax.diffusion.samplers import (
     euler_maruyama,
@@ -21,6 +22,7 @@ from pyro_relax.diffusion.samplers import (
     probability_flow,
 )
 from pyro_relax.diffusion.score_model import ScoreModel, ScoreProcess
+from pyro_relax.surjections.base import check_finite
 
 _SDE_SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "em": euler_maruyama,
@@ -132,11 +134,19 @@ class DiffusionDistribution(TorchDistribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``log p(value)`` by the ODE, or its variational bound (shape ``value.shape[:-1]``)."""
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"DiffusionDistribution.log_prob: expected a tensor, got {type(value).__name__}"
+            )
         if value.dim() < 1 or value.shape[-1] != self.model.dim:
             raise ValueError(
                 f"DiffusionDistribution.log_prob: expected event shape ({self.model.dim},), "
                 f"got {tuple(value.shape[-1:])}"
             )
+        name = "DiffusionDistribution.log_prob"
+        net = self.model.network
+        check_model_dtype(value, model_dtype(net), name)
+        check_finite(value, name)
         if self.log_prob_method == "ode":
             assert isinstance(self.model, ScoreProcess)
             return ode_log_prob(self.model, value, **self.log_prob_kwargs)

@@ -146,7 +146,7 @@ class ScoreProcess(nn.Module):
     def _checked(self, x: Tensor, t: Tensor | float, name: str) -> Tensor:
         self.check_input(x, name)
         label = f"{type(self).__name__}.{name}"
-        t = as_time(t, x)
+        t = as_time(t, x, label)
         check_time(t, 0.0, self.sde.T, label)
         if (
             self.parameterization == "noise"

@@ -14,14 +14,19 @@ from pyro_relax._validation import validation_enabled
 from pyro_relax.surjections.base import check_event_shape, check_finite
 
 
-def as_time(t: Tensor | float, like: Tensor | None) -> Tensor:
-    """``t`` as a tensor on the device and with the dtype of ``like`` (if given)."""
+def as_time(t: Tensor | float, like: Tensor | None, name: str = "as_time") -> Tensor:
+    """``t`` as a tensor on the device and with the dtype of ``like`` (if given).
+
+    ``name`` is the entry point named in the ``TypeError`` for a time of another type.
+    """
     if isinstance(t, Tensor):
+        if t.is_complex():
+            raise TypeError(f"{name}: expected a real time, got dtype {t.dtype}")
         if like is None:
             return t if t.is_floating_point() else t.to(torch.get_default_dtype())
         return t.to(device=like.device, dtype=like.dtype)
     if isinstance(t, bool) or not isinstance(t, int | float):
-        raise TypeError(f"expected a time as float or Tensor, got {type(t).__name__}")
+        raise TypeError(f"{name}: expected a time as float or Tensor, got {type(t).__name__}")
     if like is None:
         return torch.as_tensor(float(t), dtype=torch.get_default_dtype())
     return torch.as_tensor(float(t), device=like.device, dtype=like.dtype)
@@ -84,8 +89,9 @@ class SDE(ABC):
         return torch.ones_like(t)
 
     def _time(self, t: Tensor | float, like: Tensor | None, name: str) -> Tensor:
-        t = as_time(t, like)
-        check_time(t, 0.0, self.T, f"{type(self).__name__}.{name}")
+        label = f"{type(self).__name__}.{name}"
+        t = as_time(t, like, label)
+        check_time(t, 0.0, self.T, label)
         return t
 
     def drift(self, x: Tensor, t: Tensor | float) -> Tensor:
@@ -100,7 +106,13 @@ class SDE(ABC):
 
     def marginal(self, x0: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation of ``x_t`` given ``x_0`` (std has shape of ``t``)."""
-        check_finite(x0, f"{type(self).__name__}.marginal")
+        name = f"{type(self).__name__}.marginal"
+        if not isinstance(x0, Tensor) or not x0.is_floating_point():
+            got = x0.dtype if isinstance(x0, Tensor) else type(x0).__name__
+            raise TypeError(f"{name}: expected a floating-point tensor, got {got}")
+        if x0.dim() < 1:
+            raise ValueError(f"{name}: expected x0 of shape batch + (dim,), got a scalar")
+        check_finite(x0, name)
         t = self._time(t, x0, "marginal")
         a, s = self.marginal_coefs(t)
         return a.unsqueeze(-1) * x0, s
