@@ -384,7 +384,10 @@ class AnnealedBlock(RelaxedLayer):
             raise ValueError(f"{owner}: expected an int n_steps >= 1, got {n_steps!r}")
         if isinstance(event_dim, bool) or not isinstance(event_dim, int) or event_dim < 1:
             raise ValueError(f"{owner}: expected an int event_dim >= 1, got {event_dim!r}")
-        self.density = AnnealedDensity(target, base, lam, learn_lam, event_dim)
+        try:
+            self.density = AnnealedDensity(target, base, lam, learn_lam, event_dim)
+        except (ValueError, TypeError) as err:  # name the block the user made
+            raise type(err)(f"{owner}: {err}") from None
         self.n_steps = n_steps
         self.event_dim = event_dim
         self.name: str | None = None

@@ -89,9 +89,18 @@ class PulledBackDensity(nn.Module):
     def push(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """``(f(u), log|det f'(u)|)``."""
         log_det = u.new_zeros(u.shape[:-1])
-        for layer in self.layers:
-            u, s = layer._decode(u, None)
-            log_det = log_det + s
+        if log_det.numel() == 0:  # an empty batch: nothing to map (some transforms cannot)
+            return u, log_det
+        shape = tuple(u.shape)
+        try:
+            for layer in self.layers:
+                u, s = layer._decode(u, None)
+                log_det = log_det + s
+        except (RuntimeError, IndexError) as err:  # torch's shape errors, with our name
+            raise ValueError(
+                f"PulledBackDensity: cannot map u of shape {shape} through the layers "
+                f"(is the event shape the one they were built for?): {err}"
+            ) from err
         return u, log_det
 
     def forward(self, u: Tensor) -> Tensor:
