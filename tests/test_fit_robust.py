@@ -173,3 +173,19 @@ def test_no_finite_point_is_a_clear_error():
 
     with pytest.raises(ValueError, match="no finite point"):
         fit_guide(model, "flow", steps=2, progress=False)
+
+
+def test_mala_is_preconditioned_by_pathfinder():
+    from pyro_relax.infer.runner import _pathfinder_preconditioner, run_mcmc
+
+    loc, var = _pathfinder_preconditioner(badly_scaled_gaussian, 0)
+    # a Gaussian posterior: Pathfinder's (exact-Hessian) Gaussian is the posterior itself
+    np.testing.assert_allclose(loc["x"].double().numpy(), MEAN, atol=1e-3)
+    np.testing.assert_allclose(var["x"].double().numpy(), np.diag(COV), rtol=1e-3)
+    res = run_mcmc(badly_scaled_gaussian, "mala", num_samples=200, warmup_steps=100,
+                   progress=False)
+    x = res.samples["x"][0].double().numpy()
+    # started at the mean with the right scales, the chain stays in the bulk: every
+    # coordinate's chain mean is within 3 posterior sds (measured: unpreconditioned MALA
+    # from a uniform start, same budget, is 6 to 38 sds away)
+    assert np.all(np.abs(x.mean(0) - MEAN) < 3 * np.sqrt(np.diag(COV)))

@@ -399,6 +399,20 @@ def guide_draws(
     return samples, log_w.to(torch.float64)
 
 
+def _pathfinder_preconditioner(
+    model: Callable[[], Any], seed: int
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Pathfinder's mean and marginal variances per site, in the unconstrained space."""
+    pf = run_pathfinder(model, seed, torch.float64)
+    layout = AutoDiagonalNormal(model)
+    layout()
+    dtype = torch.get_default_dtype()
+    var = pf.scale_tril.square().sum(-1)
+    loc = {site["name"]: u.detach() for site, u in layout._unpack_latent(pf.loc.to(dtype))}
+    scale = {site["name"]: u.detach() for site, u in layout._unpack_latent(var.to(dtype))}
+    return loc, scale
+
+
 @dataclass
 class McmcResult:
     """What :func:`run_mcmc` returns."""
@@ -467,7 +481,9 @@ def run_mcmc(
     if kernel == "nuts":
         k = NUTS(model)
     elif kernel == "mala":
-        k = MALA(model)
+        loc, var = _pathfinder_preconditioner(model, seed)
+        k = MALA(model, init_inverse_mass=var)
+        k.initial_params = loc
     elif kernel in ("flow-imh", "ais-imh"):
         k = FlowIMH(fit.guide, model)
     else:

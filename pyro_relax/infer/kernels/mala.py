@@ -75,6 +75,8 @@ class MALA(MCMCKernel):
         max_plate_nesting: passed to ``initialize_model``.
         min_step_size: lower bound of the step-size search.
         max_step_size: upper bound of the step-size search.
+        init_inverse_mass: an initial diagonal inverse mass matrix per site (unconstrained
+            shapes), e.g. the variances of a Pathfinder fit; adaptation starts from it.
 
     References:
         Roberts and Tweedie. Exponential convergence of Langevin distributions
@@ -107,6 +109,7 @@ class MALA(MCMCKernel):
         max_plate_nesting: int | None = None,
         min_step_size: float = 1e-10,
         max_step_size: float = 1e10,
+        init_inverse_mass: dict[str, Tensor] | None = None,
     ) -> None:
         if (model is None) == (potential_fn is None):
             raise ValueError(
@@ -138,6 +141,16 @@ class MALA(MCMCKernel):
             target_accept_prob=target_accept_prob,
             dense_mass=False,
         )
+        if init_inverse_mass is not None:
+            if not isinstance(init_inverse_mass, dict) or not all(
+                isinstance(v, Tensor) and bool((v > 0).all()) and bool(torch.isfinite(v).all())
+                for v in init_inverse_mass.values()
+            ):
+                raise ValueError(
+                    "MALA: expected init_inverse_mass as a dict of site name -> positive finite "
+                    f"tensor (a diagonal), got {type(init_inverse_mass).__name__}"
+                )
+        self._init_inverse_mass = init_inverse_mass
         self._initial_params: dict[str, Tensor] | None = None
         self._reset()
 
@@ -260,6 +273,12 @@ class MALA(MCMCKernel):
             find_reasonable_step_size_fn=self._find_reasonable_step_size,
             options={"dtype": z.dtype, "device": z.device},
         )
+        if self._init_inverse_mass is not None:  # e.g. Pathfinder's variances: a preconditioner
+            missing = set(self._names) - set(self._init_inverse_mass)
+            if missing:
+                raise ValueError(f"MALA: init_inverse_mass lacks the sites {sorted(missing)}")
+            diag = flatten_params(self._init_inverse_mass, self._names).to(z)
+            self._adapter.mass_matrix_adapter.inverse_mass_matrix = {self._names: diag}
         if self._adapter.adapt_step_size:
             self._adapter.reset_step_size_adaptation(self._unflatten(z))
 
