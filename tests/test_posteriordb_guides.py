@@ -18,9 +18,11 @@ Tolerance, in units of the reference standard deviation ``sd`` of each parameter
 
 Cases where a guide does not reach this tolerance are ``xfail(strict=True)`` with
 the measured errors in the reason (strict: the test fails if they start passing).
-The default (not slow) run covers two posteriors with short fits: the non-centered
+The default (not slow) run covers three posteriors with short fits: the non-centered
 eight schools with the flow and SNF guides, the centered one (a funnel) with the
-flow plus annealed importance sampling; the full matrix is ``@pytest.mark.slow``.
+flow plus annealed importance sampling, and kilpisjarvi with ``guide="auto"``; the
+full matrix (every posterior, and ``auto`` on two seeds at the goal's tighter
+tolerance) is ``@pytest.mark.slow``.
 """
 
 from __future__ import annotations
@@ -115,16 +117,19 @@ def moment_errors(
     return out, float(khat)
 
 
-def check_guide(guide: str, short: str, steps: int, lr: float) -> None:
+def check_guide(
+    guide: str, short: str, steps: int, lr: float, seed: int = 0,
+    mean_tol: float = MEAN_TOL, sd_tol: float = SD_TOL,
+) -> None:
     module = load_model(short)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     fit = fit_guide(
-        module.model, guide, steps=steps, lr=lr, seed=0, progress=False,
-        guide_kwargs=GUIDE_KWARGS[guide],
+        module.model, guide, steps=steps, lr=lr, seed=seed, progress=False,
+        guide_kwargs=GUIDE_KWARGS.get(guide),
     )
     errors, khat = moment_errors(fit, module, reference_moments(module.NAME))
     bad = {k: (round(m, 3), round(s, 3)) for k, (m, s) in errors.items()
-           if not (abs(m) < MEAN_TOL and abs(s) < SD_TOL)}
+           if not (abs(m) < mean_tol and abs(s) < sd_tol)}
     assert not bad, f"{guide} on {short} (k-hat {khat:.2f}): (mean err, sd err) {bad}"
 
 
@@ -142,6 +147,32 @@ def _case(guide: str, short: str) -> Any:
 )
 def test_guide_matches_reference_fast(guide: str, short: str) -> None:
     check_guide(guide, short, *FAST_FIT[guide])
+
+
+# guide="auto" is held to the issue's goal: 0.2 reference sd on means, 20% on sds. Its
+# Monte Carlo part is as above with ESS >= ~1000 (k-hat < 0.7 on 4000 draws): se <= 0.03
+# sd on means, 0.02 on the sd ratio, four of them ~0.13 and ~0.09; the rest is the fit.
+AUTO_TOL = 0.2
+AUTO_STEPS = 3000  # the most; auto stops when the windowed ELBO stalls
+XFAIL_AUTO: dict[str, str] = {}
+
+
+def test_auto_matches_reference_fast() -> None:
+    """The third posterior of the default run: kilpisjarvi (corr(alpha, beta) = -0.99999)."""
+    check_guide("auto", "kilpisjarvi", AUTO_STEPS, 0.01, mean_tol=AUTO_TOL, sd_tol=AUTO_TOL)
+
+
+def _auto_case(short: str, seed: int) -> Any:
+    marks = [pytest.mark.slow]
+    if short in XFAIL_AUTO:
+        marks.append(pytest.mark.xfail(strict=True, reason=XFAIL_AUTO[short]))
+    return pytest.param(short, seed, marks=marks, id=f"auto-{short}-seed{seed}")
+
+
+@pytest.mark.parametrize(("short", "seed"), [_auto_case(s, sd) for s in sorted(MODELS)
+                                             for sd in (0, 1)])
+def test_auto_matches_reference(short: str, seed: int) -> None:
+    check_guide("auto", short, AUTO_STEPS, 0.01, seed=seed, mean_tol=AUTO_TOL, sd_tol=AUTO_TOL)
 
 
 @pytest.mark.parametrize(
