@@ -1,5 +1,7 @@
 """FlowDistribution and Flow: agreement with Pyro, plates, shapes, errors."""
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -172,3 +174,15 @@ def test_int_shape_and_empty_layer_list():
         Flow("2", [])
     with pytest.raises(ValueError, match="Flow.sample: expected a sample shape"):
         flow.sample((-1,))
+
+
+def test_layer_with_smaller_event_dim_sums_over_the_rest():
+    # Found by the slow fuzz run: a vector layer in a flow over (3, 2) events gave a
+    # log_prob of shape (4, 3) broadcast against (4,) instead of one value per event.
+    flow = Flow((3, 2), [AbsSurjection()])
+    x = torch.ones(4, 3, 2)
+    expected = dist.Normal(0.0, 1.0).log_prob(x).sum((-1, -2)) - 6 * math.log(2.0)
+    torch.testing.assert_close(flow.log_prob(x), expected)
+    assert flow().rsample_and_log_q(torch.Size((5,)))[1].shape == (5,)
+    with pytest.raises(ValueError, match="FlowDistribution: SortSurjection has event_dim 2"):
+        Flow((3,), [SortSurjection(event_dim=2)])()

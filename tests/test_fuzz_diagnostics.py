@@ -92,7 +92,7 @@ FUNCTIONS = {
     "importance_ess_fraction": (importance_ess_fraction, None),
     "psis_khat": (psis_khat, _khat_not_nan),
     "log_Z_from_log_weights": (log_Z_from_log_weights, _log_z_check),
-    "weighted_report": (weighted_report, None),
+    "weighted_report": (weighted_report, lambda out: _khat_not_nan((np.zeros(1), out["khat"]))),
     "psis_expectation": (lambda lw: psis_expectation(np.ones(np.shape(lw)), lw), None),
 }
 

@@ -20,6 +20,7 @@ from pyro_relax.surjections.base import (
     check_event_shape,
     check_finite,
     floating_input,
+    sum_event,
 )
 
 
@@ -100,11 +101,18 @@ class FlowDistribution(TorchDistribution):
         self.base = base
         self.layers = [as_layer(layer) for layer in _check_layers(layers, "FlowDistribution")]
         shape = base.event_shape
+        self._data_ranks: list[int] = []  # event rank on the data side of each layer
         for layer in self.layers:
             out = layer.data_shape(shape)
             if isinstance(layer, TransformLayer) and not layer._conditional:
                 # event_dim counts data-side dimensions (those of the transform's output)
                 layer.event_dim = max(len(out), layer.wrapped.codomain.event_dim)
+            elif layer.event_dim > len(out):
+                raise ValueError(
+                    f"FlowDistribution: {type(layer).__name__} has event_dim {layer.event_dim}, "
+                    f"more than the rank of the flow's event shape {tuple(out)} at that layer"
+                )
+            self._data_ranks.append(len(out))
             shape = out
         batch_shape = base.batch_shape
         if context is not None:
@@ -157,6 +165,11 @@ class FlowDistribution(TorchDistribution):
                 return dtype
         return None
 
+    @staticmethod
+    def _per_event(v: Tensor, x: Tensor, rank: int) -> Tensor:
+        """Sum a contribution over the event dims a layer with a smaller event_dim left."""
+        return sum_event(v, v.dim() - (x.dim() - rank))
+
     def _base_log_prob(self, z: Tensor) -> Tensor:
         """``base.log_prob(z)``, also for an empty batch (Pyro's ``Independent`` fails there)."""
         if z.numel() == 0:
@@ -183,9 +196,9 @@ class FlowDistribution(TorchDistribution):
         z = base.rsample(sample_shape) if base.has_rsample else base.sample(sample_shape)
         log_q = self._base_log_prob(z)
         with validation(False):
-            for layer in self.layers:
+            for layer, rank in zip(self.layers, self._data_ranks, strict=True):
                 z, s = layer.decode(z, self._ctx(layer))
-                log_q = log_q - s
+                log_q = log_q - self._per_event(s, z, rank)
         return z, log_q
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
@@ -237,9 +250,10 @@ class FlowDistribution(TorchDistribution):
         z = value
         total = value.new_zeros(())
         with validation(False):
-            for layer in reversed(self.layers):
+            for layer, rank in zip(reversed(self.layers), reversed(self._data_ranks), strict=True):
+                x = z
                 z, v = layer.encode(z, self._ctx(layer))
-                total = total + v
+                total = total + self._per_event(v, x, rank)
         return self._check_result(
             self._base_log_prob(z) + total, value, "FlowDistribution.log_prob"
         )
