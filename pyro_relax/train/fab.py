@@ -1,0 +1,476 @@
+r"""FAB: flow annealed importance sampling bootstrap (Midgley et al., ICLR 2023).
+
+FAB trains a flow ``q`` on the alpha = 2 divergence ``D_2(p || q) ~ int p^2 / q``,
+whose gradient ``-E_{p^2/q}[grad log q]`` is estimated with annealed importance
+sampling from ``q`` towards ``p^2 / q`` (its minimum-variance proposal); see
+:mod:`pyro_relax.train.ais`. Two losses:
+
+* without a buffer, each AIS batch gives ``-sum_i softmax(log w)_i log q(x_i)``;
+* with the prioritized buffer (:class:`~pyro_relax.train.buffer.PrioritizedBuffer`),
+  AIS batches are stored, and each step draws a batch in proportion to the stored
+  weights and minimizes ``-mean(r_i log q(x_i))`` with
+  ``r_i = min(q_old(x_i) / q(x_i), r_max)``, the correction for the change of
+  ``q`` since the weights were last updated; the stored weights are then corrected
+  by the same ratio.
+
+The trained flow is evaluated by AIS towards ``p`` itself
+(:meth:`FABTrainer.annealed_sampler`), which is a
+:class:`~pyro_relax.stochastic.snf.StochasticNormalizingFlow` of the package,
+so the ESS and ``log Z`` it reports are the unbiased ones.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FABTrainer", "fab_loss"]
+
+import math
+import numbers
+import os
+import tempfile
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from pyro_relax.distributions.flow import Flow
+from pyro_relax.stochastic.pullback import annealed_hmc_levels
+from pyro_relax.stochastic.snf import StochasticNormalizingFlow
+from pyro_relax.train.ais import KERNELS, CountingDensity, LatentAIS
+from pyro_relax.train.buffer import PrioritizedBuffer
+
+
+def fab_loss(log_q: Tensor, log_w: Tensor) -> Tensor:
+    """``-sum_i softmax(log w)_i log q(x_i)``: FAB's loss without a buffer (NaN entries dropped).
+
+    Arguments:
+        log_q: ``log q(x_i)`` under the current flow (differentiable), ``(n,)``.
+        log_w: AIS log weights towards ``p^2 / q`` (no gradient), ``(n,)``.
+
+    Returns:
+        A 0-dim loss.
+
+    Raises:
+        ValueError: if the shapes differ or no entry has a finite weight.
+
+    Example:
+        >>> import torch
+        >>> float(fab_loss(torch.tensor([-1.0, -3.0]), torch.tensor([0.0, 0.0])))
+        2.0
+    """
+    if not isinstance(log_q, Tensor) or not isinstance(log_w, Tensor) or log_q.shape != log_w.shape:
+        raise ValueError("fab_loss: expected log_q and log_w tensors of the same shape (n,)")
+    keep = torch.isfinite(log_w) & torch.isfinite(log_q)
+    if not bool(keep.any()):
+        raise ValueError("fab_loss: expected at least one finite weight and log q, got none")
+    p = torch.softmax(log_w.detach()[keep], 0)
+    return -(p * log_q[keep]).sum()
+
+
+def _count(value: object, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"FABTrainer: expected an int {name}, got {type(value).__name__}")
+    if int(value) < minimum:
+        raise ValueError(f"FABTrainer: expected {name} >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _real(value: object, name: str, low: float, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"FABTrainer: expected a float {name}, got {type(value).__name__}")
+    if not low < float(value) < high:
+        raise ValueError(f"FABTrainer: expected {name} in ({low}, {high}), got {value!r}")
+    return float(value)
+
+
+def check_exact_flow(flow: object, owner: str) -> int:
+    """The size of an exact bijective flow with a standard-normal vector base; else raise."""
+    if not isinstance(flow, Flow):
+        raise TypeError(f"{owner}: expected a pyro_relax Flow (or SNF), got {type(flow).__name__}")
+    if flow._base is not None or len(flow.base_shape) != 1:
+        raise ValueError(
+            f"{owner}: expected a flow with the default standard-normal base on a vector, got "
+            f"base {type(flow._base).__name__} of shape {tuple(flow.base_shape)}"
+        )
+    for i, layer in enumerate(flow.layers):
+        if not (layer.bijective and layer.exact):
+            raise ValueError(
+                f"{owner}: FAB needs the exact log q of the flow: expected exact bijective "
+                f"layers, got {type(layer).__name__} at position {i} (train the bijective part "
+                f"and add stochastic blocks afterwards: see FABTrainer.annealed_sampler)"
+            )
+    return int(flow.base_shape[0])
+
+
+class FABTrainer:
+    """Train an exact flow by FAB against an unnormalized log density; seeded and resumable.
+
+    Each iteration runs ``batch_size`` AIS chains from the flow towards ``p^2/q``
+    (``levels`` blocks of HMC or Metropolis in the flow's latent space, step
+    sizes adapted towards ``target_accept``), then makes ``updates_per_ais``
+    Adam steps on the buffer loss (or one step on the batch without a buffer).
+    Chains whose target went NaN or inf are dropped and counted
+    (``history["rejected"]``); a step whose loss is not finite is skipped and
+    counted (:attr:`skipped_steps`), never applied. With a ``checkpoint`` path the
+    flow, optimizer, step sizes, buffer, RNG state, counters, history and the
+    configuration (:attr:`config`) are saved every ``checkpoint_every``
+    iterations and at the end; a new trainer with the same path resumes exactly
+    (same seed and device). The file is read with ``weights_only=True``; a
+    different configuration is refused with a ``ValueError`` listing it.
+
+    Arguments:
+        flow: a :class:`~pyro_relax.distributions.Flow` (or an SNF) of exact bijections.
+        target: the unnormalized target log density (a Target, module, distribution
+            or callable mapping ``batch + (dim,)`` to ``batch``).
+        steps: AIS iterations.
+        batch_size: AIS chains per iteration (and buffer draws per update).
+        levels: annealing blocks (``levels - 1`` intermediate distributions).
+        kernel: ``"hmc"`` or ``"metropolis"``.
+        n_leapfrog: leapfrog steps per HMC step.
+        step_size: initial step size of the blocks.
+        target_accept: acceptance rate the step sizes are adapted towards.
+        buffer: use the prioritized replay buffer.
+        buffer_size: buffer capacity (default ``100 * batch_size``).
+        min_buffer_size: AIS samples gathered before the first step (default ``10 * batch_size``).
+        updates_per_ais: optimizer steps per AIS batch with the buffer.
+        max_weight_ratio: clip of the ``q_old / q`` correction in the buffer loss.
+        alpha: the divergence's alpha; only 2 is supported.
+        lr: Adam's learning rate (cosine decay over the run).
+        clip_grad: gradient-norm clip (``None``: none).
+        seed: torch seed of the run.
+        checkpoint: checkpoint file (``None``: none).
+        checkpoint_every: iterations between checkpoints.
+        progress: show a progress bar.
+
+    Raises:
+        ValueError: for a bad option (alpha other than 2, a negative buffer size, ...)
+            or a checkpoint that cannot be read or was saved with another configuration.
+
+    References:
+        Midgley, Stimper, Simm, Schoelkopf and Hernandez-Lobato. Flow Annealed
+        Importance Sampling Bootstrap. ICLR 2023 (arXiv 2208.01893).
+
+    Example:
+        >>> import torch, pyro.distributions.transforms as T
+        >>> flow = Flow((2,), [T.affine_coupling(2, hidden_dims=[8])])
+        >>> target = lambda x: -0.5 * (x - 1.0).square().sum(-1)
+        >>> trainer = FABTrainer(flow, target, steps=2, batch_size=16, progress=False)
+        >>> len(trainer.run()["loss"])
+        2
+    """
+
+    def __init__(
+        self,
+        flow: Flow,
+        target: object,
+        steps: int,
+        batch_size: int = 128,
+        levels: int = 2,
+        kernel: str = "hmc",
+        n_leapfrog: int = 5,
+        step_size: float = 0.5,
+        target_accept: float = 0.65,
+        buffer: bool = True,
+        buffer_size: int | None = None,
+        min_buffer_size: int | None = None,
+        updates_per_ais: int = 4,
+        max_weight_ratio: float = 10.0,
+        alpha: float = 2.0,
+        lr: float = 3e-4,
+        clip_grad: float | None = 100.0,
+        seed: int = 0,
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: int = 100,
+        progress: bool = True,
+    ) -> None:
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or float(alpha) != 2.0:
+            raise ValueError(
+                f"FABTrainer: only alpha=2 is supported (the alpha-2 divergence, AIS towards "
+                f"p^2/q, as in the FAB paper), got alpha={alpha!r}"
+            )
+        self.dim = check_exact_flow(flow, "FABTrainer")
+        self.flow = flow
+        self.target = CountingDensity(target)
+        self.steps = _count(steps, "steps")
+        self.batch_size = _count(batch_size, "batch_size")
+        self.levels = _count(levels, "levels")
+        if kernel not in KERNELS:
+            raise ValueError(f"FABTrainer: expected kernel in {KERNELS}, got {kernel!r}")
+        self.kernel = kernel
+        self.n_leapfrog = _count(n_leapfrog, "n_leapfrog")
+        self.step_size = _real(step_size, "step_size", 0.0)
+        self.target_accept = _real(target_accept, "target_accept", 0.0, 1.0)
+        if not isinstance(buffer, bool):
+            raise TypeError(f"FABTrainer: expected a bool buffer, got {type(buffer).__name__}")
+        self.use_buffer = buffer
+        size = 100 * self.batch_size if buffer_size is None else buffer_size
+        low = 10 * self.batch_size if min_buffer_size is None else min_buffer_size
+        self.buffer_size = _count(size, "buffer_size", self.batch_size)
+        self.min_buffer_size = _count(low, "min_buffer_size", self.batch_size)
+        self.min_buffer_size = min(self.min_buffer_size, self.buffer_size)
+        self.updates_per_ais = _count(updates_per_ais, "updates_per_ais")
+        self.max_weight_ratio = _real(max_weight_ratio, "max_weight_ratio", 0.0)
+        self.lr = _real(lr, "lr", 0.0)
+        self.clip_grad = None if clip_grad is None else _real(clip_grad, "clip_grad", 0.0)
+        self.seed = _count(seed, "seed", 0)
+        self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        self.checkpoint_every = _count(checkpoint_every, "checkpoint_every")
+        self.progress = bool(progress)
+        params = [p for p in flow.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("FABTrainer: the flow has no trainable parameters")
+        like = {"device": params[0].device, "dtype": params[0].dtype}
+        self.ais = LatentAIS(
+            list(flow.layers), self.target, self.dim, self.levels, kernel, n_leapfrog, step_size
+        ).to(**like)
+        self.buffer = PrioritizedBuffer(
+            self.dim, self.buffer_size, self.min_buffer_size, like["device"], like["dtype"]
+        )
+        self.optimizer = torch.optim.Adam(params, lr=self.lr)
+        total = self.steps * (self.updates_per_ais if buffer else 1)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, total)
+        self.step = 0
+        self.skipped_steps = 0
+        self.history: dict[str, list[float]] = {"loss": [], "ess_ais": [], "rejected": []}
+        self._rng: Tensor | None = None
+        if self.checkpoint is not None and os.path.exists(self.checkpoint):
+            self.load_state_dict(_read(self.checkpoint), source=self.checkpoint)
+
+    @property
+    def target_evals(self) -> int:
+        """Target log-density evaluations so far (points), AIS and buffer filling included."""
+        return self.target.count
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The options that shape the run, saved with each checkpoint and compared on resume."""
+        keys = (
+            "steps", "batch_size", "levels", "kernel", "n_leapfrog", "step_size",
+            "target_accept", "use_buffer", "buffer_size", "min_buffer_size", "updates_per_ais",
+            "max_weight_ratio", "lr", "clip_grad", "seed",
+        )  # fmt: skip
+        return {k: getattr(self, k) for k in keys}
+
+    # -- one iteration --------------------------------------------------------------
+    def _ais_batch(self) -> tuple[Tensor, Tensor, Tensor, int]:
+        self.flow.eval()
+        x, log_w, log_q = self.ais(self.batch_size)
+        self.ais.adapt(self.target_accept, 0.1)
+        bad = torch.isnan(log_w)
+        n_bad = int(bad.sum())
+        keep = ~bad
+        return x[keep], log_w[keep], log_q[keep], n_bad
+
+    def _apply(self, loss: Tensor) -> float:
+        """One optimizer step if the loss is finite; return its value (NaN if skipped)."""
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            self.skipped_steps += 1
+            self.scheduler.step()
+            return math.nan
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.clip_grad)
+        grads_ok = all(
+            p.grad is None or bool(torch.isfinite(p.grad).all())
+            for p in self.optimizer.param_groups[0]["params"]
+        )
+        if not grads_ok:
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        return value if grads_ok else math.nan
+
+    def _fill_buffer(self) -> None:
+        rounds = 0
+        while not self.buffer.ready:
+            x, log_w, log_q, _ = self._ais_batch()
+            self.buffer.add(x, log_w, log_q)
+            rounds += 1
+            if rounds > 100 * max(1, self.min_buffer_size // self.batch_size):
+                raise ValueError(
+                    f"FABTrainer: could not fill the buffer to {self.min_buffer_size} finite "
+                    f"AIS samples (holds {len(self.buffer)}); the target is NaN or inf almost "
+                    f"everywhere the flow samples"
+                )
+
+    def _buffer_update(self) -> float:
+        n = min(self.batch_size, int((self.buffer.probabilities() > 0).sum()))
+        x, _, log_q_old, idx = self.buffer.sample(n)
+        self.flow.train()
+        log_q = self.flow.log_prob(x)
+        finite = torch.isfinite(log_q.detach())
+        ratio = torch.exp(log_q_old - log_q.detach()).clamp(max=self.max_weight_ratio)
+        ratio = torch.where(finite, ratio, torch.zeros_like(ratio))
+        safe = torch.where(finite, log_q, torch.zeros_like(log_q))
+        value = self._apply(-(ratio * safe).sum() / finite.sum().clamp(min=1))
+        self.buffer.adjust(idx, log_q.detach())
+        return value
+
+    def _iteration(self) -> None:
+        x, log_w, log_q, n_bad = self._ais_batch()
+        ess = _relative_ess(log_w, self.batch_size)
+        if self.use_buffer:
+            self.buffer.add(x, log_w, log_q)
+            values = [self._buffer_update() for _ in range(self.updates_per_ais)]
+            finite = [v for v in values if math.isfinite(v)]
+            loss = sum(finite) / len(finite) if finite else math.nan
+        elif x.shape[0] == 0 or not bool(torch.isfinite(log_w).any()):
+            self.skipped_steps += 1
+            self.scheduler.step()
+            loss = math.nan
+        else:
+            self.flow.train()
+            loss = self._apply(fab_loss(self.flow.log_prob(x), log_w))
+        self.history["loss"].append(loss)
+        self.history["ess_ais"].append(ess)
+        self.history["rejected"].append(float(n_bad))
+
+    def run(self, until: int | None = None) -> dict[str, list[float]]:
+        """Train up to iteration ``until`` (default: ``steps``); return the history.
+
+        The history holds per iteration ``loss`` (NaN when the step was skipped),
+        ``ess_ais`` (the relative ESS of the AIS batch towards ``p^2/q``) and
+        ``rejected`` (AIS chains dropped for a non-finite target).
+        """
+        stop = self.steps if until is None else _count(until, "until")
+        if stop > self.steps:
+            raise ValueError(f"FABTrainer.run: expected until <= steps={self.steps}, got {until}")
+        if self.step == 0 and self._rng is None:
+            torch.manual_seed(self.seed)
+        elif self._rng is not None:
+            torch.set_rng_state(self._rng)
+            self._rng = None
+        if self.use_buffer:
+            self._fill_buffer()
+        bar = tqdm(
+            total=self.steps, initial=self.step, disable=not self.progress, desc="fab", leave=False
+        )
+        try:
+            while self.step < stop:
+                self._iteration()
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{self.history['loss'][-1]:.3f}", refresh=False)
+                if self.step % self.checkpoint_every == 0 or self.step == stop:
+                    self.save()
+        finally:
+            bar.close()
+        return self.history
+
+    # -- evaluation -------------------------------------------------------------------
+    def annealed_sampler(
+        self, levels: int | None = None, n_leapfrog: int | None = None, step_size: float = 0.3
+    ) -> StochasticNormalizingFlow:
+        """The flow with annealed HMC blocks towards ``p`` in its latent space (an SNF).
+
+        Its :meth:`~pyro_relax.stochastic.snf.StochasticNormalizingFlow.sample_with_log_weights`
+        gives unbiased weights for ``p``; tune its step sizes with
+        :func:`~pyro_relax.stochastic.pullback.tune_step_sizes` first. The target
+        it holds counts its evaluations into :attr:`target_evals`.
+        """
+        levels = self.levels if levels is None else _count(levels, "levels")
+        leap = self.n_leapfrog if n_leapfrog is None else _count(n_leapfrog, "n_leapfrog")
+        pulled = self.ais.pulled
+        blocks = annealed_hmc_levels(pulled, levels, leap, step_size)
+        snf = StochasticNormalizingFlow((self.dim,), [*blocks, *self.flow.layers], self.target)
+        return snf.to(self.ais.blocks[0].log_step_size.device)
+
+    # -- state ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (tensors, ints, floats, dicts, lists)."""
+        return {
+            "config": self.config,
+            "model": self.flow.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step_sizes": self.ais.step_sizes().cpu(),
+            "buffer": self.buffer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "step": self.step,
+            "skipped_steps": self.skipped_steps,
+            "target_evals": self.target.count,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "the state dict") -> None:
+        """Restore a :meth:`state_dict`; the RNG state applies when :meth:`run` continues.
+
+        Raises:
+            ValueError: if a part is missing, does not fit, or the configuration differs.
+        """
+        where = f"FABTrainer: checkpoint {source!r}"
+        parts = set(self.state_dict())
+        if not isinstance(state, dict) or parts - set(state):
+            missing = sorted(parts - set(state)) if isinstance(state, dict) else sorted(parts)
+            raise ValueError(f"{where} lacks {missing} (expected a file written by FABTrainer)")
+        saved, given = state["config"], self.config
+        if not isinstance(saved, dict):
+            raise ValueError(f"{where}: expected a config dict, got {type(saved).__name__}")
+        diffs = [
+            f"{k}: saved {saved.get(k, '(none)')!r}, given {given.get(k, '(none)')!r}"
+            for k in sorted(set(saved) | set(given))
+            if saved.get(k, "(none)") != given.get(k, "(none)")
+        ]
+        if diffs:
+            raise ValueError(
+                f"{where} was saved with another configuration: {'; '.join(diffs)} "
+                f"(pass the saved values, or move the file away to start afresh)"
+            )
+        try:
+            self.flow.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.ais.set_step_sizes(state["step_sizes"])
+            self.buffer.load_state_dict(state["buffer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"{where} does not fit this flow ({first})") from err
+        self.step = int(state["step"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self.target.count = int(state["target_evals"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self._rng = state["rng"]
+
+    def save(self) -> None:
+        """Write the checkpoint atomically (no-op without a ``checkpoint`` path)."""
+        if self.checkpoint is None:
+            return
+        folder = os.path.dirname(os.path.abspath(self.checkpoint))
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".fab-checkpoint-", dir=folder)
+        except OSError as err:
+            where = self.checkpoint
+            raise OSError(f"FABTrainer: cannot write the checkpoint {where!r}: {err}") from err
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(self.state_dict(), f)
+            os.replace(tmp, self.checkpoint)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+
+def _relative_ess(log_w: Tensor, n: int) -> float:
+    finite = log_w[torch.isfinite(log_w)]
+    if finite.numel() == 0:
+        return 0.0
+    return float(torch.exp(2 * torch.logsumexp(finite, 0) - torch.logsumexp(2 * finite, 0))) / n
+
+
+def _read(path: str) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, corrupted, foreign or unsafe pickles
+        first = str(err).splitlines()[0] if str(err) else "no details"
+        raise ValueError(
+            f"FABTrainer: cannot read the checkpoint {path!r} ({type(err).__name__}: {first}); "
+            f"expected a file written by FABTrainer.save (move it away to start afresh)"
+        ) from err
+    if not isinstance(state, dict):
+        raise ValueError(f"FABTrainer: the checkpoint {path!r} is not a trainer checkpoint")
+    return state
