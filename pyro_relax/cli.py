@@ -60,6 +60,7 @@ def load_model(spec: str) -> Callable[[], Any]:
         raise ImportError(f"cannot import {path} as a Python module")
     module = importlib.util.module_from_spec(mod_spec)
     sys.path.insert(0, str(file.resolve().parent))
+    bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ there
     try:
         mod_spec.loader.exec_module(module)
     except Exception as err:  # the user's file: a syntax error, a failing import, ...
@@ -69,6 +70,7 @@ def load_model(spec: str) -> Callable[[], Any]:
         ) from err
     finally:
         sys.path.pop(0)
+        sys.dont_write_bytecode = bytecode
     fn = getattr(module, name, None)
     if fn is None or not callable(fn):
         raise ValueError(f"{path} has no callable {name!r}; name the model as {path}:NAME")
