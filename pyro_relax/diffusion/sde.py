@@ -114,6 +114,13 @@ class SDE(ABC):
             raise ValueError(f"{name}: expected x0 of shape batch + (dim,), got a scalar")
         check_finite(x0, name)
         t = self._time(t, x0, "marginal")
+        try:
+            torch.broadcast_shapes(t.shape, x0.shape[:-1])
+        except RuntimeError:
+            raise ValueError(
+                f"{name}: expected times broadcasting to the batch shape {tuple(x0.shape[:-1])}, "
+                f"got shape {tuple(t.shape)}"
+            ) from None
         a, s = self.marginal_coefs(t)
         return a.unsqueeze(-1) * x0, s
 

@@ -109,6 +109,9 @@ class PulledBackDensity(nn.Module):
         Raises:
             ValueError: if the target does not return the batch shape.
         """
+        if not isinstance(u, Tensor) or u.dim() < 1:
+            got = f"shape {tuple(u.shape)}" if isinstance(u, Tensor) else type(u).__name__
+            raise ValueError(f"PulledBackDensity: expected u of shape batch + event, got {got}")
         x, log_det = self.push(u)
         lp = check_log_density_output(self._target_fn(x), log_det.shape, "PulledBackDensity")
         return lp + log_det
