@@ -19,7 +19,7 @@ eight_schools_centered] [--methods nuts,flow] [--json out.json]``.
 
 from __future__ import annotations
 
-__all__ = ["METHODS", "TARGETS", "Budget", "funnel10", "main", "run_case"]
+__all__ = ["GOAL_METHODS", "METHODS", "TARGETS", "Budget", "funnel10", "main", "run_case"]
 
 import argparse
 import dataclasses
@@ -41,15 +41,20 @@ for p in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(p))
 
 from _common import Column, parallel_map, print_table, write_json  # noqa: E402
+from _inference_goal import goal13_report, reference_nuts  # noqa: E402
 
 METHODS = (
-    "nuts", "iaf", "flow", "flow-ais", "snf", "diffusion", "mala", "flow-imh", "ais-imh",
-    "neutra",
+    "auto", "pathfinder", "mvn", "normal", "iaf", "flow", "flow-ais", "snf", "diffusion",
+    "nuts", "nuts-dense", "mala", "flow-imh", "ais-imh", "neutra",
 )
-GUIDE_METHODS = ("iaf", "flow", "flow-ais", "snf", "diffusion")
+PYRO_METHODS = ("nuts", "nuts-dense", "iaf", "mvn", "normal")
+GUIDE_METHODS = ("pathfinder", "mvn", "normal", "iaf", "flow", "flow-ais", "snf", "diffusion")
+# the goal run of issue 9: cheap methods first, so a cut run keeps them
+GOAL_METHODS = ("pathfinder", "mvn", "iaf", "flow-ais", "auto", "nuts-dense")
 POSTERIORS = (
-    "arK", "eight_schools_centered", "eight_schools_noncentered", "garch11",
-    "gp_pois_regr", "kilpisjarvi", "low_dim_gauss_mix",
+    "arK", "earnings", "eight_schools_centered", "eight_schools_noncentered", "garch11",
+    "gp_pois_regr", "hmm_drive", "kidiq", "kilpisjarvi", "low_dim_gauss_mix", "mesquite",
+    "nes1976", "sblri",
 )
 TARGETS = ("funnel", "gmm40", *POSTERIORS)
 N_REFERENCE = 10000
@@ -64,11 +69,16 @@ class Budget:
     lr: float = 0.01
     draws: int = 2000
     mcmc_samples: int = 500
-    mcmc_warmup: int = 300
+    mcmc_warmup: int = 500
+    auto_steps: int = 3000  # the most; auto stops when the ELBO stalls
+    auto_budget: float = 300.0  # seconds after which auto starts no further stage
+    auto_check: int = 1000  # draws per k-hat check of auto (and NeuTra's draws)
+    nuts_cap: float = 900.0  # wall seconds of one nuts-dense chain
 
 
 DEFAULT = Budget()
-QUICK = Budget(guide_steps=20, particles=2, draws=200, mcmc_samples=30, mcmc_warmup=20)
+QUICK = Budget(guide_steps=20, particles=2, draws=200, mcmc_samples=30, mcmc_warmup=20,
+               auto_steps=20, auto_budget=2.0, auto_check=60, nuts_cap=20.0)
 
 
 def _gmm_model() -> Callable[[], None]:
@@ -151,66 +161,134 @@ def _acceptance(values: dict[str, np.ndarray]) -> float:
     return float(np.any(np.diff(stacked, axis=0) != 0, axis=-1).mean())
 
 
-def run_case(target: str, method: str, budget: Budget, seed: int = 0) -> dict[str, Any]:
-    """Run one method on one target; return the row of the table (errors as ``"error"``)."""
+def _weighted(values: dict[str, np.ndarray], log_w: torch.Tensor) -> dict[str, Any]:
+    """PSIS k-hat, ESS (Kish ESS of the PSIS-smoothed weights) and corrected moments."""
     from pyro_relax.diagnostics import importance_ess, psis_expectation, psis_khat
-    from pyro_relax.infer.runner import fit_guide, guide_draws, run_mcmc
 
+    lw = log_w.detach().double()
+    if bool(torch.isnan(lw).any()) or bool((lw == math.inf).any()):
+        raise FloatingPointError("non-finite log importance weights (NaN or +inf)")
+    smoothed, khat = psis_khat(lw)
+    mean = {k: float(psis_expectation(v, lw)) for k, v in values.items()}
+    sd = {k: math.sqrt(max(float(psis_expectation(v * v, lw)) - mean[k] ** 2, 0.0))
+          for k, v in values.items()}
+    return {"khat": float(khat), "ess": float(importance_ess(smoothed)),
+            "ess_kish_raw": float(importance_ess(lw)), "mean": mean, "sd": sd}
+
+
+def _chain(values: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Smallest bulk ESS (ArviZ) over scalar components of ``(chains, draws)`` arrays, moments."""
+    import arviz as az
+
+    # A chain that never moves has one effective draw (ArviZ reports n or NaN for it).
+    per = [float(az.ess(v, method="bulk")) if np.ptp(v) > 0 else 1.0 for v in values.values()]
+    return {"ess": min(e if math.isfinite(e) else 1.0 for e in per),
+            "accept_rate": _acceptance(values),
+            "mean": {k: float(v.mean()) for k, v in values.items()},
+            "sd": {k: float(v.std(ddof=1)) for k, v in values.items()}}
+
+
+def _fit(model: Callable[[], None], method: str, budget: Budget, seed: int) -> Any:
+    from pyro_relax.infer.runner import fit_guide
+
+    if method == "auto":
+        from pyro_relax.infer.auto import fit_auto
+
+        return fit_auto(model, seed=seed, progress=False, lr=budget.lr,
+                        num_particles=budget.particles, max_steps=budget.auto_steps,
+                        budget=budget.auto_budget, num_check=budget.auto_check)
+    return fit_guide(model, method, steps=budget.guide_steps, lr=budget.lr, seed=seed,
+                     num_particles=budget.particles, progress=False)
+
+
+def _run_guide(model: Callable[[], None], to_names: Callable[[dict], dict], method: str,
+               budget: Budget, seed: int) -> dict[str, Any]:
+    from pyro_relax.infer.runner import guide_draws
+
+    start = time.perf_counter()
+    fit = _fit(model, method, budget, seed)
+    samples, log_w = guide_draws(fit, model, budget.draws)
+    seconds = time.perf_counter() - start
+    out: dict[str, Any] = {"seconds": seconds, "final_elbo": fit.elbo[-1] if fit.elbo else None,
+                           "stages": [{k: v for k, v in st.items() if k != "notes"}
+                                      for st in fit.stages]}
+    if method == "auto":
+        out["auto_method"] = fit.extra["method"]
+        out["verdict"] = fit.extra["verdict"]
+    if method == "auto" and fit.extra["method"] == "neutra":
+        # equally weighted NeuTra NUTS draws: the chain's bulk ESS; k-hat is the flow's
+        # (the best importance sampler tried before NeuTra), the weights being all 0
+        values = _flat(to_names({k: v.unsqueeze(0) for k, v in fit.guide.samples.items()}), 2)
+        stats = _chain(values)
+        stats["khat"] = float(fit.extra["khat"])
+    else:
+        stats = _weighted(_flat(to_names(samples), 1), log_w)
+    out.update(stats)
+    return out
+
+
+def _run_kernel(model: Callable[[], None], to_names: Callable[[dict], dict], method: str,
+                budget: Budget, seed: int) -> dict[str, Any]:
+    from pyro_relax.infer.runner import fit_guide, run_mcmc
+
+    if method == "nuts-dense":
+        from _inference_nuts import run_nuts
+
+        res = run_nuts(model, budget.mcmc_samples, budget.mcmc_warmup, seed, cap=budget.nuts_cap)
+        out = {"seconds": res.seconds, "draws": res.draws, "capped": res.capped,
+               "step_size": res.step_size}
+        out.update(_chain(_flat(to_names(dict(res.samples)), 2)))
+        return out
+    pre = None
+    if method in ("flow-imh", "ais-imh", "neutra"):  # the "flow" row's flow guide
+        pre = fit_guide(model, "flow", steps=budget.guide_steps, lr=budget.lr, seed=seed,
+                        num_particles=budget.particles, progress=False)
+    res = run_mcmc(model, method, guide=pre, num_samples=budget.mcmc_samples,
+                   warmup_steps=budget.mcmc_warmup, num_chains=1, seed=seed,
+                   progress=False, guide_steps=budget.guide_steps)
+    out = {"seconds": res.seconds}
+    out.update(_chain(_flat(to_names(dict(res.samples)), 2)))
+    return out
+
+
+def run_case(target: str, method: str, budget: Budget, seed: int = 0) -> dict[str, Any]:
+    """Run one method on one target; return the row of the table (errors as ``"error"``).
+
+    Guides (``auto`` included) are timed from the start of the fit to the last
+    of ``budget.draws`` weighted draws; their moments are PSIS-corrected.
+    """
     row: dict[str, Any] = {"target": target, "method": method, "seed": seed}
     model, to_names, reference = load_target(target)
+    cpu = time.process_time()
     try:
-        start = time.perf_counter()
-        if method in GUIDE_METHODS:
-            fit = fit_guide(model, method, steps=budget.guide_steps, lr=budget.lr, seed=seed,
-                            num_particles=budget.particles, progress=False)
-            samples, log_w = guide_draws(fit, model, budget.draws)
-            seconds = time.perf_counter() - start
-            values = _flat(to_names(samples), 1)
-            lw = log_w.detach().double()
-            finite = torch.isfinite(lw) | (lw == -math.inf)
-            if not bool(finite.all()):
-                raise FloatingPointError("non-finite log importance weights")
-            _, khat = psis_khat(lw)
-            ess = float(importance_ess(lw))
-            mean = {k: float(psis_expectation(v, lw)) for k, v in values.items()}
-            sd = {k: math.sqrt(max(float(psis_expectation(v * v, lw)) - mean[k] ** 2, 0.0))
-                  for k, v in values.items()}
-            row.update(khat=float(khat), final_elbo=fit.elbo[-1])
+        if method in GUIDE_METHODS or method == "auto":
+            out = _run_guide(model, to_names, method, budget, seed)
         else:
-            import arviz as az
-
-            pre = None
-            if method in ("flow-imh", "ais-imh", "neutra"):  # the "flow" row's flow guide
-                pre = fit_guide(model, "flow", steps=budget.guide_steps, lr=budget.lr, seed=seed,
-                                num_particles=budget.particles, progress=False)
-            res = run_mcmc(model, method, guide=pre, num_samples=budget.mcmc_samples,
-                           warmup_steps=budget.mcmc_warmup, num_chains=1, seed=seed,
-                           progress=False, guide_steps=budget.guide_steps)
-            seconds = res.seconds
-            values = _flat(to_names({k: v for k, v in res.samples.items()}), 2)
-            # A chain that never moves has one effective draw (ArviZ reports n or NaN for it).
-            per = [float(az.ess(v, method="bulk")) if np.ptp(v) > 0 else 1.0
-                   for v in values.values()]
-            ess = min(e if math.isfinite(e) else 1.0 for e in per)
-            row["accept_rate"] = _acceptance(values)
-            mean = {k: float(v.mean()) for k, v in values.items()}
-            sd = {k: float(v.std(ddof=1)) for k, v in values.items()}
-        mean_err, sd_err = _errors(mean, sd, reference)
-        row.update(seconds=seconds, ess=ess, ess_per_s=ess / seconds, mean_err=mean_err,
-                   sd_err=sd_err)
-    except (FloatingPointError, ValueError, RuntimeError) as err:
-        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+            out = _run_kernel(model, to_names, method, budget, seed)
+        mean, sd = out.pop("mean"), out.pop("sd")
+        row.update(out)
+        row["mean_err"], row["sd_err"] = _errors(mean, sd, reference)
+        row["ess_per_s"] = row["ess"] / row["seconds"]
+        # CPU seconds of this process (one torch thread): the wall time it would take on an
+        # idle core, robust to other jobs loading the machine
+        row["cpu_seconds"] = time.process_time() - cpu
+        row["ess_per_cpu_s"] = row["ess"] / row["cpu_seconds"]
+    except (FloatingPointError, ValueError, RuntimeError, TimeoutError) as err:
+        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
     print(f"  {target:26s} {method:10s} " + (row.get("error") or
-          f"{row['seconds']:.1f}s ESS {row['ess']:.0f} mean_err {row['mean_err']:.2f}"),
-          flush=True)
+          f"{row['seconds']:.1f}s ESS {row['ess']:.0f} k-hat {row.get('khat', math.nan):.2f} "
+          f"mean_err {row['mean_err']:.2f} sd_err {row['sd_err']:.2f}"), flush=True)
     return row
 
 
 COLUMNS = [
     Column("target", "target"), Column("method", "method"), Column("seed", "seed"),
     Column("seconds", "s", ".1f"),
+    Column("cpu_seconds", "cpu s", ".1f"),
     Column("ess", "ESS", ".0f"), Column("ess_per_s", "ESS/s", ".2f"),
+    Column("ess_per_cpu_s", "ESS/cpu s", ".2f"),
     Column("khat", "k-hat", ".2f"), Column("accept_rate", "moved", ".2f"),
+    Column("auto_method", "auto's answer"), Column("capped", "capped"),
     Column("mean_err", "max|dmean|/sd", ".3f"), Column("sd_err", "max|sd/ref-1|", ".3f"),
     Column("error", "error"),
 ]
@@ -240,12 +318,12 @@ def goal_report(rows: list[dict[str, Any]]) -> list[str]:
     With several seeds every number is the median over seeds. Speed counts only
     for a method whose means are right (median max error within 0.3 reference sd).
     """
-    lines = []
+    lines, ref = [], reference_nuts(rows)
     for target in ("funnel", "eight_schools_centered"):
         by = _median_rows(rows, target)
-        ours = {m: r for m, r in by.items() if m not in ("nuts", "iaf") and r["mean_err"] < 0.3}
-        if "nuts" in by and ours:
-            nuts = max(by["nuts"]["ess_per_s"], 1e-12)
+        ours = {m: r for m, r in by.items() if m not in PYRO_METHODS and r["mean_err"] < 0.3}
+        if ref in by and ours:
+            nuts = max(by[ref]["ess_per_s"], 1e-12)
             best = max(ours, key=lambda m: ours[m]["ess_per_s"])
             ratio = ours[best]["ess_per_s"] / nuts
             lines.append(f"{target}: best ours (mean err < 0.3 sd) {best} at {ratio:.2f}x "
@@ -253,7 +331,7 @@ def goal_report(rows: list[dict[str, Any]]) -> list[str]:
         if "iaf" in by:
             good = {m: r for m, r in ours.items() if r["khat"] < 0.7}
             both = [m for m, r in good.items()
-                    if "nuts" in by and r["ess_per_s"] >= 3 * by["nuts"]["ess_per_s"]]
+                    if ref in by and r["ess_per_s"] >= 3 * by[ref]["ess_per_s"]]
             shown = ", ".join(f"{m} {r['khat']:.2f}" for m, r in good.items()) or "none"
             met = both and by["iaf"]["khat"] >= 0.7
             lines.append(f"{target}: IAF k-hat {by['iaf']['khat']:.2f}; ours below 0.7: {shown}; "
@@ -272,20 +350,70 @@ def _names(text: str | None, allowed: tuple[str, ...], what: str) -> tuple[str, 
     return names
 
 
+def _report(rows: list[dict[str, Any]], budget: dict[str, Any] | None,
+            path: Path | None, show: bool = True) -> dict[str, Any]:
+    """The goal lines of ``rows``; printed with the table when ``show``, written to ``path``."""
+    goal = goal_report(rows)
+    goal13 = goal13_report(rows, POSTERIORS)
+    if show:
+        print_table("inference benchmark", rows, COLUMNS)
+        for line in goal + goal13:
+            print(line)
+    payload = {"budget": budget, "rows": rows, "goal": goal, "goal13": goal13}
+    if path is not None:
+        write_json(path, payload)
+    return payload
+
+
+def merge(paths: list[Path], out: Path | None) -> list[dict[str, Any]]:
+    """Concatenate the rows of several result files (one budget) and report them together."""
+    import json
+
+    rows, budgets = [], []
+    for path in paths:
+        if not path.is_file():
+            raise SystemExit(f"--merge: expected result files, {str(path)!r} does not exist")
+        data = json.loads(path.read_text())
+        rows += data["rows"]
+        budgets.append(data.get("budget"))
+    if any(b != budgets[0] for b in budgets):
+        raise SystemExit(f"--merge: expected one budget in all files, got {budgets}")
+    _report(rows, budgets[0], out)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    """Parse arguments, run every (target, method), print the table, optionally write JSON."""
+    """Parse arguments, run every (target, method), print the table, optionally write JSON.
+
+    With ``--workers 1`` and ``--json`` the file is rewritten after every case,
+    so a run that is stopped keeps what it finished. ``--merge a.json b.json
+    --json all.json`` joins earlier results instead of running anything.
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
+    p.add_argument("--goal", action="store_true",
+                   help=f"the goal run: funnel and the 13 posteriors x {GOAL_METHODS}")
     p.add_argument("--only", type=str, default=None, help=f"targets, comma-separated: {TARGETS}")
     p.add_argument("--methods", type=str, default=None, help=f"comma-separated: {METHODS}")
     p.add_argument("--json", type=Path, default=None, help="write the results to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="result files to join (nothing is run)")
     p.add_argument("--workers", type=int, default=2, help="processes (one torch thread each)")
     p.add_argument("--seeds", type=str, default="0", help="comma-separated seeds (medians)")
     for f in dataclasses.fields(Budget):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
     args = p.parse_args(argv)
-    targets = _names(args.only, TARGETS, "only")
-    methods = _names(args.methods, METHODS, "methods")
+    if args.json is not None and args.json.exists() and not args.overwrite:
+        raise SystemExit(f"--json: {str(args.json)!r} exists; pass --overwrite to replace it")
+    if args.json is not None and not args.json.parent.is_dir():
+        raise SystemExit(f"--json: the folder {str(args.json.parent)!r} does not exist")
+    if args.merge is not None:
+        return merge(args.merge, args.json)
+    if args.workers < 1:
+        raise SystemExit(f"--workers: expected >= 1, got {args.workers}")
+    targets = _names(args.only, ("funnel", *POSTERIORS) if args.goal else TARGETS, "only")
+    methods = _names(args.methods, GOAL_METHODS if args.goal else METHODS, "methods")
     budget = QUICK if args.quick else DEFAULT
     budget = dataclasses.replace(budget, **{f.name: getattr(args, f.name)
                                             for f in dataclasses.fields(Budget)
@@ -300,13 +428,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if not seeds:
         raise SystemExit("--seeds: expected at least one seed")
     jobs = [(t, m, budget, sd) for sd in seeds for t in targets for m in methods]
-    rows = parallel_map(run_case, jobs, workers=args.workers, threads=1)
-    print_table("inference benchmark", rows, COLUMNS)
-    goal = goal_report(rows)
-    for line in goal:
-        print(line)
-    if args.json is not None:
-        write_json(args.json, {"budget": dataclasses.asdict(budget), "rows": rows, "goal": goal})
+    info = dataclasses.asdict(budget)
+    if args.workers == 1:
+        rows = []
+        for job in jobs:
+            rows.append(run_case(*job))
+            if args.json is not None:  # incremental: a stopped run keeps its finished cases
+                _report(rows, info, args.json, show=False)
+    else:
+        rows = parallel_map(run_case, jobs, workers=args.workers, threads=1)
+    _report(rows, info, args.json)
     return rows
 
 

@@ -179,3 +179,90 @@ def test_parallel_map_keeps_order_in_worker_processes() -> None:
     assert got == [divmod(*j) for j in jobs] and again == [32, 9]
     with pytest.raises(ValueError, match="workers"):
         _common.parallel_map(divmod, jobs, workers=0)
+
+
+# ---------------------------------------------------------------- inference benchmark
+
+import _inference_goal  # noqa: E402
+import _inference_nuts  # noqa: E402
+import inference  # noqa: E402
+
+
+def test_inference_quick_goal_run_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "inference.json"
+    argv = ["--quick", "--goal", "--only", "eight_schools_noncentered", "--methods",
+            "auto,iaf,nuts-dense", "--workers", "1", "--json", str(out)]
+    rows = inference.main(argv)
+    assert [(r["target"], r["method"]) for r in rows] == [
+        ("eight_schools_noncentered", m) for m in ("auto", "iaf", "nuts-dense")]
+    for r in rows:
+        assert "error" not in r, r
+        assert r["seconds"] > 0 and 1 <= r["ess"] and math.isfinite(r["mean_err"])
+        assert math.isclose(r["ess_per_s"], r["ess"] / r["seconds"]) and r["cpu_seconds"] > 0
+    auto, iaf, nuts = rows
+    assert auto["auto_method"] and auto["stages"][0]["stage"] == "pathfinder"
+    # weighted draws: PSIS ESS at most the draws, k-hat finite; the chain: at most its draws
+    assert iaf["ess"] <= inference.QUICK.draws and math.isfinite(iaf["khat"])
+    assert nuts["draws"] <= inference.QUICK.mcmc_samples and "khat" not in nuts
+    data = json.loads(out.read_text())
+    assert [r["method"] for r in data["rows"]] == ["auto", "iaf", "nuts-dense"]
+    assert data["goal13"][0].startswith("eight_schools_noncentered: auto mean err")
+    assert any(line.startswith("diagnostic lies") for line in data["goal13"])
+    # merging the file with itself doubles the rows (two "seeds") under one budget
+    merged = tmp_path / "merged.json"
+    assert len(inference.main(["--merge", str(out), str(out), "--json", str(merged)])) == 6
+    assert json.loads(merged.read_text())["budget"] == data["budget"]
+    with pytest.raises(SystemExit, match="overwrite"):
+        inference.main(argv)
+
+
+def _row(target: str, method: str, **values: float) -> dict[str, object]:
+    return {"target": target, "method": method, "seed": 0, **values}
+
+
+def test_inference_goal13_lines_and_diagnostic_lies() -> None:
+    good = {"mean_err": 0.1, "sd_err": 0.1, "khat": 0.3}
+    rows = [
+        _row("arK", "auto", ess_per_s=40.0, **good),
+        _row("arK", "nuts-dense", ess_per_s=2.0, mean_err=0.05, sd_err=0.05),
+        _row("kidiq", "auto", ess_per_s=10.0, mean_err=0.1, sd_err=0.3, khat=0.5),
+        _row("kidiq", "nuts-dense", ess_per_s=5.0, mean_err=0.05, sd_err=0.05),
+        _row("kidiq", "iaf", ess_per_s=90.0, mean_err=0.45, sd_err=0.5, khat=0.6),  # a lie
+        _row("kidiq", "mvn", ess_per_s=90.0, mean_err=0.45, sd_err=0.5, khat=0.9),  # honest
+    ]
+    lines = _inference_goal.goal13_report(rows, ("arK", "kidiq"))
+    assert "ratio 20.0x" in lines[0] and "(accurate)" in lines[0]
+    assert "ratio 2.0x" in lines[1] and "NOT accurate" in lines[1]
+    assert lines[2].startswith("auto accurate") and "1/2" in lines[2] and "not met" in lines[2]
+    assert "on 1/2; median ratio 11.0x" in lines[3] and lines[3].endswith("not met")
+    assert lines[4].endswith(": 1") and "kidiq iaf" in lines[5] and len(lines) == 6
+    # all accurate and fast on every posterior asked for: met
+    rows = rows[:2] + [_row("kidiq", "auto", ess_per_s=60.0, **good), rows[3]]
+    lines = _inference_goal.goal13_report(rows, ("arK", "kidiq"))
+    assert lines[2].endswith(": met") and lines[3].endswith(": met")
+    # a method that failed is reported, never counted as accurate
+    failed = [_row("arK", "auto", error="FloatingPointError: x")]
+    assert "auto failed" in _inference_goal.goal13_report(failed, ("arK",))[0]
+
+
+def test_inference_nuts_cap_and_bad_options() -> None:
+    import pyro
+    import pyro.distributions as dist
+
+    def model() -> None:
+        pyro.sample("s", dist.LogNormal(0.0, 1.0))
+
+    run = _inference_nuts.run_nuts(model, 5, 0, seed=0, cap=1e-9)
+    assert run.capped and run.draws == 1 and run.samples["s"].shape == (1, 1)
+    assert bool((run.samples["s"] > 0).all())  # constrained back to the support
+    assert run.samples["s"].dtype == torch.float64
+    with pytest.raises(TimeoutError, match="warmup"):
+        _inference_nuts.run_nuts(model, 5, 3, seed=0, cap=1e-9)
+    with pytest.raises(ValueError, match="num_samples"):
+        _inference_nuts.run_nuts(model, 0, 3, seed=0)
+    with pytest.raises(ValueError, match="cap"):
+        _inference_nuts.run_nuts(model, 5, 3, seed=0, cap=0)
+    for argv in (["--methods", "nope"], ["--goal", "--only", "gmm40"], ["--workers", "0"],
+                 ["--merge", "/no/such/file.json"], ["--json", "/no/such/folder/x.json"]):
+        with pytest.raises(SystemExit):
+            inference.main(["--quick", *argv])
