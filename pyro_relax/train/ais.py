@@ -125,10 +125,15 @@ class LatentAIS(nn.Module):
         n_leapfrog: leapfrog steps per HMC step.
         step_size: initial step size of every block.
         squared: anneal towards ``p^2 / q`` (FAB's training target) instead of ``p``.
+        escape_radius: a chain ending at ``|u|^2 > dim * escape_radius^2`` in the
+            latent space (further than ``escape_radius`` base standard deviations per
+            coordinate, RMS) is rejected: ``p^2/q`` is not normalizable where ``q`` is
+            lighter-tailed than ``p^2``, and such chains run off with astronomic weights.
+            ``None``: no such rejection.
 
     Example:
         >>> import torch, pyro.distributions.transforms as T
-        >>> ais = LatentAIS([T.AffineTransform(torch.zeros(2), 2.0)],
+        >>> ais = LatentAIS([T.AffineTransform(torch.zeros(2), 2.0, event_dim=1)],
         ...                 CountingDensity(lambda x: -x.square().sum(-1)), 2, levels=2)
         >>> x, log_w, log_q = ais(8)
         >>> x.shape, log_w.shape, log_q.shape
@@ -145,6 +150,7 @@ class LatentAIS(nn.Module):
         n_leapfrog: int = 5,
         step_size: float = 0.5,
         squared: bool = True,
+        escape_radius: float | None = 10.0,
     ) -> None:
         super().__init__()
         if kernel not in KERNELS:
@@ -154,6 +160,7 @@ class LatentAIS(nn.Module):
         self.blocks = nn.ModuleList(_blocks(self.final, levels, kernel, n_leapfrog, step_size))
         self.dim = dim
         self.squared = squared
+        self.escape_radius = escape_radius
 
     def step_sizes(self) -> Tensor:
         """The blocks' step sizes (one per block)."""
@@ -187,7 +194,8 @@ class LatentAIS(nn.Module):
     def forward(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
         """Run ``n`` chains; return ``(x, log w, log q(x))`` in data space.
 
-        Chains whose target went NaN or inf have a NaN weight (the caller drops them).
+        Chains whose target went NaN or inf, or that escaped (``escape_radius``), have a
+        NaN weight (the caller drops them and counts them as rejected).
         """
         ref = next((p for p in self.pulled.layers.parameters() if p.is_floating_point()), None)
         ref = self.blocks[0].log_step_size if ref is None else ref
@@ -206,5 +214,7 @@ class LatentAIS(nn.Module):
         log_w = log_w + final
         bad = ~torch.isfinite(log_w) & ~(log_w == -math.inf)
         bad |= ~torch.isfinite(x).all(-1) | ~torch.isfinite(log_q)
+        if self.escape_radius is not None:
+            bad |= u.square().sum(-1) > self.dim * self.escape_radius**2
         log_w = torch.where(bad, torch.full_like(log_w, math.nan), log_w)
         return x, log_w, log_q

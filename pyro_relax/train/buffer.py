@@ -218,6 +218,20 @@ class PrioritizedBuffer:
         self.log_q[indices] = torch.where(torch.isfinite(new), new, self.log_q[indices])
         return delta
 
+    def clip_top(self, frac: float) -> None:
+        """Cap the stored log weights at the largest ``frac`` fraction's smallest value.
+
+        A defence against a few chains that escaped to where ``q`` is far lighter-tailed
+        than ``p^2`` (there ``p^2/q`` is not normalizable and a weight is astronomic);
+        FAB's reference code clips the same way. ``frac=0`` does nothing.
+        """
+        k = int(frac * self.size)
+        if k < 1:
+            return
+        log_w = self.log_w[: self.size]
+        cap = torch.topk(log_w, k + 1).values[-1]
+        log_w.clamp_(max=cap)
+
     def state_dict(self) -> dict[str, Any]:
         """The storage, size and write position (tensors and ints: ``weights_only`` loadable)."""
         return {

@@ -134,6 +134,9 @@ class FABTrainer:
         min_buffer_size: AIS samples gathered before the first step (default ``10 * batch_size``).
         updates_per_ais: optimizer steps per AIS batch with the buffer.
         max_weight_ratio: clip of the ``q_old / q`` correction in the buffer loss.
+        clip_weights_frac: cap the largest AIS (and buffer) log weights at the
+            ``1 - frac`` quantile (0: no clipping): chains that escape to where ``q``
+            is lighter-tailed than ``p^2`` otherwise take all the weight.
         alpha: the divergence's alpha; only 2 is supported.
         lr: Adam's learning rate (cosine decay over the run).
         clip_grad: gradient-norm clip (``None``: none).
@@ -175,6 +178,7 @@ class FABTrainer:
         min_buffer_size: int | None = None,
         updates_per_ais: int = 4,
         max_weight_ratio: float = 10.0,
+        clip_weights_frac: float = 0.01,
         alpha: float = 2.0,
         lr: float = 3e-4,
         clip_grad: float | None = 100.0,
@@ -210,6 +214,13 @@ class FABTrainer:
         self.min_buffer_size = min(self.min_buffer_size, self.buffer_size)
         self.updates_per_ais = _count(updates_per_ais, "updates_per_ais")
         self.max_weight_ratio = _real(max_weight_ratio, "max_weight_ratio", 0.0)
+        if isinstance(clip_weights_frac, bool) or not isinstance(clip_weights_frac, numbers.Real):
+            raise TypeError("FABTrainer: expected a float clip_weights_frac in [0, 1)")
+        if not 0.0 <= float(clip_weights_frac) < 1.0:
+            raise ValueError(
+                f"FABTrainer: expected clip_weights_frac in [0, 1), got {clip_weights_frac!r}"
+            )
+        self.clip_weights_frac = float(clip_weights_frac)
         self.lr = _real(lr, "lr", 0.0)
         self.clip_grad = None if clip_grad is None else _real(clip_grad, "clip_grad", 0.0)
         self.seed = _count(seed, "seed", 0)
@@ -247,7 +258,7 @@ class FABTrainer:
         keys = (
             "steps", "batch_size", "levels", "kernel", "n_leapfrog", "step_size",
             "target_accept", "use_buffer", "buffer_size", "min_buffer_size", "updates_per_ais",
-            "max_weight_ratio", "lr", "clip_grad", "seed",
+            "max_weight_ratio", "clip_weights_frac", "lr", "clip_grad", "seed",
         )  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 
@@ -259,7 +270,11 @@ class FABTrainer:
         bad = torch.isnan(log_w)
         n_bad = int(bad.sum())
         keep = ~bad
-        return x[keep], log_w[keep], log_q[keep], n_bad
+        x, log_w, log_q = x[keep], log_w[keep], log_q[keep]
+        k = int(self.clip_weights_frac * log_w.shape[0])
+        if k >= 1:
+            log_w = log_w.clamp(max=torch.topk(log_w, k + 1).values[-1])
+        return x, log_w, log_q, n_bad
 
     def _apply(self, loss: Tensor) -> float:
         """One optimizer step if the loss is finite; return its value (NaN if skipped)."""
@@ -308,6 +323,7 @@ class FABTrainer:
         safe = torch.where(finite, log_q, torch.zeros_like(log_q))
         value = self._apply(-(ratio * safe).sum() / finite.sum().clamp(min=1))
         self.buffer.adjust(idx, log_q.detach())
+        self.buffer.clip_top(self.clip_weights_frac)
         return value
 
     def _iteration(self) -> None:
