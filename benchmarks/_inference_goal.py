@@ -94,9 +94,10 @@ def goal13_report(rows: list[dict[str, Any]], posteriors: tuple[str, ...]) -> li
                      f"{'met' if all(accurate) and n == len(posteriors) else 'not met'}")
     if ratios:
         med = float(np.median(ratios))
+        met = all(fast) and med >= MEDIAN_RATIO and len(fast) == len(posteriors)
         lines.append(f"auto ESS/s >= {PER_POSTERIOR:.0f}x {nuts} on {sum(fast)}/{len(fast)}; "
                      f"median ratio {med:.1f}x (goal {MEDIAN_RATIO:.0f}x): "
-                     f"{'met' if all(fast) and med >= MEDIAN_RATIO else 'not met'}")
+                     f"{'met' if met else 'not met'}")
     lies = diagnostic_lies(rows)
     lines.append(f"diagnostic lies (k-hat < {LIE_KHAT}, mean err > {LIE_MEAN} sd): "
                  f"{len(lies)}")
