@@ -113,7 +113,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Callable[[], Any], Output]:
     _setup_device(args.device)
     model = load_model(args.model)
     _trial_run(model)
-    record = {"command": args.command, "model": args.model, "argv": sys.argv[1:]}
+    record = {k: v for k, v in vars(args).items() if k != "func"}  # the run's options
     return model, Output(target, record, force=args.force)
 
 
