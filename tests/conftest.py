@@ -7,6 +7,16 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, max_examples=25, deadline=None)
 settings.register_profile("dev", max_examples=25, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+if os.environ.get("RELAX_SLOW"):
+    import pyro_relax.testing.fuzz  # noqa: F401  (registers the "slow" profile)
+
+    settings.load_profile("slow")
+
+
+def pytest_configure(config):
+    """``RELAX_SLOW=1`` runs the slow tests too (pyproject deselects them by default)."""
+    if os.environ.get("RELAX_SLOW") and config.option.markexpr == "not slow":
+        config.option.markexpr = ""
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
