@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_relax._outdir import Interrupted, Output, check_out, signals_raise
+from pyro_relax.infer.runner import DTYPES, GUIDES, KERNELS
 
 # Errors reported as one line and exit code 1 (OSError covers missing files,
 # existing folders and unwritable paths; RuntimeError covers device failures).
@@ -126,7 +127,14 @@ def _write_results(
     log_w: Any = None,
     elbo: list[float] | None = None,
     mcmc: Any = None,
+    seed: int = 0,
 ) -> Any:
+    """Write posterior.nc, summary.csv, diagnostics.json and the plots; return the summary.
+
+    With log weights (a guide's draws), the ``posterior`` group and the summary
+    hold the PSIS-corrected posterior (resampled, equally weighted) and the raw
+    draws with their weights go into the group ``guide_draws``.
+    """
     import numpy as np
 
     from pyro_relax.diagnostics import (
@@ -136,26 +144,42 @@ def _write_results(
         summarize,
         to_inference_data,
     )
+    from pyro_relax.diagnostics.resample import corrected_inference_data
 
     flat = {
         k: v.detach().cpu().reshape((-1,) + tuple(v.shape[2 if mcmc else 1 :])).numpy()
         for k, v in samples.items()
     }
-    lw = None if log_w is None else log_w.detach().cpu().numpy()
-    idata = to_inference_data(flat, log_weights=lw, elbo_trace=elbo, chains=chains)
+    lw = None if log_w is None else log_w.detach().cpu().double().numpy()
+    if lw is not None and lw.shape[0] >= 25:
+        idata, info = corrected_inference_data(flat, lw, elbo_trace=elbo, seed=seed)
+        diagnostics["posterior"] = {"corrected_by": "PSIS resampling", **info}
+        shown = {k: np.asarray(idata["posterior"][k]).reshape((-1,) + v.shape[1:])
+                 for k, v in flat.items()}
+    else:
+        idata = to_inference_data(flat, log_weights=lw, elbo_trace=elbo, chains=chains)
+        shown = flat
     idata.to_netcdf(str(tmp / "posterior.nc"))
     table = summarize(idata)
     table.to_csv(tmp / "summary.csv")
     diagnostics["min_ess_bulk"] = float(np.nanmin(table["ess_bulk"]))
     if chains > 1:
         diagnostics["max_r_hat"] = float(np.nanmax(table["r_hat"]))
-    (tmp / "diagnostics.json").write_text(json.dumps(diagnostics, indent=2, default=float) + "\n")
-    plot_pairs(flat, path=tmp / "pairs.png")
+    (tmp / "diagnostics.json").write_text(json.dumps(diagnostics, indent=2, default=_json) + "\n")
+    plot_pairs(shown, path=tmp / "pairs.png")
     if elbo:
         plot_elbo(elbo, path=tmp / "elbo.png")
     if "khat" in diagnostics:
         plot_khat({diagnostics.get("guide", "guide"): diagnostics["khat"]}, path=tmp / "khat.png")
     return table
+
+
+def _json(value: Any) -> Any:
+    """JSON for what ``json`` cannot write itself (numpy scalars, dtypes, ...)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _setup_device(device: str) -> None:
@@ -178,26 +202,46 @@ def _fit(args: argparse.Namespace) -> int:
     from pyro_relax.infer.runner import fit_guide, guide_draws
 
     model, output = _prepare(args)
+    steps = args.steps if args.steps is not None else (5000 if args.guide == "auto" else 2000)
     with output.writing() as tmp:
         fit = fit_guide(
-            model, args.guide, steps=args.steps, lr=args.lr, seed=args.seed, progress=args.progress,
-            num_particles=args.particles,
+            model, args.guide, steps=steps, lr=args.lr, seed=args.seed, progress=args.progress,
+            num_particles=args.particles, dtype=args.dtype, budget=args.budget,
         )
         samples, log_w = guide_draws(fit, model, args.num_samples)
-        diag = {
+        diag: dict[str, Any] = {
             "guide": args.guide,
-            "steps": args.steps,
+            "steps": steps,
             "particles": args.particles,
+            "dtype": args.dtype,
             "final_elbo": fit.elbo[-1],
             "seconds": fit.seconds,
+            "stages": fit.stages,
+            **fit.extra,
         }
-        if args.num_samples >= 25:
+        if args.num_samples >= 25 and fit.extra.get("method") != "neutra":
             diag.update(weighted_report(log_w))
-        table = _write_results(tmp, samples, diag, log_w=log_w, elbo=fit.elbo)
+        table = _write_results(tmp, samples, diag, log_w=log_w, elbo=fit.elbo, seed=args.seed)
     print(table[["mean", "sd", "ess_bulk"]].to_string(float_format=lambda v: f"{v:.3f}"))
-    verdict = f", k-hat {diag['khat']:.2f} ({diag['verdict']})" if "khat" in diag else ""
-    print(f"\nfinal ELBO {fit.elbo[-1]:.3f}{verdict}; wrote {args.out}/")
+    print(f"\nfinal ELBO {fit.elbo[-1]:.3f}; wrote {args.out}/ (the posterior is PSIS-corrected)")
+    print(_verdict_line(diag))
     return 0
+
+
+def _verdict_line(diag: dict[str, Any]) -> str:
+    """The last line of ``fit``: how far to trust the answer, and what to do if not."""
+    if diag.get("verdict") == "mcmc":
+        return f"verdict: NeuTra MCMC draws (no k-hat); {diag.get('advice', '')}"
+    if "khat" not in diag:
+        return "verdict: unknown (fewer than 25 draws: no k-hat); raise --num-samples"
+    khat, verdict = diag["khat"], diag["verdict"]
+    line = f"verdict: k-hat {khat:.2f} ({verdict})"
+    if khat > 0.7:
+        advice = diag.get("advice") or (
+            "the importance weights are heavy-tailed: try --guide auto, a larger --budget, "
+            "or pyro-relax mcmc --kernel nuts")
+        line += f"; unreliable: {advice}"
+    return line
 
 
 def _mcmc(args: argparse.Namespace) -> int:
@@ -277,11 +321,15 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "model", help="MODEL.py[:name], a zero-argument Pyro model (default name: model)"
     )
-    fit.add_argument(
-        "--guide", choices=["normal", "iaf", "flow", "flow-ais", "snf", "diffusion"], default="flow"
-    )
+    fit.add_argument("--guide", choices=list(GUIDES), default="auto",
+                     help="; ".join(f"{k}: {v}" for k, v in GUIDES.items()))
     fit.add_argument("--particles", type=int, default=8, help="ELBO particles per step")
-    fit.add_argument("--steps", type=int, default=2000)
+    fit.add_argument("--steps", type=int, default=None,
+                     help="SVI steps (default 2000; for auto the most, default 5000)")
+    fit.add_argument("--dtype", choices=list(DTYPES), default="float64",
+                     help="dtype of the fit (the draws written keep the model's dtype)")
+    fit.add_argument("--budget", type=float, default=600.0,
+                     help="seconds after which auto starts no further escalation")
     fit.add_argument("--lr", type=float, default=1e-2)
     fit.add_argument("--num-samples", type=int, default=1000)
     fit.set_defaults(func=_fit)
@@ -290,9 +338,8 @@ def _parser() -> argparse.ArgumentParser:
     mc.add_argument(
         "model", help="MODEL.py[:name], a zero-argument Pyro model (default name: model)"
     )
-    mc.add_argument(
-        "--kernel", choices=["nuts", "mala", "flow-imh", "ais-imh", "neutra"], default="nuts"
-    )
+    mc.add_argument("--kernel", choices=list(KERNELS), default="nuts",
+                    help="; ".join(f"{k}: {v}" for k, v in KERNELS.items()))
     mc.add_argument("--num-samples", type=int, default=1000)
     mc.add_argument("--warmup", type=int, default=500)
     mc.add_argument("--chains", type=int, default=1)
@@ -321,11 +368,14 @@ LOWEST = {"steps": 1, "num_samples": 4, "chains": 1, "warmup": 0, "guide_steps":
 def _check_numbers(args: argparse.Namespace) -> str | None:
     for name, lowest in LOWEST.items():
         value = getattr(args, name, lowest)
-        if value < lowest:
+        if value is not None and value < lowest:
             return f"--{name.replace('_', '-')} must be at least {lowest}, got {value}"
     lr = getattr(args, "lr", 1.0)
     if not (math.isfinite(lr) and lr > 0):
         return f"--lr must be a positive number, got {lr}"
+    budget = getattr(args, "budget", 1.0)
+    if not (math.isfinite(budget) and budget > 0):
+        return f"--budget must be a positive number of seconds (e.g. 600), got {budget}"
     return None
 
 
@@ -373,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             first = f"{type(err).__name__}: {first}" if first else type(err).__name__
         print(f"pyro-relax: error: {first or type(err).__name__}", file=sys.stderr)
         return 1
-    if args.command != "demo":
+    if args.command == "mcmc":  # fit ends with its verdict line instead
         print(f"done in {time.perf_counter() - start:.1f} s")
     return code
 

@@ -2,6 +2,7 @@
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -208,7 +209,23 @@ def _tree(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
+@pytest.fixture
+def rmtree_only_under_tmp(tmp_path, monkeypatch):
+    """Make a regression fail safely: deleting anything outside tmp_path raises instead."""
+    import shutil
+
+    real = shutil.rmtree
+
+    def guarded(path, *args, **kwargs):
+        if tmp_path.resolve() not in Path(path).resolve().parents:
+            raise AssertionError(f"test guard: refused to delete {path}")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", guarded)
+
+
 @pytest.mark.parametrize("which", ["cwd", "parent", "model_dir", "home", "root"])
+@pytest.mark.usefixtures("rmtree_only_under_tmp")
 def test_force_never_removes_protected_folders(tmp_path, monkeypatch, capsys, which):
     work = tmp_path / "work"
     work.mkdir()
@@ -322,3 +339,81 @@ def test_signal_cleans_up_and_exits_with_one_line(model_file, tmp_path, signame,
     lines = [ln for ln in err.strip().splitlines() if not ln.startswith("INFO")]  # Pyro's log
     assert lines == [f"pyro-relax: interrupted ({signame}); nothing written to {out}"], err
     assert _leftovers(tmp_path) == [] and not out.exists()
+
+
+CORRELATED = textwrap.dedent(
+    """
+    import pyro, pyro.distributions as dist, torch
+
+    def model():
+        # corr 0.9: a mean-field guide is too narrow; its weights know it
+        cov = torch.tensor([[1.0, 0.9], [0.9, 1.0]])
+        pyro.sample("x", dist.MultivariateNormal(torch.tensor([1.0, -1.0]), cov))
+    """
+)
+
+
+def test_fit_writes_the_corrected_posterior(tmp_path, capsys):
+    import arviz as az
+    import numpy as np
+
+    from pyro_relax.diagnostics import psis_expectation
+
+    path = tmp_path / "c.py"
+    path.write_text(CORRELATED)
+    out = tmp_path / "fit"
+    code = main(["fit", str(path), "--guide", "normal", "--steps", "300", "--num-samples", "2000",
+                 "--out", str(out), "--no-progress"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and lines[-1].startswith("verdict: k-hat")
+    data = az.from_netcdf(str(out / "posterior.nc"))
+    assert "guide_draws" in data.groups()
+    raw = np.asarray(data["guide_draws"]["x"]).reshape(-1, 2)
+    log_w = np.asarray(data["guide_draws"]["log_weight"]).reshape(-1)
+    post = np.asarray(data["posterior"]["x"]).reshape(-1, 2)
+    # the posterior group is the PSIS-resampled sample: its sd matches the weighted sd
+    # of the raw draws (resampling noise ~ sd / sqrt(distinct draws) on the mean, a few
+    # percent on the sd), not the too-narrow raw sd of the mean-field guide
+    weighted_sd = np.sqrt(psis_expectation(raw**2, log_w) - psis_expectation(raw, log_w) ** 2)
+    assert np.all(np.abs(post.std(0) / weighted_sd - 1) < 0.1)
+    assert np.all(raw.std(0) < 0.8 * post.std(0))  # the mean-field guide is narrower still
+    import pandas as pd
+
+    summary = pd.read_csv(out / "summary.csv", index_col=0)
+    # the summary is of the corrected posterior (same draws, so equal up to round-off)
+    np.testing.assert_allclose(summary["mean"].to_numpy(), post.mean(0), rtol=1e-6)
+    diag = json.loads((out / "diagnostics.json").read_text())
+    assert diag["posterior"]["distinct_draws"] <= 2000 and diag["stages"][-1]["stage"]
+
+
+def test_fit_auto_records_stages_and_ends_with_the_verdict(model_file, tmp_path, capsys):
+    out = tmp_path / "auto"
+    code = main(["fit", str(model_file), "--steps", "300", "--num-samples", "200",
+                 "--out", str(out), "--no-progress"])  # --guide auto is the default
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and lines[-1].startswith("verdict:")
+    diag = json.loads((out / "diagnostics.json").read_text())
+    assert diag["guide"] == "auto" and diag["dtype"] == "float64"
+    assert [s["stage"] for s in diag["stages"]][:2] == ["pathfinder", "svi (flow)"]
+    assert "method" in diag and "khat" in diag
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "match"),
+    [("--budget", "0", "--budget"), ("--budget", "-5", "--budget"),
+     ("--dtype", "float16", "dtype")],
+)
+def test_fit_bad_budget_and_dtype(model_file, tmp_path, capsys, option, value, match):
+    with pytest.raises(SystemExit) if option == "--dtype" else _no_raise() as _:
+        code = main(["fit", str(model_file), option, value, "--out", str(tmp_path / "o")])
+        assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert match in err[-1] and not (tmp_path / "o").exists()
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
