@@ -23,7 +23,7 @@ from pyro_relax.diagnostics import (
     summarize,
     weighted_report,
 )
-from pyro_relax.stochastic.snf import log_Z_from_log_weights
+from pyro_relax.stochastic.snf import ess_from_log_weights, log_Z_from_log_weights
 from pyro_relax.testing.fuzz import assert_clean_failure, fuzz_settings
 
 
@@ -113,7 +113,8 @@ def test_weight_functions(name, kind_lw):
             raise AssertionError(f"{name} accepted a batch column of all -inf weights")
 
 
-@pytest.mark.parametrize("fn", [importance_ess, psis_khat, log_Z_from_log_weights, weighted_report])
+@pytest.mark.parametrize("fn", [importance_ess, psis_khat, log_Z_from_log_weights, weighted_report,
+                                ess_from_log_weights])
 def test_all_neg_inf_is_a_clear_error(fn):
     # Issue 10, item 10: all -inf gave ESS = NaN and log Z = (-inf, NaN).
     with pytest.raises(ValueError, match="all log weights are -inf: no draw has positive weight"):

@@ -39,6 +39,12 @@ def _check_log_weights(log_w: Tensor, name: str) -> None:
         raise ValueError(f"{name}: expected log weights without NaN or +inf")
 
 
+def _check_some_weight(log_w: Tensor, owner: str, why: str) -> None:
+    """Raise ``ValueError`` when every log weight of a batch column is ``-inf``."""
+    if log_w.device.type != "meta" and bool((log_w == -math.inf).all(0).any()):
+        raise ValueError(f"{owner}: all log weights are -inf: no draw has positive weight ({why})")
+
+
 def log_Z_from_log_weights(log_w: Tensor) -> tuple[Tensor, Tensor]:
     r"""``log mean exp(log w)`` over dim 0 and its standard error (delta method).
 
@@ -63,11 +69,8 @@ def log_Z_from_log_weights(log_w: Tensor) -> tuple[Tensor, Tensor]:
         (0.0, 0.0)
     """
     _check_log_weights(log_w, "log_Z_from_log_weights")
-    if log_w.device.type != "meta" and bool((log_w == -math.inf).all(0).any()):
-        raise ValueError(
-            "log_Z_from_log_weights: all log weights are -inf: no draw has positive weight "
-            "(log Z would be -inf with an undefined standard error)"
-        )
+    _check_some_weight(log_w, "log_Z_from_log_weights",
+                       "log Z would be -inf with an undefined standard error")
     n = log_w.shape[0]
     log_mean = torch.logsumexp(log_w, 0) - math.log(n)
     rel = torch.exp(log_w - log_mean)  # w / mean(w)
@@ -84,6 +87,7 @@ def ess_from_log_weights(log_w: Tensor, relative: bool = False) -> Tensor:
         10.0
     """
     _check_log_weights(log_w, "ess_from_log_weights")
+    _check_some_weight(log_w, "ess_from_log_weights", "the ESS would be 0/0")
     ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
     return ess / log_w.shape[0] if relative else ess
 
@@ -97,6 +101,7 @@ def self_normalized_expectation(values: Tensor, log_w: Tensor) -> Tensor:
         0.5
     """
     _check_log_weights(log_w, "self_normalized_expectation")
+    _check_some_weight(log_w, "self_normalized_expectation", "the weights cannot be normalized")
     if not isinstance(values, Tensor) or values.shape[: log_w.dim()] != log_w.shape:
         got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
         raise ValueError(
