@@ -38,7 +38,7 @@ def fit_fab_guide(
     buffer: bool = True,
     num_layers: int = 4,
     hidden: int = 32,
-    init_scale: float = 1.0,
+    init_scale: float = 3.0,
     lr: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
