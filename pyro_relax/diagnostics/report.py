@@ -138,7 +138,8 @@ def _diagnostics_html(diagnostics: Mapping[str, Any]) -> str:
         keys: list[str] = []
         for s in stages:
             keys += [str(k) for k in s if str(k) not in keys]
-        out += "<h3>Stages</h3>" + _table(keys, [[_fmt(s.get(k, "")) for k in keys] for s in stages])
+        rows = [[_fmt(s.get(k, "")) for k in keys] for s in stages]
+        out += "<h3>Stages</h3>" + _table(keys, rows)
     return out
 
 
