@@ -58,15 +58,17 @@ from pyro_relax.stochastic.snf import StochasticNormalizingFlow  # noqa: E402
 from pyro_relax.targets import GaussianMixture40, ManyWell  # noqa: E402
 from pyro_relax.train import CountingDensity, FABTrainer  # noqa: E402
 
+ACCEPT = 0.65  # the pilot's goal acceptance rate (FAB adapts its HMC towards 0.65)
 TARGETS: dict[str, dict[str, Any]] = {
     "gmm40": {"couplings": 10, "hidden": 64, "scale": 30.0, "levels": 2, "eval_levels": 4},
     "many_well32": {"couplings": 10, "hidden": 64, "scale": 2.0, "levels": 5, "eval_levels": 8},
 }
 CONFIGS = {
     "default": {"iters": {"gmm40": 1000, "many_well32": 150}, "batch": 128, "samples": 10_000,
-                "curve_points": 5, "seeds": 3, "lr": 1e-3, "pilot": 10},
-    "quick": {"iters": {"gmm40": 4, "many_well32": 2}, "batch": 32, "samples": 500,
-              "curve_points": 2, "seeds": 1, "lr": 1e-3, "pilot": 2},
+                "curve_points": 5, "seeds": 3, "lr": 1e-3, "pilot": 10, "pilot_batch": 512},
+    "quick": {"iters": {"gmm40": 4, "many_well32": 2}, "batch": 16, "samples": 400,
+              "curve_points": 2, "seeds": 1, "lr": 1e-3, "pilot": 2, "pilot_batch": 64,
+              "couplings": 2},
 }
 
 
@@ -118,7 +120,7 @@ def flow_kl(flow: Flow, target: nn.Module, exact: torch.Tensor) -> float:
 
 
 def run_seed(name: str, cfg: dict[str, Any], seed: int) -> tuple[list[dict[str, Any]], list]:
-    spec = TARGETS[name]
+    spec = {**TARGETS[name], **({"couplings": cfg["couplings"]} if "couplings" in cfg else {})}
     target = make_target(name)
     dim = target.dim
     torch.manual_seed(1000 + seed)
@@ -152,7 +154,8 @@ def run_seed(name: str, cfg: dict[str, Any], seed: int) -> tuple[list[dict[str, 
         if buffer:
             snf = trainer.annealed_sampler(levels=spec["eval_levels"])
             before = trainer.target_evals
-            tune_step_sizes(snf, rounds=cfg["pilot"], batch_size=512, target_accept=0.65)
+            pilot = {"rounds": cfg["pilot"], "batch_size": cfg["pilot_batch"]}
+            tune_step_sizes(snf, **pilot, target_accept=ACCEPT)
             tune = trainer.target_evals - before
             res = evaluate_is(name, target, snf.sample_with_log_weights, cfg["samples"])
             rows.append({"method": "fab+ais", "train_evals": train_evals + tune,
@@ -179,7 +182,7 @@ def run_seed(name: str, cfg: dict[str, Any], seed: int) -> tuple[list[dict[str, 
     pulled = PulledBackDensity(list(flow.layers), counted)
     blocks = hmc_levels(pulled, standard_normal_log_prob, spec["eval_levels"], 5, 0.3, "linear")
     snf = StochasticNormalizingFlow((dim,), [*blocks, *flow.layers], counted)
-    tune_step_sizes(snf, rounds=cfg["pilot"], batch_size=512, target_accept=0.65)
+    tune_step_sizes(snf, rounds=cfg["pilot"], batch_size=cfg["pilot_batch"], target_accept=ACCEPT)
     res = evaluate_is(name, target, snf.sample_with_log_weights, cfg["samples"])
     rows.append({"method": "snf", "train_evals": counted.count - cfg["samples"],
                  "evals_per_sample": evals_per_sample(snf), "train_cpu_s": train_cpu,
@@ -192,9 +195,10 @@ def run_seed(name: str, cfg: dict[str, Any], seed: int) -> tuple[list[dict[str, 
     scale_map = T.AffineTransform(torch.zeros(dim), torch.full((dim,), scale), event_dim=1)
     ais = StochasticNormalizingFlow((dim,), [scale_map, *ais_blocks], target)
     start = time.process_time()
-    tune_step_sizes(ais, rounds=cfg["pilot"], batch_size=512, target_accept=0.65)
+    tune_step_sizes(ais, rounds=cfg["pilot"], batch_size=cfg["pilot_batch"], target_accept=ACCEPT)
     res = evaluate_is(name, target, ais.sample_with_log_weights, cfg["samples"])
-    rows.append({"method": "ais", "train_evals": cfg["pilot"] * 512 * evals_per_sample(ais),
+    pilot_evals = cfg["pilot"] * cfg["pilot_batch"] * evals_per_sample(ais)
+    rows.append({"method": "ais", "train_evals": pilot_evals,
                  "evals_per_sample": evals_per_sample(ais),
                  "train_cpu_s": time.process_time() - start, "forward_kl": None, **res})
     for row in rows:
