@@ -1,0 +1,177 @@
+"""SVI with any guide on a model with a subsampled data plate, as a LightningModule.
+
+Pyro's recipe (its ``examples/svi_lightning.py``): the ELBO as a module
+(``Trace_ELBO()(model, guide)``), a LightningModule whose ``training_step``
+returns that loss, and an explicit subsample so workers do not draw the same one.
+Here the subsample is the worker's shard of the indices: the model is called as
+``model(ind, *tensors)`` and uses ``pyro.plate(name, size, subsample=ind)``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["GUIDE_NAMES", "IndexedDataset", "SVIModule", "fit_svi_distributed"]
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+from pyro.infer.elbo import ELBO
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from pyro_relax.lightning._trainer import RNGStateMixin, ShardedData, finite_or_raise, make_trainer
+
+# guides that train by plain SVI steps (the pipelines auto / pathfinder / flow-ais do not)
+GUIDE_NAMES = ("normal", "mvn", "iaf", "flow", "snf", "diffusion")
+
+
+class IndexedDataset(Dataset):
+    """Items ``(i, t_1[i], ..., t_k[i])``: the index comes first, for the plate's subsample.
+
+    Arguments:
+        tensors: tensors sharing their first dimension (may be empty: indices only,
+            then ``size`` gives the length).
+        size: the number of items when no tensor is given.
+
+    Example:
+        >>> IndexedDataset(torch.zeros(3, 2))[1][0]
+        tensor(1)
+    """
+
+    def __init__(self, *tensors: Tensor, size: int | None = None) -> None:
+        if not tensors and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"IndexedDataset: expected tensors or a positive size, got {size!r}")
+        lengths = {t.shape[0] for t in tensors if isinstance(t, Tensor) and t.dim() > 0}
+        if tensors and (len(lengths) != 1 or any(not isinstance(t, Tensor) for t in tensors)):
+            raise ValueError("IndexedDataset: expected tensors with one common first dimension, "
+                             f"got shapes {[tuple(getattr(t, 'shape', ())) for t in tensors]}")
+        self.tensors = tensors
+        self.size = lengths.pop() if tensors else int(size)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
+        return (torch.tensor(i),) + tuple(t[i] for t in self.tensors)
+
+
+class SVIModule(RNGStateMixin, L.LightningModule):
+    """The ELBO of ``model`` and ``guide`` as the training loss of a LightningModule.
+
+    Every worker uses the same seed, so the guide's draws of the global latents
+    agree across workers; each worker's ELBO is scaled by ``size / len(ind)``
+    through the plate, so the DDP average of the workers' gradients is the
+    gradient of the ELBO on the global batch (the same as one process).
+
+    Arguments:
+        model: a Pyro model called as ``model(ind, *tensors)`` (indices first).
+        guide: a guide for it (an ``nn.Module``, e.g. an autoguide).
+        example: one batch, ``(ind, *tensors)``, used to create the guide's parameters.
+        lr: Adam learning rate.
+        elbo: the ELBO (default ``Trace_ELBO()``).
+        seed: torch seed (the same on every worker).
+
+    Raises:
+        TypeError: for a model that is not callable, a guide that is not an
+            ``nn.Module``, or an ELBO that is not a Pyro ``ELBO``.
+        ValueError: for a bad ``lr``, or a guide with no parameters.
+    """
+
+    def __init__(self, model: Callable[..., Any], guide: torch.nn.Module,
+                 example: tuple[Tensor, ...], lr: float = 1e-2, elbo: ELBO | None = None,
+                 seed: int = 0) -> None:
+        super().__init__()
+        if not callable(model):
+            raise TypeError(f"SVIModule: expected a callable model, got {type(model).__name__}")
+        if not isinstance(guide, torch.nn.Module):
+            raise TypeError(f"SVIModule: expected an nn.Module guide, got {type(guide).__name__}")
+        elbo = Trace_ELBO() if elbo is None else elbo
+        if not isinstance(elbo, ELBO):
+            raise TypeError(f"SVIModule: expected a Pyro ELBO, got {type(elbo).__name__}")
+        if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"SVIModule: expected a positive finite lr, got {lr!r}")
+        if not isinstance(example, tuple) or not example:
+            raise TypeError("SVIModule: expected example a tuple (ind, *tensors), got "
+                            f"{type(example).__name__}")
+        with pyro.poutine.block(), torch.no_grad():
+            guide(*example)  # creates the lazily built parameters before DDP wraps the module
+        self.loss_fn = elbo(model, guide)
+        if not any(p.requires_grad for p in self.loss_fn.parameters()):
+            raise ValueError("SVIModule: the guide has no trainable parameters after one call")
+        self.model, self.guide = model, guide
+        self.lr, self.seed = float(lr), int(seed)
+        self.history: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss = self.loss_fn(*batch)
+        finite_or_raise(self, loss, "SVIModule")
+        self.log("train_loss", loss, on_step=True, on_epoch=False, sync_dist=True,
+                 batch_size=batch[0].shape[0])
+        self.history.append(float(loss.detach()))
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.loss_fn.parameters(), lr=self.lr)
+
+
+def fit_svi_distributed(
+    model: Callable[..., Any],
+    guide_name: str,
+    devices: int,
+    *tensors: Tensor,
+    size: int | None = None,
+    steps: int = 1000,
+    batch_size: int = 64,
+    lr: float = 1e-2,
+    seed: int = 0,
+    strategy: str = "ddp_spawn",
+    accelerator: str = "cpu",
+    log_dir: str | os.PathLike[str] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+) -> tuple[SVIModule, L.Trainer]:
+    """Fit one of :data:`GUIDE_NAMES` to ``model`` by SVI on ``devices`` workers.
+
+    Arguments:
+        model: a Pyro model called as ``model(ind, *tensors)`` with a plate
+            ``pyro.plate(name, N, subsample=ind)`` over the data.
+        guide_name: one of :data:`GUIDE_NAMES`.
+        devices: number of workers (CPU processes or GPUs).
+        tensors: the data, sharing their first dimension (the plate's).
+        size: the plate size when no tensor is given.
+        steps: optimizer steps.
+        batch_size: global subsample size per step (divisible by ``devices``).
+        lr: Adam learning rate.
+        seed: seed of the guide's draws and the data order.
+        strategy: ``"ddp_spawn"`` (workers spawned from here; the trained guide comes
+            back to this process), ``"ddp"`` (the script is run again per worker) or ``"auto"``.
+        accelerator: ``"cpu"`` or ``"gpu"``.
+        log_dir: folder of the CSV log (``train_loss`` per step).
+        checkpoint_dir: folder of the checkpoints (``last.ckpt``).
+
+    Returns:
+        The trained module (``module.guide`` is the guide) and the trainer.
+
+    Raises:
+        ValueError: for an unknown guide name, strategy, accelerator or device count.
+    """
+    from pyro_relax.infer.runner import _make_guide
+
+    if guide_name not in GUIDE_NAMES:
+        raise ValueError(f"fit_svi_distributed: expected a guide in {list(GUIDE_NAMES)}, "
+                         f"got {guide_name!r}")
+    data = IndexedDataset(*tensors, size=size)
+    shards = ShardedData(data, batch_size=batch_size, shuffle=True, seed=seed)
+    trainer = make_trainer(accelerator=accelerator, devices=devices, strategy=strategy,
+                           max_steps=steps, log_dir=log_dir, checkpoint_dir=checkpoint_dir)
+    torch.manual_seed(seed)
+    guide = _make_guide(model, guide_name)
+    example = tuple(torch.stack(c) for c in zip(*(data[i] for i in range(batch_size)),
+                                                 strict=True))
+    module = SVIModule(model, guide, example, lr=lr, seed=seed)
+    trainer.fit(module, datamodule=shards)
+    return module, trainer
