@@ -313,13 +313,13 @@ def profile_breakdown(
         if group is not None or not handed_on or depth > 20:
             out = {group or "other": 1.0}
         else:
-            callers = stats[key][4]
+            # only callers that are profiled and not the function itself share its time,
+            # so the shares sum to one (a recursive or unprofiled caller used to leak some)
+            callers = {c: v for c, v in stats[key][4].items() if c in stats and c != key}
             weight = sum(c[2] for c in callers.values())
             out = {}
             if weight > 0:
                 for caller, c in callers.items():
-                    if caller not in stats or caller == key:
-                        continue
                     for g, f in shares_of(caller, depth + 1).items():
                         out[g] = out.get(g, 0.0) + f * c[2] / weight
             out = out or {"other": 1.0}
