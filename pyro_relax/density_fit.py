@@ -1,0 +1,437 @@
+"""The work of ``pyro-relax density``: data, validation split, flow choices, training, outputs.
+
+Only :mod:`pyro_relax.cli` calls :func:`add_density_parser` and :func:`run_density`;
+``run_density`` writes into the (temporary) folder the command hands it. The
+training itself is :class:`pyro_relax.lightning.DensityModule` (several processes
+with ``--devices N --strategy ddp``), imported only when a fit runs.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FLOWS",
+    "add_density_parser",
+    "build_flow",
+    "check_density_args",
+    "load_data",
+    "load_density_model",
+    "run_density",
+    "split_data",
+    "write_outputs",
+]
+
+import argparse
+import csv
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pyro_relax import datasets
+from pyro_relax.distributions.flow import Flow
+
+FLOWS: dict[str, str] = {
+    "spline": "rational-quadratic spline couplings (exact)",
+    "affine": "affine (RealNVP) couplings (exact)",
+    "abs": "splines, softplus and the abs surjection (exact; sign-symmetric data)",
+    "sort": "splines, an ordered map and the sort surjection (exact; exchangeable columns)",
+    "max": "splines and the max surjection (exact)",
+    "augment": "splines on the data plus --extra dimensions, augment surjection (a bound)",
+    "dequantize": "splines, sigmoid, uniform dequantization (integers 0..bins-1; a bound)",
+    "vdequantize": "as dequantize with learned (variational) dequantization noise (a bound)",
+}
+BUILTIN = sorted([*datasets.DATASETS, "digits"])
+FORMAT = "pyro-relax-density/1"
+
+
+def load_data(spec: str, *, n: int = 5000, seed: int = 0) -> Tensor:
+    """The data named by ``spec``: a built-in set, a ``.npy`` or a ``.csv`` file, as ``(n, d)``.
+
+    A CSV may start with one header row; every other cell must be a number and
+    every row must have the same number of columns. Values must be finite.
+
+    Arguments:
+        spec: a name from ``BUILTIN`` or the path of a ``.npy``/``.csv`` file.
+        n: points drawn from a 2-D built-in set.
+        seed: seed of the built-in sets.
+
+    Returns:
+        A float tensor of shape ``(n, d)`` (the default dtype).
+
+    Raises:
+        ValueError: naming what was expected, for every bad input.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"expected DATA a .npy or .csv file or one of {BUILTIN}, got {spec!r}")
+    if spec in datasets.DATASETS:
+        return datasets.load(spec, n, seed=seed)
+    if spec == "digits":
+        return torch.cat(datasets.digits(seed=seed))
+    path = Path(spec)
+    if path.suffix.lower() not in (".npy", ".csv"):
+        raise ValueError(f"expected DATA a .npy or .csv file or one of {BUILTIN}, got {spec!r}")
+    if not path.is_file():
+        raise ValueError(f"expected DATA an existing file, {spec} does not exist")
+    array = _read_npy(path) if path.suffix.lower() == ".npy" else _read_csv(path)
+    return _check_values(array, path.name)
+
+
+def _read_npy(path: Path) -> Tensor:
+    import numpy as np
+
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"expected {path.name} a numeric .npy array, could not read it: "
+                         f"{str(err).splitlines()[0]}") from err
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"expected a numeric array in {path.name}, got dtype {array.dtype}")
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise ValueError(f"expected a 2-D array (points, columns) in {path.name}, "
+                         f"got shape {tuple(array.shape)}")
+    return torch.as_tensor(array.astype("float64"), dtype=torch.get_default_dtype())
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _read_csv(path: Path) -> Tensor:
+    try:
+        with path.open(newline="") as f:
+            rows = [(i + 1, r) for i, r in enumerate(csv.reader(f)) if any(c.strip() for c in r)]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"expected {path.name} a text CSV of numbers: {err}") from err
+    if rows and all(_number(c) is None for c in rows[0][1]):
+        rows = rows[1:]  # a header
+    if not rows:
+        raise ValueError(f"expected rows of numbers in {path.name}, found none")
+    width = len(rows[0][1])
+    values = []
+    for line, row in rows:
+        if len(row) != width:
+            raise ValueError(f"expected {width} columns on every row of {path.name} (as on its "
+                             f"first data row), line {line} has {len(row)}")
+        parsed = [_number(c) for c in row]
+        for j, v in enumerate(parsed):
+            if v is None:
+                raise ValueError(f"expected a number in every cell of {path.name}; line {line}, "
+                                 f"column {j + 1} holds {row[j].strip()!r}")
+        values.append(parsed)
+    return torch.tensor(values, dtype=torch.get_default_dtype())
+
+
+def _check_values(x: Tensor, name: str) -> Tensor:
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        i, j = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"expected finite values in {name}; point {i + 1}, column {j + 1} "
+                         f"is {float(x[i, j])}")
+    return x
+
+
+def split_data(x: Tensor, val_fraction: float, test_fraction: float,
+               seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Shuffle (seeded) and cut ``x`` into train, validation and test parts.
+
+    Raises:
+        ValueError: for fractions outside ``(0, 1)`` or too few points for three parts.
+    """
+    for name, f in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not (math.isfinite(f) and 0 < f < 1):
+            raise ValueError(f"expected {name} strictly between 0 and 1, got {f}")
+    if val_fraction + test_fraction >= 0.9:
+        raise ValueError(f"expected --val-fraction + --test-fraction below 0.9, "
+                         f"got {val_fraction + test_fraction:.3g}")
+    n = x.shape[0]
+    n_val, n_test = max(1, int(n * val_fraction)), max(1, int(n * test_fraction))
+    if n - n_val - n_test < 8:
+        raise ValueError(f"expected at least 8 training points after the split, got "
+                         f"{n - n_val - n_test} of {n} points")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    x = x[perm.to(x.device)]
+    return x[n_val + n_test:], x[:n_val], x[n_val:n_val + n_test]
+
+
+def build_flow(kind: str, dim: int, *, num_layers: int = 4, hidden: int = 64, extra: int = 2,
+               num_bins: int = 256) -> Flow:
+    """A flow of kind ``kind`` (one of :data:`FLOWS`) for data of ``dim`` columns.
+
+    Raises:
+        ValueError: for an unknown kind, or a dimension the kind cannot take.
+    """
+    import pyro.distributions.transforms as T
+
+    from pyro_relax.surjections import (
+        AbsSurjection,
+        AugmentSurjection,
+        MaxSurjection,
+        SortSurjection,
+        UniformDequantization,
+        VariationalDequantization,
+    )
+    from pyro_relax.transforms import ActNorm
+    from pyro_relax.transforms.stacks import coupling_stack
+
+    if kind not in FLOWS:
+        raise ValueError(f"expected --flow one of {sorted(FLOWS)}, got {kind!r}")
+    if kind in ("sort", "max") and dim < 2:
+        raise ValueError(f"--flow {kind} needs data with at least 2 columns, got {dim}")
+    small = (max(8, hidden // 2),)
+    stack = coupling_stack(dim, num_layers, hidden, kind="affine" if kind == "affine" else "spline")
+    layers: dict[str, Any] = {
+        "spline": lambda: ((dim,), stack),
+        "affine": lambda: ((dim,), stack),
+        "abs": lambda: ((dim,), [*stack, ActNorm(dim), T.SoftplusTransform(), AbsSurjection()]),
+        "sort": lambda: ((dim,), [*stack, ActNorm(dim), T.OrderedTransform(), SortSurjection()]),
+        "max": lambda: ((dim,), [*stack, ActNorm(dim), MaxSurjection(dim, hidden=small)]),
+        "augment": lambda: ((dim + extra,), [*coupling_stack(dim + extra, num_layers, hidden),
+                                             AugmentSurjection(dim, extra, hidden=small)]),
+        "dequantize": lambda: ((dim,), [*stack, ActNorm(dim), T.SigmoidTransform(),
+                                        UniformDequantization(num_bins)]),
+        "vdequantize": lambda: ((dim,), [*stack, ActNorm(dim), T.SigmoidTransform(),
+                                         VariationalDequantization(dim, num_bins, hidden=small)]),
+    }
+    base_shape, stack_layers = layers[kind]()
+    return Flow(base_shape, stack_layers)
+
+
+def load_density_model(path: str | os.PathLike[str]) -> Flow:
+    """Load the flow a ``pyro-relax density`` run wrote (its folder or its ``model.pt``).
+
+    Read with ``torch.load(weights_only=True)``: no pickled code runs.
+
+    Example:
+        >>> flow = load_density_model("runs/moons")  # doctest: +SKIP
+        >>> flow.log_prob(torch.zeros(1, 2))  # doctest: +SKIP
+    """
+    p = Path(path)
+    p = p / "model.pt" if p.is_dir() else p
+    if not p.is_file():
+        raise ValueError(f"expected a pyro-relax density output folder or model.pt, got {path}")
+    saved = torch.load(p, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        raise ValueError(f"expected {p} written by pyro-relax density ({FORMAT}), it is not")
+    cfg = saved["config"]
+    flow = build_flow(cfg["flow"], cfg["dim"], num_layers=cfg["layers"], hidden=cfg["hidden"],
+                      extra=cfg["extra"], num_bins=cfg["bins"])
+    flow.load_state_dict(saved["state_dict"])
+    return flow
+
+
+def add_density_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``density`` subcommand (its own options; the CLI adds --out, --force,
+    --device, --seed and --no-progress as for ``fit``) and return its parser."""
+    p = subparsers.add_parser("density", help="fit a flow to data (.npy, .csv or a built-in set)")
+    p.add_argument("data", help=f"a .npy or .csv file (points x columns) or one of {BUILTIN}")
+    p.add_argument("--flow", choices=list(FLOWS), default="spline",
+                   help="; ".join(f"{k}: {v}" for k, v in FLOWS.items()))
+    p.add_argument("--steps", type=int, default=2000, help="most optimizer steps")
+    p.add_argument("--batch-size", type=int, default=256, help="global batch size")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--layers", type=int, default=4, help="coupling layers")
+    p.add_argument("--hidden", type=int, default=64, help="conditioner width")
+    p.add_argument("--extra", type=int, default=2, help="added dimensions of --flow augment")
+    p.add_argument("--bins", type=int, default=None,
+                   help="levels of --flow (v)dequantize (default: the data's maximum + 1)")
+    p.add_argument("--points", type=int, default=5000, help="points drawn from a built-in 2-D set")
+    p.add_argument("--columns", type=int, default=None, help="the number of columns expected")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--patience", type=int, default=10,
+                   help="validations without improvement before stopping early")
+    p.add_argument("--particles", type=int, default=64,
+                   help="importance samples of the validation/test NLL of bound flows")
+    p.add_argument("--devices", type=int, default=1, help="processes (CPU) or GPUs")
+    p.add_argument("--strategy", default="auto",
+                   help="auto (one process) or ddp (DistributedDataParallel over --devices)")
+    return p
+
+
+_COUNTS = {"steps": 1, "batch_size": 2, "layers": 1, "hidden": 2, "extra": 1, "points": 20,
+           "patience": 1, "particles": 1, "devices": 1}
+
+
+def check_density_args(args: argparse.Namespace) -> tuple[Tensor, int]:
+    """Check the options and the data before anything runs; return the data and the bins.
+
+    Raises:
+        ValueError: with one line naming what was expected and what came.
+    """
+    from pyro_relax.lightning import check_devices, check_strategy
+
+    for name, low in _COUNTS.items():
+        v = getattr(args, name)
+        if v < low:
+            raise ValueError(f"expected --{name.replace('_', '-')} at least {low}, got {v}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"expected --lr a positive number, got {args.lr}")
+    if args.strategy not in ("auto", "ddp"):
+        check_strategy(args.strategy)  # names the strategies Lightning's module knows
+        raise ValueError(f"expected --strategy auto or ddp, got {args.strategy!r}")
+    if args.strategy == "auto" and args.devices > 1:
+        raise ValueError(f"--devices {args.devices} needs --strategy ddp")
+    check_devices(_accelerator(args), args.devices)
+    x = load_data(args.data, n=args.points, seed=args.seed)
+    if args.columns is not None and x.shape[1] != args.columns:
+        raise ValueError(f"expected {args.columns} columns (--columns) in {args.data}, "
+                         f"got {x.shape[1]}")
+    bins = args.bins
+    if args.flow in ("dequantize", "vdequantize"):
+        if bool((x != x.round()).any()) or bool((x < 0).any()):
+            raise ValueError(f"--flow {args.flow} needs integers 0, 1, ... in {args.data}, "
+                             f"got non-integer or negative values")
+        top = int(x.max()) + 1
+        bins = top if bins is None else bins
+        if bins < max(2, top):
+            raise ValueError(f"expected --bins above the data's largest value {top - 1}, "
+                             f"got {bins}")
+    return x, 256 if bins is None else bins
+
+
+def _accelerator(args: argparse.Namespace) -> str:
+    return "gpu" if str(getattr(args, "device", "cpu")).startswith("cuda") else "cpu"
+
+
+def run_density(args: argparse.Namespace, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Fit the flow, then write ``model.pt``, ``metrics.json`` and the plots into ``out_dir``.
+
+    Arguments:
+        args: the parsed options (from :func:`add_density_parser` plus the CLI's).
+        out_dir: the run's temporary folder (the CLI swaps it into place).
+
+    Returns:
+        The metrics written to ``metrics.json``.
+    """
+    from lightning.pytorch.callbacks import EarlyStopping
+    from torch.utils.data import TensorDataset
+
+    from pyro_relax.lightning import DensityModule, ShardedData, make_trainer
+
+    out = Path(out_dir)
+    x, bins = check_density_args(args)
+    train, val, test = split_data(x, args.val_fraction, args.test_fraction, args.seed)
+    batch = min(args.batch_size, train.shape[0]) // args.devices * args.devices
+    if batch < args.devices:
+        raise ValueError(f"expected at least {args.devices} training points per step, got {batch}")
+    torch.manual_seed(args.seed)
+    config = {"flow": args.flow, "dim": int(x.shape[1]), "layers": args.layers,
+              "hidden": args.hidden, "extra": args.extra, "bins": bins}
+    flow = build_flow(args.flow, x.shape[1], num_layers=args.layers, hidden=args.hidden,
+                      extra=args.extra, num_bins=bins)
+    with torch.no_grad():  # data-dependent initialization (ActNorm) once, the same on every worker
+        flow.log_prob(train[:batch])
+    module = DensityModule(flow, lr=args.lr, num_particles=args.particles, seed=args.seed,
+                           bits_per_dim=args.flow in ("dequantize", "vdequantize"))
+    shards = ShardedData(TensorDataset(train), TensorDataset(val), batch_size=batch,
+                         shuffle=True, seed=args.seed)
+    work = out / "lightning"
+    trainer = make_trainer(
+        accelerator=_accelerator(args), devices=args.devices,
+        strategy="ddp_spawn" if args.strategy == "ddp" else "auto",  # this process keeps --out
+        max_steps=args.steps, log_dir=work, checkpoint_dir=work / "checkpoints",
+        monitor="val_nll", callbacks=[EarlyStopping("val_nll", patience=args.patience)],
+        progress=bool(getattr(args, "progress", False)),
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=shards)
+    seconds = time.perf_counter() - start
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    metrics = _metrics(module, train, val, test, config, args, seconds, trainer, best)
+    write_outputs(out, module.flow, config, metrics, work / "metrics.csv", train)
+    return metrics
+
+
+@torch.no_grad()
+def _metrics(module: Any, train: Tensor, val: Tensor, test: Tensor, config: dict[str, Any],
+             args: argparse.Namespace, seconds: float, trainer: Any, best: str) -> dict[str, Any]:
+    module.eval()
+    d, per_bit = train.shape[1], train.shape[1] * math.log(2.0)
+    out: dict[str, Any] = {"flow": args.flow, "data": args.data, "columns": d,
+                           "exact": bool(module.flow().exact), "particles": args.particles}
+    for name, part in (("train", train[:5000]), ("val", val), ("test", test)):
+        nll = float(torch.cat([module.nll(c) for c in part.split(1024)]).mean())
+        if not math.isfinite(nll):
+            raise FloatingPointError(f"the {name} NLL of the trained flow is {nll}; "
+                                     f"lower --lr or change --flow")
+        out[f"{name}_nll"], out[f"{name}_bits_per_dim"] = nll, nll / per_bit
+        out[f"n_{name}"] = int(part.shape[0]) if name != "train" else int(train.shape[0])
+    out.update({"seconds": seconds, "steps": int(trainer.global_step), "devices": args.devices,
+                "strategy": args.strategy, "best_checkpoint": os.path.basename(best) or None,
+                "stopped_early": int(trainer.global_step) < args.steps, "config": config})
+    return out
+
+
+def write_outputs(folder: Path, flow: Flow, config: dict[str, Any], metrics: dict[str, Any],
+                  log_csv: Path, train: Tensor) -> None:
+    """Write ``model.pt``, ``metrics.json``, ``loss.png`` and, for 2-D data, ``density.png``."""
+    torch.save({"format": FORMAT, "config": config, "state_dict": flow.state_dict()},
+               folder / "model.pt")
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _plot_losses(log_csv, folder / "loss.png")
+    if train.shape[1] == 2:
+        _plot_density(flow, train, folder / "density.png", metrics["particles"])
+
+
+def _plot_losses(log_csv: Path, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, list[tuple[int, float]]] = {"train_loss": [], "val_nll": []}
+    if log_csv.is_file():
+        with log_csv.open() as f:
+            for row in csv.DictReader(f):
+                for k, pts in curves.items():
+                    if row.get(k):
+                        pts.append((int(row["step"]), float(row[k])))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, pts in curves.items():
+        if pts:
+            ax.plot(*zip(*pts, strict=True), label=k, marker="o" if k == "val_nll" else None)
+    ax.set(xlabel="step", ylabel="NLL (nats)", title="training")
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+@torch.no_grad()
+def _plot_density(flow: Flow, train: Tensor, path: Path, particles: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lo, hi = train.min(0).values, train.max(0).values
+    pad = 0.1 * (hi - lo)
+    g0 = torch.linspace(float(lo[0] - pad[0]), float(hi[0] + pad[0]), 80)
+    g1 = torch.linspace(float(lo[1] - pad[1]), float(hi[1] + pad[1]), 80)
+    grid = torch.stack(torch.meshgrid(g0, g1, indexing="xy"), -1).reshape(-1, 2).to(train)
+    d = flow()
+    lp = d.log_prob(grid) if d.exact else d.log_prob_iw(grid, min(particles, 16))
+    samples = flow.sample((min(2000, train.shape[0]),)).cpu()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharex=True, sharey=True)
+    shown = train[:2000].cpu()
+    axes[0].scatter(shown[:, 0], shown[:, 1], s=2)
+    axes[0].set_title("data")
+    axes[1].pcolormesh(g0, g1, lp.exp().reshape(80, 80).cpu(), shading="auto")
+    axes[1].set_title("model density")
+    axes[2].scatter(samples[:, 0], samples[:, 1], s=2, color="C1")
+    axes[2].set_title("model samples")
+    axes[0].set(xlim=(float(g0[0]), float(g0[-1])), ylim=(float(g1[0]), float(g1[-1])))
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
