@@ -15,7 +15,7 @@ for the data-space target (the map is a bijection).
 
 from __future__ import annotations
 
-__all__ = ["CountingDensity", "LatentAIS", "SquaredOverFlow"]
+__all__ = ["CountingDensity", "LatentAIS", "SquaredOverFlow", "check_exact_flow"]
 
 import math
 from collections.abc import Callable
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from pyro_relax._validation import validation
+from pyro_relax.distributions.flow import Flow
 from pyro_relax.stochastic.annealing import (
     AnnealedBlock,
     linear_schedule,
@@ -218,3 +219,22 @@ class LatentAIS(nn.Module):
             bad |= u.square().sum(-1) > self.dim * self.escape_radius**2
         log_w = torch.where(bad, torch.full_like(log_w, math.nan), log_w)
         return x, log_w, log_q
+
+
+def check_exact_flow(flow: object, owner: str) -> int:
+    """The size of an exact bijective flow with a standard-normal vector base; else raise."""
+    if not isinstance(flow, Flow):
+        raise TypeError(f"{owner}: expected a pyro_relax Flow (or SNF), got {type(flow).__name__}")
+    if flow._base is not None or len(flow.base_shape) != 1:
+        raise ValueError(
+            f"{owner}: expected a flow with the default standard-normal base on a vector, got "
+            f"base {type(flow._base).__name__} of shape {tuple(flow.base_shape)}"
+        )
+    for i, layer in enumerate(flow.layers):
+        if not (layer.bijective and layer.exact):
+            raise ValueError(
+                f"{owner}: FAB needs the exact log q of the flow: expected exact bijective "
+                f"layers, got {type(layer).__name__} at position {i} (train the bijective part "
+                f"and add stochastic blocks afterwards: see FABTrainer.annealed_sampler)"
+            )
+    return int(flow.base_shape[0])

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from pyro_relax.distributions.flow import Flow
 from pyro_relax.stochastic.pullback import annealed_hmc_levels
 from pyro_relax.stochastic.snf import StochasticNormalizingFlow
-from pyro_relax.train.ais import KERNELS, CountingDensity, LatentAIS
+from pyro_relax.train.ais import KERNELS, CountingDensity, LatentAIS, check_exact_flow
 from pyro_relax.train.buffer import PrioritizedBuffer
 
 
@@ -81,25 +81,6 @@ def _real(value: object, name: str, low: float, high: float = math.inf) -> float
     if not low < float(value) < high:
         raise ValueError(f"FABTrainer: expected {name} in ({low}, {high}), got {value!r}")
     return float(value)
-
-
-def check_exact_flow(flow: object, owner: str) -> int:
-    """The size of an exact bijective flow with a standard-normal vector base; else raise."""
-    if not isinstance(flow, Flow):
-        raise TypeError(f"{owner}: expected a pyro_relax Flow (or SNF), got {type(flow).__name__}")
-    if flow._base is not None or len(flow.base_shape) != 1:
-        raise ValueError(
-            f"{owner}: expected a flow with the default standard-normal base on a vector, got "
-            f"base {type(flow._base).__name__} of shape {tuple(flow.base_shape)}"
-        )
-    for i, layer in enumerate(flow.layers):
-        if not (layer.bijective and layer.exact):
-            raise ValueError(
-                f"{owner}: FAB needs the exact log q of the flow: expected exact bijective "
-                f"layers, got {type(layer).__name__} at position {i} (train the bijective part "
-                f"and add stochastic blocks afterwards: see FABTrainer.annealed_sampler)"
-            )
-    return int(flow.base_shape[0])
 
 
 class FABTrainer:
