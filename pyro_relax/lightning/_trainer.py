@@ -7,6 +7,7 @@ __all__ = [
     "STRATEGIES",
     "RNGStateMixin",
     "ShardedData",
+    "StepSampler",
     "check_devices",
     "check_strategy",
     "make_trainer",
@@ -143,14 +144,51 @@ def make_trainer(
     )
 
 
+class StepSampler(DistributedSampler):
+    """A ``DistributedSampler`` whose epoch and position come from the optimizer step.
+
+    When an iterator is made, the epoch is ``step // steps_per_epoch`` and the first
+    ``step % steps_per_epoch`` batches are skipped, where ``step`` is what
+    ``global_step()`` says; Lightning's own epoch counter (``set_epoch``), which
+    differs by one after a resume from an epoch-end checkpoint, is ignored.
+
+    Arguments:
+        dataset: the dataset.
+        global_step: returns the number of optimizer steps done so far.
+        local_batch: items per worker per step.
+        kwargs: ``num_replicas``, ``rank``, ``shuffle``, ``seed`` of ``DistributedSampler``.
+    """
+
+    def __init__(self, dataset: Dataset, global_step: Any, local_batch: int,
+                 **kwargs: Any) -> None:
+        super().__init__(dataset, drop_last=True, **kwargs)
+        self.global_step, self.local_batch = global_step, local_batch
+        self.steps_per_epoch = max(1, self.num_samples // local_batch)
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Ignored: the epoch follows the optimizer step."""
+
+    def __iter__(self) -> Any:
+        step = int(self.global_step())
+        self.epoch, self._skip = divmod(step, self.steps_per_epoch)
+        items = list(super().__iter__())
+        return iter(items[self._skip * self.local_batch:])
+
+    def __len__(self) -> int:
+        skip = int(self.global_step()) % self.steps_per_epoch
+        return self.num_samples - skip * self.local_batch
+
+
 class ShardedData(L.LightningDataModule):
     """Training (and optional validation) data split between the workers without overlap.
 
     Each worker gets ``batch_size / world_size`` items per step from a
     ``DistributedSampler`` that knows the true world size (also with one process),
     so the global batch of a step is the same set of items whatever the number
-    of workers. The order is a function of ``seed`` and the epoch only, so a run
-    resumed from an epoch-end checkpoint sees the batches the uninterrupted run saw.
+    of workers. The order is a function of ``seed`` and the trainer's global step
+    only (:class:`StepSampler`), so a resumed run sees the batches the
+    uninterrupted run saw.
 
     Arguments:
         train: a dataset (e.g. ``TensorDataset``).
@@ -176,6 +214,9 @@ class ShardedData(L.LightningDataModule):
         trainer = self.trainer
         return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
 
+    def _global_step(self) -> int:
+        return 0 if self.trainer is None else int(self.trainer.global_step)
+
     def _local_batch(self, world: int) -> int:
         if self.batch_size % world:
             raise ValueError(f"ShardedData: expected batch_size divisible by the {world} workers, "
@@ -184,10 +225,11 @@ class ShardedData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self._world()
-        sampler = DistributedSampler(self.train, num_replicas=world, rank=rank,
-                                     shuffle=self.shuffle, seed=self.seed, drop_last=True)
-        return DataLoader(self.train, batch_size=self._local_batch(world), sampler=sampler,
-                          drop_last=True)
+        local = self._local_batch(world)
+        sampler = StepSampler(self.train, self._global_step, local, num_replicas=world,
+                              rank=rank, shuffle=self.shuffle, seed=self.seed)
+        return DataLoader(self.train, batch_size=local, sampler=sampler,
+                          drop_last=True, generator=_own_generator(self.seed))
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val is None:
@@ -195,7 +237,13 @@ class ShardedData(L.LightningDataModule):
         world, rank = self._world()
         sampler = DistributedSampler(self.val, num_replicas=world, rank=rank, shuffle=False)
         return DataLoader(self.val, batch_size=max(self._local_batch(world), 256),
-                          sampler=sampler)
+                          sampler=sampler, generator=_own_generator(self.seed))
+
+
+def _own_generator(seed: int) -> torch.Generator:
+    """A generator for a DataLoader's base seed, so creating an iterator draws nothing from
+    torch's global RNG (which the modules' noise uses and checkpoints carry)."""
+    return torch.Generator().manual_seed(seed)
 
 
 class RNGStateMixin:
@@ -250,5 +298,5 @@ def finite_or_raise(module: L.LightningModule, loss: Tensor, owner: str) -> None
     if module.trainer is not None and module.trainer.world_size > 1:
         bad = module.trainer.strategy.reduce(bad, reduce_op="max")
     if bool(bad):
-        raise FloatingPointError(f"{owner}: the loss is {float(loss):.4g} at step "
+        raise FloatingPointError(f"{owner}: the loss is {float(loss.detach()):.4g} at step "
                                  f"{module.global_step} on some worker; lower the learning rate")

@@ -58,7 +58,7 @@ class StepData(L.LightningDataModule):
         ticks = _Ticks(self.batch_size * self.steps_per_epoch)
         sampler = DistributedSampler(ticks, num_replicas=world, rank=rank, shuffle=False)
         return DataLoader(ticks, batch_size=self.batch_size // world, sampler=sampler,
-                          drop_last=True)
+                          drop_last=True, generator=torch.Generator().manual_seed(0))
 
 
 class SNFModule(RNGStateMixin, L.LightningModule):

@@ -13,12 +13,13 @@ __all__ = ["GUIDE_NAMES", "IndexedDataset", "SVIModule", "fit_svi_distributed"]
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
 import pyro
 import torch
+from lightning.pytorch.callbacks import Callback
 from pyro.infer import Trace_ELBO
 from pyro.infer.elbo import ELBO
 from torch import Tensor
@@ -133,6 +134,7 @@ def fit_svi_distributed(
     accelerator: str = "cpu",
     log_dir: str | os.PathLike[str] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> tuple[SVIModule, L.Trainer]:
     """Fit one of :data:`GUIDE_NAMES` to ``model`` by SVI on ``devices`` workers.
 
@@ -152,6 +154,7 @@ def fit_svi_distributed(
         accelerator: ``"cpu"`` or ``"gpu"``.
         log_dir: folder of the CSV log (``train_loss`` per step).
         checkpoint_dir: folder of the checkpoints (``last.ckpt``).
+        callbacks: more Lightning callbacks.
 
     Returns:
         The trained module (``module.guide`` is the guide) and the trainer.
@@ -167,7 +170,8 @@ def fit_svi_distributed(
     data = IndexedDataset(*tensors, size=size)
     shards = ShardedData(data, batch_size=batch_size, shuffle=True, seed=seed)
     trainer = make_trainer(accelerator=accelerator, devices=devices, strategy=strategy,
-                           max_steps=steps, log_dir=log_dir, checkpoint_dir=checkpoint_dir)
+                           max_steps=steps, log_dir=log_dir, checkpoint_dir=checkpoint_dir,
+                           callbacks=callbacks)
     torch.manual_seed(seed)
     guide = _make_guide(model, guide_name)
     example = tuple(torch.stack(c) for c in zip(*(data[i] for i in range(batch_size)),
