@@ -2,19 +2,26 @@
 
 Targets: Neal's funnel (d = 10, exact reference from ``NealFunnel.sample``), the
 40-mode 2-D Gaussian mixture (exact samples of ``GaussianMixture40``) and the
-seven posteriordb posteriors of ``examples/posteriordb`` (10000 Stan reference
-draws). Methods: Pyro ``NUTS`` (``nuts``), Pyro ``AutoIAFNormal`` (``iaf``), our
-guides (``flow``, ``flow-ais``, ``snf``, ``diffusion``) and kernels (``mala``,
-``flow-imh``, ``ais-imh``, ``neutra``; the last three train an ``AutoFlowGuide``
-first, included in the time).
+13 posteriordb posteriors of ``examples/posteriordb`` (10000 Stan reference
+draws). Methods: Pyro ``NUTS`` (``nuts``, diagonal mass, through ``run_mcmc``;
+``nuts-dense``, dense mass in float64 with a wall-time cap, see
+``_inference_nuts.py``), Pyro's ``AutoIAFNormal`` (``iaf``),
+``AutoMultivariateNormal`` (``mvn``) and ``AutoDiagonalNormal`` (``normal``),
+our guides (``auto``, ``pathfinder``, ``flow``, ``flow-ais``, ``snf``,
+``diffusion``) and kernels (``mala``, ``flow-imh``, ``ais-imh``, ``neutra``; the
+last three train an ``AutoFlowGuide`` first, included in the time).
 
-Per target and method: wall seconds (training included), an ESS (MCMC: the
-smallest bulk ESS over all scalar components, ArviZ; guides: the Kish ESS of
-the importance weights of ``--draws`` draws), ESS per second, the PSIS k-hat
-(guides), and the largest errors over components of the mean (``|mean -
-ref_mean| / ref_sd``) and of the sd (``|sd / ref_sd - 1|``); guide moments are
-PSIS-reweighted. Run ``python benchmarks/inference.py [--quick] [--only funnel,
-eight_schools_centered] [--methods nuts,flow] [--json out.json]``.
+Per target and method: wall and CPU seconds (training included), an ESS (MCMC
+and ``auto`` ending in NeuTra: the smallest bulk ESS over all scalar
+components, ArviZ; guides: the Kish ESS of the PSIS-smoothed importance
+weights of ``--draws`` draws), ESS per second, the PSIS k-hat (guides), and the
+largest errors over components of the mean (``|mean - ref_mean| / ref_sd``)
+and of the sd (``|sd / ref_sd - 1|``); guide moments are PSIS-reweighted.
+``--goal`` runs issue 9's comparison (the funnel and the 13 posteriors x
+``GOAL_METHODS``) and prints its goal lines (``_inference_goal.py``). Run
+``python benchmarks/inference.py [--quick] [--goal] [--only funnel,kidiq]
+[--methods auto,nuts-dense] [--json out.json [--overwrite]]`` or
+``--merge a.json b.json --json all.json``.
 """
 
 from __future__ import annotations
