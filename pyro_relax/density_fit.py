@@ -268,7 +268,7 @@ def check_density_args(args: argparse.Namespace) -> tuple[Tensor, int]:
     Raises:
         ValueError: with one line naming what was expected and what came.
     """
-    from pyro_relax.lightning import check_devices, check_strategy
+    from pyro_relax.lightning import check_devices
 
     for name, low in _COUNTS.items():
         v = getattr(args, name)
@@ -277,7 +277,6 @@ def check_density_args(args: argparse.Namespace) -> tuple[Tensor, int]:
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise ValueError(f"expected --lr a positive number, got {args.lr}")
     if args.strategy not in ("auto", "ddp"):
-        check_strategy(args.strategy)  # names the strategies Lightning's module knows
         raise ValueError(f"expected --strategy auto or ddp, got {args.strategy!r}")
     if args.strategy == "auto" and args.devices > 1:
         raise ValueError(f"--devices {args.devices} needs --strategy ddp")
