@@ -27,7 +27,8 @@ def main() -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     failed = []
     for script in sorted(HERE.glob("[!_]*.py")):
-        cmd = [sys.executable, str(script), "--out", str(args.out)] + (["--quick"] if args.quick else [])
+        cmd = [sys.executable, str(script), "--out", str(args.out)]
+        cmd += ["--quick"] if args.quick else []
         start = time.perf_counter()
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start

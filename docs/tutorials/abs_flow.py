@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyro.distributions.transforms as T
 import torch
+from matplotlib.figure import Figure
 
 from pyro_relax import datasets
 from pyro_relax.distributions import Flow
@@ -56,15 +57,11 @@ for name, flow in flows.items():
 # ![the two densities](figures/abs_flow_densities.png)
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 grid = torch.linspace(-2.5, 2.5, 150)
 xx, yy = torch.meshgrid(grid, grid, indexing="xy")
 points = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
-fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), layout="constrained")
+fig = Figure(figsize=(11, 3.6), layout="constrained")
+axes = fig.subplots(1, 3)
 axes[0].hist2d(test[:, 0].numpy(), test[:, 1].numpy(), bins=80, range=[[-2.5, 2.5], [-2.5, 2.5]])
 axes[0].set_title("test data")
 for ax, (name, flow) in zip(axes[1:], flows.items(), strict=True):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 import pyro_relax
 from pyro_relax import datasets
@@ -42,7 +43,7 @@ def fit(module: torch.nn.Module, steps: int, batch_size: int) -> float:
     opt = torch.optim.Adam(module.parameters(), lr=2e-3)
     start = time.perf_counter()
     with pyro_relax.validation(False):
-        for step in range(steps):
+        for _ in range(steps):
             batch = train[torch.randint(len(train), (batch_size,))]
             loss = module.loss(batch)
             opt.zero_grad()
@@ -71,11 +72,6 @@ for name, module, key, batch in (("VP score model", score, "score", 256),
 # ![samples and ODE density](figures/diffusion_checkerboard.png)
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 with torch.no_grad():
     shown = {
         "score model, 30 steps": euler_maruyama(score, (2000,), steps=30),
@@ -86,7 +82,8 @@ with torch.no_grad():
     xx, yy = torch.meshgrid(grid, grid, indexing="xy")
     points = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
     density = ode_log_prob(score, points, divergence="exact", rtol=1e-3, atol=1e-3).exp()
-fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), layout="constrained")
+fig = Figure(figsize=(14, 3.6), layout="constrained")
+axes = fig.subplots(1, 4)
 for ax, (title, x) in zip(axes, shown.items(), strict=False):
     ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5)
     ax.set(title=title, xlim=(-2.5, 2.5), ylim=(-2.5, 2.5))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pyro.distributions.transforms as T
 import torch
+from matplotlib.figure import Figure
 
 from pyro_relax import datasets
 from pyro_relax.distributions import Flow
@@ -65,12 +66,8 @@ for name, variational in (("uniform", False), ("variational", True)):
 # ![digit samples](figures/digits_samples.png)
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-fig, axes = plt.subplots(2, 8, figsize=(8, 2.4), layout="constrained")
+fig = Figure(figsize=(8, 2.4), layout="constrained")
+axes = fig.subplots(2, 8)
 for row, (name, flow) in zip(axes, flows.items(), strict=True):
     with torch.no_grad():
         images = flow().sample((8,)).reshape(8, 8, 8)

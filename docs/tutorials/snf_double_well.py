@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyro.distributions.transforms as T
 import torch
+from matplotlib.figure import Figure
 
 from pyro_relax.infer import SNFTrainer
 from pyro_relax.stochastic import (
@@ -86,12 +87,8 @@ for mc in (False, True):
 # ![samples and free energy](figures/snf_double_well.png)
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), layout="constrained")
+fig = Figure(figsize=(12, 3.6), layout="constrained")
+axes = fig.subplots(1, 3)
 for ax, (name, (x, _)) in zip(axes[:2], results.items(), strict=True):
     ax.scatter(x[:2000, 0], x[:2000, 1], s=2, alpha=0.4)
     ax.set(title=f"{name}: samples", xlim=(-3.5, 3.5), ylim=(-3.5, 3.5), xlabel="x1")
