@@ -154,7 +154,10 @@ def test_guide_matches_reference_fast(guide: str, short: str) -> None:
 # sd on means, 0.02 on the sd ratio, four of them ~0.13 and ~0.09; the rest is the fit.
 AUTO_TOL = 0.2
 AUTO_STEPS = 3000  # the most; auto stops when the windowed ELBO stalls
-XFAIL_AUTO: dict[str, str] = {}
+# measured (--runxfail, seeds 0 and 1): 25 of the 26 cases pass
+XFAIL_AUTO: dict[tuple[str, int], str] = {
+    ("gp_pois_regr", 0): "k-hat 0.65; rho sd 25% too small (mean within 0.07 sd); seed 1 passes",
+}
 
 
 def test_auto_matches_reference_fast() -> None:
@@ -164,8 +167,8 @@ def test_auto_matches_reference_fast() -> None:
 
 def _auto_case(short: str, seed: int) -> Any:
     marks = [pytest.mark.slow]
-    if short in XFAIL_AUTO:
-        marks.append(pytest.mark.xfail(strict=True, reason=XFAIL_AUTO[short]))
+    if (short, seed) in XFAIL_AUTO:
+        marks.append(pytest.mark.xfail(strict=True, reason=XFAIL_AUTO[short, seed]))
     return pytest.param(short, seed, marks=marks, id=f"auto-{short}-seed{seed}")
 
 
