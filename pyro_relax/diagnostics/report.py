@@ -24,9 +24,9 @@ __all__ = ["REPORT_NAME", "report_verdict", "write_report"]
 REPORT_NAME = "report.html"
 _GENERATOR = "pyro-relax report"
 _FIGURES = (
-    ("elbo.png", "ELBO trace", "the ELBO at each optimization step (fit runs only)"),
-    ("pairs.png", "Pair plot", "the first components of the posterior draws, two by two"),
-    ("khat.png", "PSIS k-hat", "the Pareto k-hat of the importance weights (fit runs only)"),
+    ("elbo.png", "ELBO trace", "The ELBO at each optimization step (fit runs only)"),
+    ("pairs.png", "Pair plot", "The first components of the posterior draws, two by two"),
+    ("khat.png", "PSIS k-hat", "The Pareto k-hat of the importance weights (fit runs only)"),
 )
 _COLORS = {"good": "#1b7f3b", "acceptable": "#b86e00", "unreliable": "#b3261e",
            "mcmc": "#1f5fa8", "unknown": "#555555"}
@@ -36,6 +36,8 @@ body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0
 table{border-collapse:collapse;margin:.5rem 0 1.5rem;font-size:.9rem}
 th,td{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}
 th:first-child,td:first-child{text-align:left}
+table.kv td,table.kv th{text-align:left}
+.wide{overflow-x:auto}
 img{max-width:100%;border:1px solid #ddd}
 .note{color:#666;font-style:italic}
 """
@@ -95,12 +97,14 @@ def report_verdict(diagnostics: Mapping[str, Any]) -> tuple[str, str]:
                                                        "or pyro-relax mcmc --kernel nuts")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    attr = f' class="{cls}"' if cls else ""
+    return (f'<div class="wide"><table{attr}><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
 
 
 def _fmt(value: Any) -> str:
@@ -131,8 +135,15 @@ def _summary_html(path: Path) -> str:
 
 
 def _diagnostics_html(diagnostics: Mapping[str, Any]) -> str:
-    scalars = [[str(k), _fmt(v)] for k, v in diagnostics.items() if k != "stages"]
-    out = _table(["name", "value"], scalars)
+    scalars = []
+    for key, value in diagnostics.items():
+        if key == "stages":
+            continue
+        if isinstance(value, Mapping):  # one level of nesting becomes dotted names
+            scalars += [[f"{key}.{k}", _fmt(v)] for k, v in value.items()]
+        else:
+            scalars.append([str(key), _fmt(value)])
+    out = _table(["name", "value"], scalars, cls="kv")
     stages = diagnostics.get("stages")
     if isinstance(stages, list) and stages and all(isinstance(s, Mapping) for s in stages):
         keys: list[str] = []
@@ -146,9 +157,10 @@ def _diagnostics_html(diagnostics: Mapping[str, Any]) -> str:
 def _figure_html(folder: Path, name: str, title: str, what: str) -> str:
     path = folder / name
     if not path.is_file():
-        return f'<h2>{title}</h2><p class="note">{name} was not written by this run ({what}).</p>'
+        return (f'<h2>{title}</h2><p class="note">{name} was not written by this run '
+                f"({what[0].lower() + what[1:]}).</p>")
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f"<h2>{title}</h2><p>{html.escape(what.capitalize())}.</p>"
+    return (f"<h2>{title}</h2><p>{html.escape(what)}.</p>"
             f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">')
 
 
