@@ -144,6 +144,7 @@ def _write_results(
         summarize,
         to_inference_data,
     )
+    from pyro_relax.diagnostics.report import write_report
     from pyro_relax.diagnostics.resample import corrected_inference_data
 
     flat = {
@@ -171,6 +172,7 @@ def _write_results(
         plot_elbo(elbo, path=tmp / "elbo.png")
     if "khat" in diagnostics:
         plot_khat({diagnostics.get("guide", "guide"): diagnostics["khat"]}, path=tmp / "khat.png")
+    write_report(tmp, diagnostics)  # report.html: verdict, summary, diagnostics, plots
     return table
 
 

@@ -15,12 +15,15 @@ from pyro_relax.diagnostics.psis import (
     psis_expectation,
     psis_khat,
 )
+from pyro_relax.diagnostics.report import write_report
+from pyro_relax.diagnostics.resample import corrected_inference_data, psis_resample
 from pyro_relax.diagnostics.summary import SUMMARY_COLUMNS, summarize, weighted_report
 
 __all__ = [
     "MIN_IS_DRAWS",
     "MIN_PSIS_DRAWS",
     "SUMMARY_COLUMNS",
+    "corrected_inference_data",
     "from_mcmc",
     "importance_ess",
     "importance_ess_fraction",
@@ -30,7 +33,9 @@ __all__ = [
     "plot_pairs",
     "psis_expectation",
     "psis_khat",
+    "psis_resample",
     "summarize",
     "to_inference_data",
     "weighted_report",
+    "write_report",
 ]

@@ -1,4 +1,4 @@
-"""Intermediate (annealed) densities, annealing schedules, and the base class of SNF blocks.
+r"""Intermediate (annealed) densities, annealing schedules, and the base class of SNF blocks.
 
 Every stochastic block of a stochastic normalizing flow (Wu, Koehler and Noe
 2020) targets an intermediate density
