@@ -47,10 +47,17 @@ from _common import Column, median, print_table, write_json  # noqa: E402
 
 
 class Throughput(Callback):
-    """Rank 0 writes ``{"steps", "seconds"}`` of the steps after ``warmup`` to ``path``."""
+    """Rank 0 writes ``{"steps", "seconds", "threads"}`` of the steps after ``warmup`` to ``path``.
 
-    def __init__(self, warmup: int, path: str) -> None:
-        self.warmup, self.path, self.start = warmup, path, None
+    With ``threads``, every worker runs with that many torch threads.
+    """
+
+    def __init__(self, warmup: int, path: str, threads: int | None = None) -> None:
+        self.warmup, self.path, self.start, self.threads = warmup, path, None, threads
+
+    def on_fit_start(self, trainer: Any, module: Any) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
 
     def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step == self.warmup:
@@ -73,7 +80,7 @@ def _sync(module: Any) -> None:
 
 def measure(devices: int, *, accelerator: str = "cpu", steps: int = 60, warmup: int = 10,
             batch_size: int = 1024, hidden: int = 64, layers: int = 4,
-            points: int = 65536, seed: int = 0) -> dict[str, Any]:
+            points: int = 65536, seed: int = 0, threads: int | None = None) -> dict[str, Any]:
     """One row: the samples per second of ``steps - warmup`` timed steps on ``devices`` workers."""
     if warmup >= steps:
         raise ValueError(f"expected --warmup below --steps, got {warmup} >= {steps}")
@@ -84,7 +91,7 @@ def measure(devices: int, *, accelerator: str = "cpu", steps: int = 60, warmup: 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "time.json")
         trainer = make_trainer(accelerator=accelerator, devices=devices, strategy=strategy,
-                               max_steps=steps, callbacks=[Throughput(warmup, path)])
+                               max_steps=steps, callbacks=[Throughput(warmup, path, threads)])
         trainer.fit(DensityModule(flow, lr=1e-3, seed=seed),
                     datamodule=ShardedData(TensorDataset(data), batch_size=batch_size, seed=seed))
         timed = json.loads(Path(path).read_text())
@@ -105,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1024, help="global batch size")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per worker (default: cores / workers, Lightning's choice)")
     p.add_argument("--repeats", type=int, default=3,
                    help="interleaved repetitions of each worker count (the median is kept)")
     p.add_argument("--json", default=None, help="write the rows to this file")
@@ -123,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json and Path(args.json).exists() and not args.overwrite:
         print(f"scaling: {args.json} exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
+    if args.threads is not None and args.threads < 1:
+        print(f"scaling: expected --threads >= 1, got {args.threads}", file=sys.stderr)
+        return 2
     if args.repeats < 1:
         print(f"scaling: expected --repeats >= 1, got {args.repeats}", file=sys.stderr)
         return 2
@@ -131,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in counts:
             runs[n].append(measure(n, accelerator=args.accelerator, steps=args.steps,
                                    warmup=args.warmup, batch_size=args.batch_size,
-                                   hidden=args.hidden, layers=args.layers))
+                                   hidden=args.hidden, layers=args.layers,
+                                   threads=args.threads))
     rows = []
     for n in counts:
         rates = sorted(r["samples_per_s"] for r in runs[n])

@@ -68,10 +68,11 @@ def load_data(spec: str, *, n: int = 5000, seed: int = 0) -> Tensor:
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"expected DATA a .npy or .csv file or one of {BUILTIN}, got {spec!r}")
+    # on the CPU whatever torch's default device: the DataLoaders move each batch
     if spec in datasets.DATASETS:
-        return datasets.load(spec, n, seed=seed)
+        return datasets.load(spec, n, seed=seed).cpu()
     if spec == "digits":
-        return torch.cat(datasets.digits(seed=seed))
+        return torch.cat(datasets.digits(seed=seed)).cpu()
     path = Path(spec)
     if path.suffix.lower() not in (".npy", ".csv"):
         raise ValueError(f"expected DATA a .npy or .csv file or one of {BUILTIN}, got {spec!r}")
@@ -96,7 +97,7 @@ def _read_npy(path: Path) -> Tensor:
     if array.ndim != 2:
         raise ValueError(f"expected a 2-D array (points, columns) in {path.name}, "
                          f"got shape {tuple(array.shape)}")
-    return torch.as_tensor(array.astype("float64"), dtype=torch.get_default_dtype())
+    return torch.as_tensor(array.astype("float64"), dtype=torch.get_default_dtype(), device="cpu")
 
 
 def _number(cell: str) -> float | None:
@@ -128,7 +129,7 @@ def _read_csv(path: Path) -> Tensor:
                 raise ValueError(f"expected a number in every cell of {path.name}; line {line}, "
                                  f"column {j + 1} holds {row[j].strip()!r}")
         values.append(parsed)
-    return torch.tensor(values, dtype=torch.get_default_dtype())
+    return torch.tensor(values, dtype=torch.get_default_dtype(), device="cpu")
 
 
 def _check_values(x: Tensor, name: str) -> Tensor:
@@ -326,8 +327,9 @@ def run_density(args: argparse.Namespace, out_dir: str | os.PathLike[str]) -> di
     torch.manual_seed(args.seed)
     config = {"flow": args.flow, "dim": int(x.shape[1]), "layers": args.layers,
               "hidden": args.hidden, "extra": args.extra, "bins": bins}
-    flow = build_flow(args.flow, x.shape[1], num_layers=args.layers, hidden=args.hidden,
-                      extra=args.extra, num_bins=bins)
+    with torch.device("cpu"):  # Lightning moves the module to each worker's device
+        flow = build_flow(args.flow, x.shape[1], num_layers=args.layers, hidden=args.hidden,
+                          extra=args.extra, num_bins=bins)
     with torch.no_grad():  # data-dependent initialization (ActNorm) once, the same on every worker
         flow.log_prob(train[:batch])
     module = DensityModule(flow, lr=args.lr, num_particles=args.particles, seed=args.seed,
@@ -343,34 +345,40 @@ def run_density(args: argparse.Namespace, out_dir: str | os.PathLike[str]) -> di
         progress=bool(getattr(args, "progress", False)),
     )
     start = time.perf_counter()
-    trainer.fit(module, datamodule=shards)
+    try:
+        trainer.fit(module, datamodule=shards)
+    except torch.multiprocessing.ProcessRaisedException as err:  # a spawned worker's traceback
+        last = [line for line in str(err).splitlines() if line.strip()][-1]
+        raise RuntimeError(f"a training worker failed: {last.strip()}") from err
     seconds = time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
-    metrics = _metrics(module, train, val, test, config, args, seconds, trainer, best)
+    metrics = _metrics(module, train, val, test, config, args, seconds, work / "metrics.csv", best)
     write_outputs(out, module.flow, config, metrics, work / "metrics.csv", train)
     return metrics
 
 
 @torch.no_grad()
 def _metrics(module: Any, train: Tensor, val: Tensor, test: Tensor, config: dict[str, Any],
-             args: argparse.Namespace, seconds: float, trainer: Any, best: str) -> dict[str, Any]:
+             args: argparse.Namespace, seconds: float, log_csv: Path, best: str) -> dict[str, Any]:
     module.eval()
     d, per_bit = train.shape[1], train.shape[1] * math.log(2.0)
     out: dict[str, Any] = {"flow": args.flow, "data": args.data, "columns": d,
                            "exact": bool(module.flow().exact), "particles": args.particles}
     for name, part in (("train", train[:5000]), ("val", val), ("test", test)):
+        part = part.to(module.device)
         nll = float(torch.cat([module.nll(c) for c in part.split(1024)]).mean())
         if not math.isfinite(nll):
             raise FloatingPointError(f"the {name} NLL of the trained flow is {nll}; "
                                      f"lower --lr or change --flow")
         out[f"{name}_nll"], out[f"{name}_bits_per_dim"] = nll, nll / per_bit
         out[f"n_{name}"] = int(part.shape[0]) if name != "train" else int(train.shape[0])
-    out.update({"seconds": seconds, "steps": int(trainer.global_step), "devices": args.devices,
+    steps = len(_read_log(log_csv)["train_loss"])  # spawned workers do not send their step back
+    out.update({"seconds": seconds, "steps": steps, "devices": args.devices,
                 "strategy": args.strategy, "best_checkpoint": os.path.basename(best) or None,
-                "stopped_early": int(trainer.global_step) < args.steps, "config": config})
+                "stopped_early": steps < args.steps, "config": config})
     return out
 
 
@@ -382,7 +390,20 @@ def write_outputs(folder: Path, flow: Flow, config: dict[str, Any], metrics: dic
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _plot_losses(log_csv, folder / "loss.png")
     if train.shape[1] == 2:
-        _plot_density(flow, train, folder / "density.png", metrics["particles"])
+        _plot_density(flow, train.to(next(flow.parameters()).device), folder / "density.png",
+                      metrics["particles"])
+
+
+def _read_log(log_csv: Path) -> dict[str, list[tuple[int, float]]]:
+    """``(step, value)`` of ``train_loss`` and ``val_nll`` from Lightning's CSV log."""
+    curves: dict[str, list[tuple[int, float]]] = {"train_loss": [], "val_nll": []}
+    if log_csv.is_file():
+        with log_csv.open() as f:
+            for row in csv.DictReader(f):
+                for k, pts in curves.items():
+                    if row.get(k):
+                        pts.append((int(row["step"]), float(row[k])))
+    return curves
 
 
 def _plot_losses(log_csv: Path, path: Path) -> None:
@@ -391,13 +412,7 @@ def _plot_losses(log_csv: Path, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves: dict[str, list[tuple[int, float]]] = {"train_loss": [], "val_nll": []}
-    if log_csv.is_file():
-        with log_csv.open() as f:
-            for row in csv.DictReader(f):
-                for k, pts in curves.items():
-                    if row.get(k):
-                        pts.append((int(row["step"]), float(row[k])))
+    curves = _read_log(log_csv)
     fig, ax = plt.subplots(figsize=(6, 4))
     for k, pts in curves.items():
         if pts:
