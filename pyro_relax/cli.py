@@ -268,6 +268,22 @@ def _mcmc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _density(args: argparse.Namespace) -> int:
+    from pyro_relax.density_fit import check_density_args, run_density
+
+    data_file = args.data if Path(args.data).suffix in (".npy", ".csv") else None
+    target = check_out(args.out, force=args.force, model_file=data_file)
+    _setup_device(args.device)
+    check_density_args(args)  # options and data, before anything is created
+    record = {k: v for k, v in vars(args).items() if k != "func"}
+    with Output(target, record, force=args.force).writing() as tmp:
+        metrics = run_density(args, tmp)
+    shown = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    print(" ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+    print(f"wrote {args.out}/ (model.pt: pyro_relax.density_fit.load_density_model)")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     import logging
 
@@ -350,12 +366,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     mc.set_defaults(func=_mcmc)
 
-    for s in (fit, mc):
+    from pyro_relax.density_fit import add_density_parser
+
+    dens = add_density_parser(sub)
+    dens.set_defaults(func=_density)
+
+    for s in (fit, mc, dens):
         s.add_argument("--out", required=True, help="output folder")
         s.add_argument("--force", action="store_true", help="replace an existing output folder")
         s.add_argument("--device", default="cpu")
         s.add_argument("--seed", type=int, default=0)
-    for s in (demo, fit, mc):
+    for s in (demo, fit, mc, dens):
         s.add_argument(
             "--no-progress", dest="progress", action="store_false", help="hide progress bars"
         )

@@ -417,3 +417,23 @@ class _no_raise:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_density_command_end_to_end_and_bad_input(tmp_path, capsys):
+    out = tmp_path / "dens"
+    code = main(["density", "sign_symmetric", "--steps", "5", "--points", "200",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_nll"] == metrics["test_nll"]  # finite, not NaN
+    assert (out / "model.pt").is_file() and (out / ".pyro-relax-run.json").is_file()
+    capsys.readouterr()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,x\n2,3\n")
+    for argv in (["density", "sign_symmetric", "--strategy", "foo"],
+                 ["density", str(bad)], ["density", "sign_symmetric", "--devices", "64",
+                                         "--strategy", "ddp"]):
+        code = main([*argv, "--out", str(tmp_path / "never")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(err) == 1 and err[0].startswith("pyro-relax: error:"), err
+        assert not (tmp_path / "never").exists()
