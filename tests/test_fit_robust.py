@@ -189,3 +189,19 @@ def test_mala_is_preconditioned_by_pathfinder():
     # coordinate's chain mean is within 3 posterior sds (measured: unpreconditioned MALA
     # from a uniform start, same budget, is 6 to 38 sds away)
     assert np.all(np.abs(x.mean(0) - MEAN) < 3 * np.sqrt(np.diag(COV)))
+
+
+def test_fab_is_a_fit_guide_method():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from label_switching import data, make_model
+
+    model = make_model(data())
+    fit = fit_guide(model, "fab", steps=3, progress=False,
+                    guide_kwargs={"batch_size": 32, "min_buffer_size": 64})
+    assert fit.name == "fab" and fit.stages[0]["stage"] == "fab"
+    assert fit.stages[0]["target_evals"] > 0 and math.isfinite(fit.elbo[-1])
+    samples, log_w = guide_draws(fit, model, 100)
+    assert samples["mu"].shape[0] == 100 and bool(torch.isfinite(log_w).any())

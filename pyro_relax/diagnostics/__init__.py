@@ -5,6 +5,13 @@ share; ArviZ and matplotlib are imported lazily, on first use.
 """
 
 from pyro_relax.diagnostics.convert import from_mcmc, to_inference_data
+from pyro_relax.diagnostics.modes import (
+    forward_kl,
+    mode_coverage,
+    nearest_mode,
+    weighted_summary,
+    well_sides,
+)
 from pyro_relax.diagnostics.plots import plot_elbo, plot_khat, plot_pairs
 from pyro_relax.diagnostics.psis import (
     MIN_IS_DRAWS,
@@ -24,10 +31,13 @@ __all__ = [
     "MIN_PSIS_DRAWS",
     "SUMMARY_COLUMNS",
     "corrected_inference_data",
+    "forward_kl",
     "from_mcmc",
     "importance_ess",
     "importance_ess_fraction",
     "khat_verdict",
+    "mode_coverage",
+    "nearest_mode",
     "plot_elbo",
     "plot_khat",
     "plot_pairs",
@@ -37,5 +47,7 @@ __all__ = [
     "summarize",
     "to_inference_data",
     "weighted_report",
+    "weighted_summary",
+    "well_sides",
     "write_report",
 ]
