@@ -4,6 +4,7 @@ Two-process runs use the gloo backend on CPU. Only the density DDP test runs by
 default (about 30 s on 2 cores); the others are marked ``slow``.
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -339,3 +340,25 @@ def test_snf_module_on_two_workers(tmp_path):
     assert not torch.equal(r0, r1)
     loss = _logged(str(tmp_path), "train_loss")
     assert len(loss) == 30 and loss[0] > 2.5 and loss[-1] < loss[0] - 1.5
+
+
+@pytest.mark.parametrize("name", ["normal", "flow", "snf"])
+def test_svi_guides_train_and_survive_pickling(name):
+    """One process, a few steps; then the module pickled as a spawned worker gets it: our
+    guides drop their model when pickled and ``setup`` gives it back."""
+    import pickle
+
+    from pyro_relax.lightning import GUIDE_NAMES
+
+    assert name in GUIDE_NAMES
+    x = 3.0 + torch.randn(N_DATA, generator=torch.Generator().manual_seed(1))
+    pyro.clear_param_store()
+    module, trainer = fit_svi_distributed(_svi_model, name, 1, x, steps=3, batch_size=16)
+    assert trainer.global_step == 3 and len(module.history) == 3
+    assert all(math.isfinite(v) for v in module.history)
+    copy = pickle.loads(pickle.dumps(module))
+    copy.setup("fit")
+    ind = torch.arange(16)
+    assert math.isfinite(float(copy.loss_fn(ind, x[ind])))
+    with pytest.raises(ValueError, match="expected a guide in"):
+        fit_svi_distributed(_svi_model, "auto", 1, x)

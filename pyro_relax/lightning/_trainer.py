@@ -261,8 +261,8 @@ class RNGStateMixin:
     _pending_rng: Tensor | None = None
 
     def _rank(self) -> tuple[int, int]:
-        trainer = self.trainer  # type: ignore[attr-defined]
-        return trainer.world_size, trainer.global_rank
+        trainer = getattr(self, "_trainer", None)  # None outside a fit
+        return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
 
     def on_fit_start(self) -> None:
         world, rank = self._rank()
@@ -295,8 +295,9 @@ class RNGStateMixin:
 def finite_or_raise(module: L.LightningModule, loss: Tensor, owner: str) -> None:
     """Raise on every worker together when any worker's loss is NaN or inf."""
     bad = (~torch.isfinite(loss.detach())).to(loss.dtype)
-    if module.trainer is not None and module.trainer.world_size > 1:
-        bad = module.trainer.strategy.reduce(bad, reduce_op="max")
+    trainer = module._trainer  # None outside a fit (the property would raise)
+    if trainer is not None and trainer.world_size > 1:
+        bad = trainer.strategy.reduce(bad, reduce_op="max")
     if bool(bad):
         raise FloatingPointError(f"{owner}: the loss is {float(loss.detach()):.4g} at step "
                                  f"{module.global_step} on some worker; lower the learning rate")

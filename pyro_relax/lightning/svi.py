@@ -108,6 +108,12 @@ class SVIModule(RNGStateMixin, L.LightningModule):
         self.lr, self.seed = float(lr), int(seed)
         self.history: list[float] = []
 
+    def setup(self, stage: str) -> None:
+        """In each worker: give guides that drop their model when pickled (ours) the model back."""
+        attach = getattr(self.guide, "attach_model", None)
+        if attach is not None:
+            attach(self.model)
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = self.loss_fn(*batch)
         finite_or_raise(self, loss, "SVIModule")
@@ -130,7 +136,7 @@ def fit_svi_distributed(
     batch_size: int = 64,
     lr: float = 1e-2,
     seed: int = 0,
-    strategy: str = "ddp_spawn",
+    strategy: str | None = None,
     accelerator: str = "cpu",
     log_dir: str | os.PathLike[str] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
@@ -150,7 +156,8 @@ def fit_svi_distributed(
         lr: Adam learning rate.
         seed: seed of the guide's draws and the data order.
         strategy: ``"ddp_spawn"`` (workers spawned from here; the trained guide comes
-            back to this process), ``"ddp"`` (the script is run again per worker) or ``"auto"``.
+            back to this process), ``"ddp"`` (the script is run again per worker) or
+            ``"auto"``; ``None``: ``"ddp_spawn"`` for several devices, else ``"auto"``.
         accelerator: ``"cpu"`` or ``"gpu"``.
         log_dir: folder of the CSV log (``train_loss`` per step).
         checkpoint_dir: folder of the checkpoints (``last.ckpt``).
@@ -167,6 +174,8 @@ def fit_svi_distributed(
     if guide_name not in GUIDE_NAMES:
         raise ValueError(f"fit_svi_distributed: expected a guide in {list(GUIDE_NAMES)}, "
                          f"got {guide_name!r}")
+    if strategy is None:
+        strategy = "ddp_spawn" if devices != 1 else "auto"
     data = IndexedDataset(*tensors, size=size)
     shards = ShardedData(data, batch_size=batch_size, shuffle=True, seed=seed)
     trainer = make_trainer(accelerator=accelerator, devices=devices, strategy=strategy,
