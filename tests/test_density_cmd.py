@@ -187,3 +187,11 @@ def test_two_processes_through_the_command(tmp_path):
     flow = load_density_model(out)
     x = load_data("eight_gaussians", n=400, seed=0)
     assert _test_nll(flow, x, args) == pytest.approx(metrics["test_nll"], abs=1e-4)
+
+
+def test_a_diverging_fit_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(FloatingPointError, match="NLL of the trained flow is nan; lower --lr"):
+        _command(["two_moons", "--flow", "affine", "--steps", "200", "--points", "400",
+                  "--lr", "1e6", "--out", str(out)])
+    assert not out.exists() and not list(tmp_path.iterdir())
