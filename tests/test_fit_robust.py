@@ -205,3 +205,21 @@ def test_fab_is_a_fit_guide_method():
     assert fit.stages[0]["target_evals"] > 0 and math.isfinite(fit.elbo[-1])
     samples, log_w = guide_draws(fit, model, 100)
     assert samples["mu"].shape[0] == 100 and bool(torch.isfinite(log_w).any())
+
+
+def test_float64_fit_then_annealing_and_imh_outside_the_fit_dtype():
+    """The demo's sequence: a float64 fit, AIS and a flow-IMH chain from the caller's float32."""
+    from pyro_relax.infer.guides import AutoSNFGuide
+    from pyro_relax.infer.runner import run_mcmc
+
+    def model():
+        funnel(3, 1.0)
+
+    fit = fit_guide(model, "flow", steps=20, progress=False,
+                    guide_kwargs={"num_layers": 1, "hidden": 8})
+    ais = AutoSNFGuide.from_flow_guide(fit.guide, levels=2, tune_rounds=0)
+    assert {p.dtype for p in fit.guide.parameters()} == {torch.float64}  # shared, not converted
+    assert ais.importance_weights(8)[1].dtype == torch.float64
+    res = run_mcmc(model, "flow-imh", num_samples=10, warmup_steps=5, progress=False, guide=fit)
+    assert res.samples["x"].dtype == torch.get_default_dtype()
+    assert res.samples["x"].shape == (1, 10, 2)

@@ -21,7 +21,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -474,8 +474,6 @@ def run_mcmc(
         >>> run_mcmc(model, "mala", 20, 20, progress=False).samples["x"].shape
         torch.Size([1, 20])
     """
-    from pyro_relax.infer.kernels import MALA, FlowIMH, NeuTraNUTS
-
     for name, v, lowest in (
         ("num_samples", num_samples, 1),
         ("warmup_steps", warmup_steps, 0),
@@ -488,7 +486,7 @@ def run_mcmc(
     check_continuous_model(model)
     start = time.perf_counter()
     extra: dict[str, Any] = {}
-    transform = None
+    fit = None
     if kernel in ("flow-imh", "ais-imh", "neutra"):
         fit = guide or fit_guide(model, "flow", steps=guide_steps, seed=seed, progress=progress)
         start -= fit.seconds if guide is not None else 0.0
@@ -497,6 +495,27 @@ def run_mcmc(
             fit = _with_annealing(fit, 10, "run_mcmc: ais-imh")
         extra["guide_final_elbo"] = fit.elbo[-1]
         extra["guide_seconds"] = fit.seconds
+    # a guide-based kernel runs in the guide's dtype (float64 by default), so the model's
+    # tensors, the chain and the guide agree; the draws come back in the caller's dtype
+    run_dtype = fit.dtype if fit is not None else None
+    with default_dtype(run_dtype) if run_dtype is not None else nullcontext():
+        samples, mcmc = _run_kernel(model, kernel, fit, seed, num_samples, warmup_steps,
+                                    num_chains, progress)
+    out_dtype = torch.get_default_dtype()
+    samples = {k: v.to(out_dtype) if v.is_floating_point() else v for k, v in samples.items()}
+    sites = check_continuous_model(model)
+    samples = {k: v for k, v in samples.items() if k in sites}
+    return McmcResult(samples, time.perf_counter() - start, kernel, extra, mcmc)
+
+
+def _run_kernel(
+    model: Callable[[], Any], kernel: str, fit: FitResult | None, seed: int, num_samples: int,
+    warmup_steps: int, num_chains: int, progress: bool,
+) -> tuple[dict[str, Tensor], MCMC]:
+    """Build the kernel and run ``pyro.infer.MCMC``; draws grouped by chain."""
+    from pyro_relax.infer.kernels import MALA, FlowIMH, NeuTraNUTS
+
+    transform = None
     pyro.set_rng_seed(seed)
     if kernel == "nuts":
         k = NUTS(model)
@@ -522,6 +541,4 @@ def run_mcmc(
         flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
         back = transform(flat)
         samples = {k: v.reshape((num_chains, num_samples) + v.shape[1:]) for k, v in back.items()}
-    sites = check_continuous_model(model)
-    samples = {k: v for k, v in samples.items() if k in sites}
-    return McmcResult(samples, time.perf_counter() - start, kernel, extra, mcmc)
+    return samples, mcmc

@@ -277,7 +277,15 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
         args, kwargs = guide._model_args
         # The layers are given, so the initial point only seeds the prototype trace.
         new = cls(model, list(guide.flow.layers), blocks=blocks, placement="base")
-        new._setup_prototype(*args, **kwargs)
+        # built in the flow guide's dtype: the layers are shared, so building in another
+        # default dtype would convert the flow guide's own layers (a float64 fit, then
+        # from_flow_guide under float32, left the flow guide half float32)
+        old_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(guide.flow._zero.dtype)
+        try:
+            new._setup_prototype(*args, **kwargs)
+        finally:
+            torch.set_default_dtype(old_dtype)
         if tune_rounds:
             new.tune_step_sizes(rounds=tune_rounds, batch_size=tune_batch)
         return new
