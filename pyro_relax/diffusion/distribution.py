@@ -11,6 +11,7 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 
+from pyro_relax.core import check_finite
 from pyro_relax.diffusion.ddpm import DDPM
 from pyro_relax.diffusion.ddpm_samplers import ddim, ddpm_ancestral
 from pyro_relax.diffusion.diffflow import DiffFlow
@@ -22,7 +23,6 @@ from pyro_relax.diffusion.samplers import (
     probability_flow,
 )
 from pyro_relax.diffusion.score_model import ScoreModel, ScoreProcess
-from pyro_relax.surjections.base import check_finite
 
 _SDE_SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "em": euler_maruyama,

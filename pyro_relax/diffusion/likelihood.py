@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from pyro_relax.core import check_finite
 from pyro_relax.diffusion.divergence import exact_divergence, hutchinson_divergence
 from pyro_relax.diffusion.guard import StepGuard, check_finite_result
-from pyro_relax.surjections.base import check_finite
 
 if TYPE_CHECKING:
     from pyro_relax.diffusion.score_model import ScoreProcess

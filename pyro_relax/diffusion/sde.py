@@ -10,8 +10,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from pyro_relax._validation import validation_enabled
-from pyro_relax.surjections.base import check_event_shape, check_finite
+from pyro_relax.core import check_event_shape, check_finite
+from pyro_relax.core.validation import validation_enabled
 
 
 def as_time(t: Tensor | float, like: Tensor | None, name: str = "as_time") -> Tensor:

@@ -11,7 +11,7 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import Tensor, nn
 from torch.distributions import Transform
 
-from pyro_relax.surjections.base import RelaxedLayer, sum_event
+from pyro_relax.core import RelaxedLayer, sum_event
 
 
 class TransformLayer(RelaxedLayer):

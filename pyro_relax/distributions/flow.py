@@ -13,15 +13,15 @@ from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from pyro_relax._validation import validation, validation_enabled
-from pyro_relax.distributions.adapter import TransformLayer, as_layer
-from pyro_relax.surjections.base import (
+from pyro_relax.core import (
     RelaxedLayer,
     check_event_shape,
     check_finite,
     floating_input,
     sum_event,
 )
+from pyro_relax.core.validation import validation, validation_enabled
+from pyro_relax.distributions.adapter import TransformLayer, as_layer
 
 
 def _check_layers(layers: object, name: str) -> list:

@@ -47,8 +47,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from pyro_relax._validation import validation, validation_enabled
-from pyro_relax.surjections.base import RelaxedLayer, sum_event
+from pyro_relax.core import RelaxedLayer, sum_event
+from pyro_relax.core.validation import validation, validation_enabled
 
 LogDensity = Callable[[Tensor], Tensor] | nn.Module | Distribution
 

@@ -17,14 +17,14 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from pyro_relax._validation import validation, validation_enabled
+from pyro_relax.core import RelaxedLayer
+from pyro_relax.core.validation import validation, validation_enabled
 from pyro_relax.distributions.flow import Flow
 from pyro_relax.stochastic.annealing import (
     AnnealedBlock,
     LogDensity,
     check_log_density_output,
 )
-from pyro_relax.surjections.base import RelaxedLayer
 
 
 def _check_log_weights(log_w: Tensor, name: str) -> None:

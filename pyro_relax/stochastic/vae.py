@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from pyro_relax.core import RelaxedLayer
 from pyro_relax.surjections.augment import ConditionalNormal
-from pyro_relax.surjections.base import RelaxedLayer
 
 
 class VAELayer(RelaxedLayer):

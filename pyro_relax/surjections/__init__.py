@@ -8,9 +8,9 @@ Generative surjections (bounds): :class:`AugmentSurjection`,
 :class:`StochasticPermutation` (and :class:`pyro_relax.stochastic.VAELayer`).
 """
 
+from pyro_relax.core import RelaxedLayer
 from pyro_relax.surjections.abs import AbsSurjection
 from pyro_relax.surjections.augment import AugmentSurjection
-from pyro_relax.surjections.base import RelaxedLayer
 from pyro_relax.surjections.dequantization import UniformDequantization, VariationalDequantization
 from pyro_relax.surjections.generative_abs import GenerativeAbs
 from pyro_relax.surjections.generative_sort import GenerativeSort

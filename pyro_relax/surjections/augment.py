@@ -11,8 +11,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from pyro_relax.core import RelaxedLayer, check_event_shape, check_finite
 from pyro_relax.nn.mlp import MLP
-from pyro_relax.surjections.base import RelaxedLayer, check_event_shape, check_finite
 
 
 class ConditionalNormal(nn.Module):

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
+from pyro_relax.core import RelaxedLayer
 from pyro_relax.surjections.augment import ConditionalNormal
-from pyro_relax.surjections.base import RelaxedLayer
 
 
 def _check_num_bins(num_bins: int, name: str) -> None:

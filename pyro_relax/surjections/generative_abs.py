@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
+from pyro_relax.core import RelaxedLayer, sum_event
 from pyro_relax.nn.mlp import MLP
-from pyro_relax.surjections.base import RelaxedLayer, sum_event
 
 
 class GenerativeAbs(RelaxedLayer):

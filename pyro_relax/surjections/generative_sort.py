@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from pyro_relax.core import RelaxedLayer
 from pyro_relax.nn.mlp import MLP
-from pyro_relax.surjections.base import RelaxedLayer
 
 
 def plackett_luce_log_prob(scores: Tensor, perm: Tensor) -> Tensor:

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from pyro_relax.core import RelaxedLayer
 from pyro_relax.nn.mlp import MLP
-from pyro_relax.surjections.base import RelaxedLayer
 
 
 def _split_max(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

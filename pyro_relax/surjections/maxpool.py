@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.surjections.base import RelaxedLayer, sum_event
+from pyro_relax.core import RelaxedLayer, sum_event
 from pyro_relax.surjections.max import _merge_max, _sample_index, _split_max
 
 

@@ -7,7 +7,7 @@ __all__ = ["StochasticPermutation"]
 import torch
 from torch import Tensor
 
-from pyro_relax.surjections.base import RelaxedLayer
+from pyro_relax.core import RelaxedLayer
 
 
 class StochasticPermutation(RelaxedLayer):

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import softplus
 
+from pyro_relax.core import RelaxedLayer
 from pyro_relax.nn.mlp import MLP
-from pyro_relax.surjections.base import RelaxedLayer
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_ONE) = 1

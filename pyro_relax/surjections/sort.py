@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from pyro_relax.surjections.base import RelaxedLayer
+from pyro_relax.core import RelaxedLayer
 
 
 class SortSurjection(RelaxedLayer):

@@ -31,8 +31,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from pyro_relax._validation import validation
-from pyro_relax.surjections.base import RelaxedLayer
+from pyro_relax.core import RelaxedLayer
+from pyro_relax.core.validation import validation
 
 
 def kind_of(layer: RelaxedLayer) -> str:

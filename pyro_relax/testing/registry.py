@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.distributions import Transform
 
+from pyro_relax.core import RelaxedLayer
 from pyro_relax.distributions.adapter import as_layer
-from pyro_relax.surjections.base import RelaxedLayer
 
 
 def normal_data(shape: torch.Size, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:

@@ -12,7 +12,7 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 
-from pyro_relax.surjections.base import check_finite
+from pyro_relax.core import check_finite
 from pyro_relax.transforms.lu_linear import check_feature_dim, check_positive_int
 
 

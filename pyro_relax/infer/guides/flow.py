@@ -28,6 +28,7 @@ from pyro.infer.autoguide.initialization import init_to_median
 from torch import Tensor, nn
 from torch.distributions import Transform
 
+from pyro_relax.core import RelaxedLayer
 from pyro_relax.distributions.adapter import TransformLayer, as_layer
 from pyro_relax.distributions.flow import Flow
 from pyro_relax.infer.guides.base import (
@@ -41,7 +42,6 @@ from pyro_relax.infer.guides.whitening import (
     identity_splines,
     start_as_identity,
 )
-from pyro_relax.surjections.base import RelaxedLayer
 from pyro_relax.transforms.stacks import coupling_stack
 
 LayerSpec = (
@@ -210,7 +210,7 @@ class AutoFlowGuide(RelaxedGuideMixin, AutoContinuous):
     Arguments:
         model: a Pyro model (continuous latent sites).
         layers: ``None`` for the default stack; a list of layers (Pyro
-            transforms, :class:`~pyro_relax.surjections.base.RelaxedLayer`) built
+            transforms, :class:`~pyro_relax.core.RelaxedLayer`) built
             for ``latent_dim``; or a callable ``latent_dim -> list`` (the latent
             size is known only after the model is traced).
         num_layers: coupling/IAF layers of the default stack.

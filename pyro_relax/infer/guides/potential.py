@@ -32,7 +32,7 @@ from pyro.distributions.transforms import biject_to
 from pyro.poutine.runtime import get_plates
 from torch import Tensor
 
-from pyro_relax.surjections.base import check_event_shape, check_finite
+from pyro_relax.core import check_event_shape, check_finite
 
 _PARTICLE_PLATE = "_pyro_relax_log_joint_particles"
 

@@ -33,7 +33,8 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from torch import Tensor
 
-from pyro_relax._validation import validation_enabled
+from pyro_relax.core import RelaxedLayer
+from pyro_relax.core.validation import validation_enabled
 from pyro_relax.infer.guides.base import (
     RelaxedGuideMixin,
     check_flow_config,
@@ -57,7 +58,6 @@ from pyro_relax.stochastic.pullback import (
 )
 from pyro_relax.stochastic.snf import StochasticNormalizingFlow
 from pyro_relax.stochastic.underdamped import UnderdampedLangevin
-from pyro_relax.surjections.base import RelaxedLayer
 
 BLOCKS: dict[str, type[AnnealedBlock]] = {
     "hmc": HMC,

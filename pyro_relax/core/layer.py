@@ -1,14 +1,8 @@
-"""The one base class of every relaxed (non-bijective or stochastic) layer."""
+"""The one base class of every relaxed layer (surjections, stochastic layers, bijections)."""
 
 from __future__ import annotations
 
-__all__ = [
-    "RelaxedLayer",
-    "check_event_shape",
-    "check_finite",
-    "floating_input",
-    "sum_event",
-]
+__all__ = ["RelaxedLayer", "sum_event"]
 
 import itertools
 import math
@@ -18,81 +12,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from pyro_relax._validation import validation_enabled
-
-
-def check_event_shape(x: Tensor, event_shape: tuple[int, ...] | torch.Size, name: str) -> None:
-    """Raise a ``ValueError`` unless the rightmost dimensions of ``x`` are ``event_shape``.
-
-    Arguments:
-        x: a tensor of shape ``batch_shape + event_shape``.
-        event_shape: the expected event shape.
-        name: what to call the caller in the message.
-    """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    event_shape = tuple(event_shape)
-    n = len(event_shape)
-    if x.dim() < n or (n and tuple(x.shape[-n:]) != event_shape):
-        got = tuple(x.shape[-n:]) if n and x.dim() >= n else tuple(x.shape)
-        raise ValueError(
-            f"{name}: expected event shape {event_shape}, got {got} (input shape {tuple(x.shape)})"
-        )
-
-
-def check_finite(x: Tensor, name: str) -> None:
-    """Raise a ``ValueError`` if ``x`` holds NaN or inf (skipped on the meta device).
-
-    This synchronizes with the device once; it is meant for entry points, not
-    for the inside of a sampler step. Turn it off with
-    :func:`pyro_relax.validation`.
-    """
-    if not validation_enabled() or x.device.type == "meta":
-        return
-    if not bool(torch.isfinite(x).all()):
-        n_bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name}: expected finite values, got {n_bad} NaN or inf entries")
-
-
-def floating_input(
-    t: Tensor, dtype: torch.dtype | None, name: str, keep_integers: bool = False
-) -> Tensor:
-    """Apply the package's one dtype rule to an input tensor ``t``.
-
-    * integer and bool tensors are converted to ``dtype`` (or the default float
-      dtype when ``dtype`` is ``None``), unless ``keep_integers`` (layers that take
-      integer data, such as dequantization, convert them themselves);
-    * a floating tensor of another dtype than ``dtype`` is refused with a
-      ``TypeError`` (no silent down- or up-cast; move the data or the layer with
-      ``.to(dtype)``); with ``dtype=None`` any floating dtype passes;
-    * complex tensors and non-tensors are refused with a ``TypeError``.
-
-    Arguments:
-        t: the input.
-        dtype: the floating dtype of the entry point (its parameters), or ``None``.
-        name: what to call the entry point in messages.
-        keep_integers: leave integer and bool tensors as they are.
-
-    Returns:
-        ``t`` itself or its floating conversion.
-
-    Raises:
-        TypeError: as described above.
-    """
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.is_complex():
-        raise TypeError(f"{name}: expected a real tensor, got {t.dtype}")
-    if not t.is_floating_point():
-        if keep_integers:
-            return t
-        return t.to(dtype or torch.get_default_dtype())
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(
-            f"{name}: expected {dtype} input (the dtype of its parameters), got {t.dtype}; "
-            f"convert the input with .to({dtype}) or the model with .to({t.dtype})"
-        )
-    return t
+from pyro_relax.core.checks import check_event_shape, check_finite, floating_input
+from pyro_relax.core.validation import validation_enabled
 
 
 def sum_event(t: Tensor, event_dim: int) -> Tensor:
