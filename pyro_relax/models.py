@@ -18,7 +18,8 @@ def eight_schools_centered() -> None:
 
     Example:
         >>> from pyro import poutine
-        >>> sorted(poutine.trace(eight_schools_centered).get_trace().stochastic_nodes)
+        >>> trace = poutine.trace(eight_schools_centered).get_trace()
+        >>> sorted(n for n, s in trace.iter_stochastic_nodes() if n != "schools")  # not the plate
         ['mu', 'tau', 'theta']
     """
     dtype = torch.get_default_dtype()
