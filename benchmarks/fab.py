@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Column, print_table, write_json  # noqa: E402
 from snf import WideGaussian, evals_per_sample, hmc_levels, realnvp  # noqa: E402
 
-from pyro_relax.core.validation import validation  # noqa: E402
+from pyro_relax.core.switch import validation  # noqa: E402
 from pyro_relax.diagnostics.modes import (  # noqa: E402
     forward_kl,
     mode_coverage,

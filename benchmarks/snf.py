@@ -55,7 +55,7 @@ from pyro_relax.infer.snf_training import SNFTrainer  # noqa: E402
 from pyro_relax.stochastic.annealing import (  # noqa: E402
     standard_normal_log_prob,
 )
-from pyro_relax.stochastic.hmc import HMC  # noqa: E402
+from pyro_relax.stochastic.hmc import HMCBlock  # noqa: E402
 from pyro_relax.stochastic.mh import RandomWalkMH  # noqa: E402
 from pyro_relax.stochastic.pullback import (  # noqa: E402
     PulledBackDensity,
@@ -141,7 +141,9 @@ def evals_per_sample(model: StochasticNormalizingFlow) -> int:
     """Target evaluations per sample: HMC blocks evaluate once per leapfrog step + once at entry."""
     count = 1  # the final log target(x) of the weight
     for block in model.blocks:
-        count += block.n_steps * (block.n_leapfrog + 1) if isinstance(block, HMC) else block.n_steps
+        count += (
+            block.n_steps * (block.n_leapfrog + 1) if isinstance(block, HMCBlock) else block.n_steps
+        )
     return count
 
 
@@ -260,7 +262,7 @@ def make_target(name: str) -> tuple[nn.Module, float]:
 
 def hmc_levels(
     density: Any, base: Any, levels: int, leapfrog: int, step: float, kind: str
-) -> list[HMC]:
+) -> list[HMCBlock]:
     """``levels`` HMC blocks, ``lambda`` linear (``k / K``) or geometric from 0.01 to 1."""
     return annealed_hmc_levels(density, levels, leapfrog, step, kind, base=base)
 

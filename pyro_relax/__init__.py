@@ -1,7 +1,7 @@
 """pyro-relax: relaxations of normalizing flows (surjections, stochastic layers,
 diffusions) for Pyro."""
 
-from pyro_relax.core.validation import validation, validation_enabled
+from pyro_relax.core.switch import validation, validation_enabled
 
 __version__ = "0.1.0"
 

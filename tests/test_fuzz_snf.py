@@ -23,8 +23,8 @@ from pyro_relax.stochastic.annealing import (
     linear_schedule,
     standard_normal_log_prob,
 )
-from pyro_relax.stochastic.hmc import HMC
-from pyro_relax.stochastic.langevin import MALA, OverdampedLangevin
+from pyro_relax.stochastic.hmc import HMCBlock
+from pyro_relax.stochastic.langevin import MALABlock, OverdampedLangevin
 from pyro_relax.stochastic.mh import RandomWalkMH
 from pyro_relax.stochastic.pullback import (
     PulledBackDensity,
@@ -38,8 +38,8 @@ from pyro_relax.testing.fuzz import assert_clean_failure, fuzz_settings
 from pyro_relax.testing.strategies import bad_inputs
 
 ERRORS = (ValueError, TypeError, FloatingPointError)
-BLOCKS = [OverdampedLangevin, MALA, UnderdampedLangevin, RandomWalkMH, HMC]
-METROPOLIS = (MALA, RandomWalkMH, HMC)
+BLOCKS = [OverdampedLangevin, MALABlock, UnderdampedLangevin, RandomWalkMH, HMCBlock]
+METROPOLIS = (MALABlock, RandomWalkMH, HMCBlock)
 
 
 def _gauss(x):
@@ -140,7 +140,7 @@ def test_wrong_target_output_is_a_clean_error(cls, wrong, batch):
 def _snf(target=_gauss, blocks=None):
     torch.manual_seed(0)
     layers = [T.AffineTransform(torch.ones(2), 1.0, event_dim=1)]
-    layers += blocks if blocks is not None else [MALA(target, step_size=0.2), HMC(target)]
+    layers += blocks if blocks is not None else [MALABlock(target, step_size=0.2), HMCBlock(target)]
     return StochasticNormalizingFlow((2,), layers, target)
 
 
@@ -263,7 +263,7 @@ def test_pulled_back_density(case, wrong):
 def test_annealed_levels_and_tuning(levels, schedule, step_size, rounds, target_accept):
     blocks = assert_clean_failure(
         lambda: annealed_hmc_levels(_gauss, levels, step_size=step_size, schedule=schedule),
-        ("annealed_hmc_levels", "HMC"),
+        ("annealed_hmc_levels", "HMCBlock"),
         finite=False,
     )
     if isinstance(blocks, Exception):
@@ -292,7 +292,7 @@ def test_annealed_levels_and_tuning(levels, schedule, step_size, rounds, target_
 )
 def test_trainer_options(steps, batch_size, lr, weights, data, clip):
     snf = StochasticNormalizingFlow(
-        (2,), [T.affine_coupling(2, hidden_dims=[4]), MALA(_gauss, step_size=0.1)], _gauss
+        (2,), [T.affine_coupling(2, hidden_dims=[4]), MALABlock(_gauss, step_size=0.1)], _gauss
     )
 
     def train():

@@ -14,15 +14,15 @@ from pyro_relax.stochastic.annealing import (
     linear_schedule,
     standard_normal_log_prob,
 )
-from pyro_relax.stochastic.hmc import HMC
-from pyro_relax.stochastic.langevin import MALA, OverdampedLangevin
+from pyro_relax.stochastic.hmc import HMCBlock
+from pyro_relax.stochastic.langevin import MALABlock, OverdampedLangevin
 from pyro_relax.stochastic.mh import RandomWalkMH
 from pyro_relax.stochastic.underdamped import UnderdampedLangevin
 from pyro_relax.targets import Banana, DoubleWell
 from pyro_relax.testing.cases_snf import GaussianLogDensity
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-BLOCKS = [OverdampedLangevin, MALA, UnderdampedLangevin, RandomWalkMH, HMC]
+BLOCKS = [OverdampedLangevin, MALABlock, UnderdampedLangevin, RandomWalkMH, HMCBlock]
 
 
 def _quartic(x):
@@ -85,7 +85,7 @@ def test_langevin_encode_contribution_is_log_p_minus_log_q():
 # Underdamped Langevin is left out: its velocity persists across steps by design (a chain of
 # one-step blocks would refresh it); its weights are covered by the unbiasedness tests.
 @pytest.mark.parametrize(
-    "cls", [OverdampedLangevin, MALA, RandomWalkMH, HMC], ids=lambda c: c.__name__
+    "cls", [OverdampedLangevin, MALABlock, RandomWalkMH, HMCBlock], ids=lambda c: c.__name__
 )
 def test_multi_step_block_equals_chain_of_single_steps(cls):
     # Same seed, same noise order: n_steps=3 must equal three one-step blocks (gradient caching).
@@ -127,7 +127,7 @@ def test_vanishing_step_size_gives_identity_and_zero_delta_s(cls):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("cls", [MALA, RandomWalkMH, HMC], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [MALABlock, RandomWalkMH, HMCBlock], ids=lambda c: c.__name__)
 def test_metropolis_delta_s_is_log_pi_difference(cls, device):
     torch.manual_seed(2)
     lam = 0.6
@@ -167,13 +167,13 @@ def _max_moment_z(samples, mean, cov):
 
 
 def _make(cls, target, base=None, lam=1.0):
-    kw = {"HMC": dict(step_size=0.4, n_leapfrog=4), "MALA": dict(step_size=0.3)}.get(
+    kw = {"HMCBlock": dict(step_size=0.4, n_leapfrog=4), "MALABlock": dict(step_size=0.3)}.get(
         cls.__name__, dict(step_size=0.8)
     )
     return cls(target, base, lam=lam, n_steps=5, **kw).double()
 
 
-@pytest.mark.parametrize("cls", [RandomWalkMH, MALA, HMC], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [RandomWalkMH, MALABlock, HMCBlock], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("n", [4000, pytest.param(100_000, marks=pytest.mark.slow)])
 def test_metropolis_blocks_keep_target_moments(cls, n):
     torch.manual_seed(4)
@@ -184,7 +184,7 @@ def test_metropolis_blocks_keep_target_moments(cls, n):
     assert _max_moment_z(y, p.mean, p.covariance_matrix) < 5.0
 
 
-@pytest.mark.parametrize("cls", [RandomWalkMH, MALA, HMC], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [RandomWalkMH, MALABlock, HMCBlock], ids=lambda c: c.__name__)
 def test_metropolis_blocks_keep_annealed_gaussian_moments(cls):
     # pi_lam = N(0, I)^(1-lam) N(m, C)^lam is Gaussian: precision P = (1-lam) I + lam C^-1,
     # mean P^-1 lam C^-1 m. Started from exact draws of it, the block must keep it.
@@ -208,7 +208,7 @@ def test_invariance_check_detects_a_biased_kernel():
     assert _max_moment_z(y, p.mean, p.covariance_matrix) > 5.0
 
 
-@pytest.mark.parametrize("cls", [RandomWalkMH, MALA, HMC], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [RandomWalkMH, MALABlock, HMCBlock], ids=lambda c: c.__name__)
 def test_metropolis_blocks_keep_banana_moments(cls):
     # Non-Gaussian target: compare with an independent exact sample. Per moment,
     # se = sqrt(var_a / n + var_b / n) from the two samples' own variances; 5 se.
@@ -247,7 +247,7 @@ def test_schedules():
     assert all(a < b for a, b in zip(g, g[1:], strict=False))
     s = LearnedSchedule(3, init=[0.1, 0.5, 1.0])
     torch.testing.assert_close(s().detach(), torch.tensor([0.1, 0.5, 1.0]))
-    blocks = [MALA(_quartic, standard_normal_log_prob, lam=s.entry(k)) for k in range(3)]
+    blocks = [MALABlock(_quartic, standard_normal_log_prob, lam=s.entry(k)) for k in range(3)]
     total = sum(b.decode(torch.randn(4, 2))[1].sum() for b in blocks[:2])
     total.backward()
     assert s.logits.grad is not None and bool(torch.isfinite(s.logits.grad).all())
@@ -274,23 +274,23 @@ def test_lambda_outside_unit_interval_raises(cls, lam):
 
 def test_other_bad_configurations_raise():
     with pytest.raises(ValueError, match="needs a base"):
-        MALA(_quartic, lam=0.5)
+        MALABlock(_quartic, lam=0.5)
     with pytest.raises(ValueError, match="start in"):
-        MALA(_quartic, standard_normal_log_prob, lam=1.0, learn_lam=True)
+        MALABlock(_quartic, standard_normal_log_prob, lam=1.0, learn_lam=True)
     with pytest.raises(ValueError, match="n_steps"):
         RandomWalkMH(_quartic, n_steps=0)
     with pytest.raises(ValueError, match="n_leapfrog"):
-        HMC(_quartic, n_leapfrog=0)
+        HMCBlock(_quartic, n_leapfrog=0)
     with pytest.raises(ValueError, match="mass > 0"):
-        HMC(_quartic, mass=-1.0)
+        HMCBlock(_quartic, mass=-1.0)
     with pytest.raises(ValueError, match="friction > 0"):
         UnderdampedLangevin(_quartic, friction=0.0)
     with pytest.raises(TypeError, match="callable"):
-        MALA("not a density")
+        MALABlock("not a density")
     with pytest.raises(TypeError, match="lam"):
-        MALA(_quartic, standard_normal_log_prob, lam="0.5")
+        MALABlock(_quartic, standard_normal_log_prob, lam="0.5")
     with pytest.raises(ValueError, match="NaN"):
-        MALA(_quartic).decode(torch.tensor([[float("nan"), 0.0]]))
+        MALABlock(_quartic).decode(torch.tensor([[float("nan"), 0.0]]))
 
 
 def _nan_right_half(x):
@@ -298,7 +298,7 @@ def _nan_right_half(x):
     return -0.5 * x.square().sum(-1) + torch.sqrt(1.0 - x[..., 0]) * 0.0
 
 
-@pytest.mark.parametrize("cls", [RandomWalkMH, MALA, HMC], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [RandomWalkMH, MALABlock, HMCBlock], ids=lambda c: c.__name__)
 def test_nan_proposals_are_rejected(cls):
     torch.manual_seed(7)
     block = cls(_nan_right_half, step_size=1.0, n_steps=5)
@@ -340,8 +340,8 @@ def test_target_raising_mid_step_names_block_and_step(cls):
 
 def test_target_with_wrong_event_shape_names_block():
     # the target's own ValueError keeps its type (a clean input error), naming the block and step
-    with pytest.raises(ValueError, match="HMC: step 1 of 1.*expected event shape"):
-        HMC(DoubleWell()).decode(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="HMCBlock: step 1 of 1.*expected event shape"):
+        HMCBlock(DoubleWell()).decode(torch.zeros(4, 3))
 
 
 def test_gaussian_log_density_helper():

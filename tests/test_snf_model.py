@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyro_relax.stochastic.annealing import LearnedSchedule, standard_normal_log_prob
-from pyro_relax.stochastic.hmc import HMC
-from pyro_relax.stochastic.langevin import MALA, OverdampedLangevin
+from pyro_relax.stochastic.hmc import HMCBlock
+from pyro_relax.stochastic.langevin import MALABlock, OverdampedLangevin
 from pyro_relax.stochastic.mh import RandomWalkMH
 from pyro_relax.stochastic.snf import (
     StochasticNormalizingFlow,
@@ -49,13 +49,13 @@ def _layer(kind, dim, lam):
     if kind == "ula":
         return OverdampedLangevin(target_log_prob, step_size=0.1, n_steps=2, **anneal)
     if kind == "mala":
-        return MALA(target_log_prob, step_size=0.3, n_steps=2, **anneal)
+        return MALABlock(target_log_prob, step_size=0.3, n_steps=2, **anneal)
     if kind == "underdamped":
         return UnderdampedLangevin(target_log_prob, step_size=0.3, n_steps=3, **anneal)
     if kind == "rwmh":
         return RandomWalkMH(target_log_prob, step_size=0.6, n_steps=2, **anneal)
     if kind == "hmc":
-        return HMC(target_log_prob, step_size=0.3, n_leapfrog=3, **anneal)
+        return HMCBlock(target_log_prob, step_size=0.3, n_leapfrog=3, **anneal)
     raise AssertionError(kind)
 
 
@@ -147,7 +147,7 @@ def test_metropolis_block_at_base_density_gives_exact_log_prob():
     # With the base density as the block's pi, V = log pi(x) - log pi(z) telescopes:
     # log q0(z) + V = log pi(x) exactly, for every backward draw.
     torch.manual_seed(14)
-    block = HMC(standard_normal_log_prob, step_size=0.3, n_leapfrog=3, n_steps=2).double()
+    block = HMCBlock(standard_normal_log_prob, step_size=0.3, n_leapfrog=3, n_steps=2).double()
     snf = StochasticNormalizingFlow((2,), [block], target_log_prob).double()
     x = torch.randn(50, 2, dtype=torch.float64)
     torch.testing.assert_close(snf.log_prob(x), standard_normal_log_prob(x))
@@ -200,7 +200,9 @@ def test_gradients_reach_flow_and_block_parameters(device):
     sched = LearnedSchedule(2, init=[0.5, 1.0])
     layers = [
         T.affine_coupling(2, hidden_dims=[8]),
-        MALA(target_log_prob, standard_normal_log_prob, lam=sched.entry(0), learn_step_size=True),
+        MALABlock(
+            target_log_prob, standard_normal_log_prob, lam=sched.entry(0), learn_step_size=True
+        ),
         T.affine_coupling(2, hidden_dims=[8]),
         UnderdampedLangevin(
             target_log_prob,
@@ -212,7 +214,7 @@ def test_gradients_reach_flow_and_block_parameters(device):
             learn_mass=True,
             n_steps=2,
         ),
-        HMC(
+        HMCBlock(
             target_log_prob,
             standard_normal_log_prob,
             lam=sched.entry(1),

@@ -14,7 +14,7 @@ from pyro_relax.infer.snf_training import (
     train_snf,
 )
 from pyro_relax.stochastic.annealing import standard_normal_log_prob
-from pyro_relax.stochastic.langevin import MALA
+from pyro_relax.stochastic.langevin import MALABlock
 from pyro_relax.stochastic.snf import StochasticNormalizingFlow
 from pyro_relax.stochastic.underdamped import UnderdampedLangevin
 
@@ -35,7 +35,7 @@ def _snf(seed=0):
         T.affine_coupling(2, hidden_dims=[16]),
         T.Permute(torch.tensor([1, 0])),
         T.affine_coupling(2, hidden_dims=[16]),
-        MALA(
+        MALABlock(
             target_log_prob,
             standard_normal_log_prob,
             lam=0.7,
@@ -267,7 +267,7 @@ def test_checkpoint_of_another_model_names_the_file(tmp_path):
     path = tmp_path / "snf.pt"
     _checkpointed(path)
     other = StochasticNormalizingFlow(
-        (2,), [T.affine_coupling(2, hidden_dims=[4]), MALA(target_log_prob)], target_log_prob
+        (2,), [T.affine_coupling(2, hidden_dims=[4]), MALABlock(target_log_prob)], target_log_prob
     )
     with pytest.raises(ValueError, match=r"snf\.pt.* does not fit this model"):
         SNFTrainer(other, 20, batch_size=16, seed=3, lr=5e-3, checkpoint=path, progress=False)

@@ -2,7 +2,7 @@
 
 * :class:`RelaxedLayer` (``core.layer``): the base class of every layer;
 * ``core.checks``: the input checks (``check_int``, ``check_real``, ...);
-* ``core.validation``: the switch for the checks that synchronize with the device.
+* ``core.switch``: the switch for the checks that synchronize with the device.
 
 The names are loaded on first use, so ``import pyro_relax`` does not import torch.
 """
@@ -10,6 +10,22 @@ The names are loaded on first use, so ``import pyro_relax`` does not import torc
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what the names are, for type checkers and the API reference
+    from pyro_relax.core.checks import (
+        check_callable,
+        check_event_shape,
+        check_finite,
+        check_int,
+        check_positive,
+        check_positive_int,
+        check_probability,
+        check_real,
+        floating_input,
+    )
+    from pyro_relax.core.layer import RelaxedLayer, sum_event
+    from pyro_relax.core.switch import validation, validation_enabled
 
 _HOMES = {
     "RelaxedLayer": "layer",
@@ -23,11 +39,25 @@ _HOMES = {
     "check_probability": "checks",
     "check_real": "checks",
     "floating_input": "checks",
-    "validation": "validation",
-    "validation_enabled": "validation",
+    "validation": "switch",
+    "validation_enabled": "switch",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = [
+    "RelaxedLayer",
+    "check_callable",
+    "check_event_shape",
+    "check_finite",
+    "check_int",
+    "check_positive",
+    "check_positive_int",
+    "check_probability",
+    "check_real",
+    "floating_input",
+    "sum_event",
+    "validation",
+    "validation_enabled",
+]
 
 
 def __getattr__(name: str) -> object:

@@ -23,7 +23,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from pyro_relax.core.validation import validation_enabled
+from pyro_relax.core.switch import validation_enabled
 
 
 def check_int(value: object, name: str, owner: str, minimum: int | None = None) -> int:

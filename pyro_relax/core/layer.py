@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_relax.core.checks import check_event_shape, check_finite, floating_input
-from pyro_relax.core.validation import validation_enabled
+from pyro_relax.core.switch import validation_enabled
 
 
 def sum_event(t: Tensor, event_dim: int) -> Tensor:

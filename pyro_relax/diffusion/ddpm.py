@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_relax.core import check_event_shape, check_finite
-from pyro_relax.core.validation import validation_enabled
+from pyro_relax.core.switch import validation_enabled
 from pyro_relax.diffusion.guard import check_finite_result, check_model_dtype, model_dtype
 
 _LOG_2PI = math.log(2 * math.pi)

@@ -16,7 +16,7 @@ import itertools
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.core.validation import validation_enabled
+from pyro_relax.core.switch import validation_enabled
 
 
 class StepGuard:

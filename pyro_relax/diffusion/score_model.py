@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.core.validation import validation_enabled
+from pyro_relax.core.switch import validation_enabled
 from pyro_relax.diffusion.divergence import exact_divergence, hutchinson_divergence
 from pyro_relax.diffusion.guard import check_finite_result, check_model_dtype, model_dtype
 from pyro_relax.diffusion.sde import SDE, as_time, check_time

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from pyro_relax.core import check_event_shape, check_finite
-from pyro_relax.core.validation import validation_enabled
+from pyro_relax.core.switch import validation_enabled
 
 
 def as_time(t: Tensor | float, like: Tensor | None, name: str = "as_time") -> Tensor:

@@ -20,7 +20,7 @@ from pyro_relax.core import (
     floating_input,
     sum_event,
 )
-from pyro_relax.core.validation import validation, validation_enabled
+from pyro_relax.core.switch import validation, validation_enabled
 from pyro_relax.distributions.adapter import TransformLayer, as_layer
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pyro_relax.core.validation import validation
+from pyro_relax.core.switch import validation
 from pyro_relax.distributions.flow import Flow
 
 

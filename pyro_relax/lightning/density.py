@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from pyro_relax.core.validation import validation
+from pyro_relax.core.switch import validation
 from pyro_relax.distributions.flow import Flow
 from pyro_relax.lightning._trainer import RNGStateMixin, finite_or_raise
 

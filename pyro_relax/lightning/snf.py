@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from pyro_relax.core.validation import validation
+from pyro_relax.core.switch import validation
 from pyro_relax.infer.snf_training import mixed_kl_loss
 from pyro_relax.lightning._trainer import RNGStateMixin, finite_or_raise
 from pyro_relax.stochastic.snf import StochasticNormalizingFlow

@@ -8,8 +8,8 @@ from pyro_relax.stochastic.annealing import (
     geometric_schedule,
     linear_schedule,
 )
-from pyro_relax.stochastic.hmc import HMC
-from pyro_relax.stochastic.langevin import MALA, OverdampedLangevin
+from pyro_relax.stochastic.hmc import HMCBlock
+from pyro_relax.stochastic.langevin import MALABlock, OverdampedLangevin
 from pyro_relax.stochastic.mh import RandomWalkMH
 from pyro_relax.stochastic.snf import (
     StochasticNormalizingFlow,
@@ -21,8 +21,8 @@ from pyro_relax.stochastic.underdamped import UnderdampedLangevin
 from pyro_relax.stochastic.vae import VAELayer
 
 __all__ = [
-    "HMC",
-    "MALA",
+    "HMCBlock",
+    "MALABlock",
     "AnnealedBlock",
     "AnnealedDensity",
     "LearnedSchedule",

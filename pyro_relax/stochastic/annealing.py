@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from pyro_relax.core import RelaxedLayer, sum_event
-from pyro_relax.core.validation import validation, validation_enabled
+from pyro_relax.core.switch import validation, validation_enabled
 
 LogDensity = Callable[[Tensor], Tensor] | nn.Module | Distribution
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["HMC", "leapfrog"]
+__all__ = ["HMCBlock", "leapfrog"]
 
 from collections.abc import Callable
 
@@ -53,7 +53,7 @@ def leapfrog(
     return x, v, lp, grad
 
 
-class HMC(AnnealedBlock):
+class HMCBlock(AnnealedBlock):
     r"""Hamiltonian Monte Carlo steps targeting ``pi_lambda``.
 
     Each step draws a momentum ``v ~ N(0, M)`` (diagonal mass ``M``), runs
@@ -85,7 +85,7 @@ class HMC(AnnealedBlock):
     Example:
         >>> import torch
         >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
-        >>> block = HMC(standard_normal_log_prob, step_size=0.3, n_leapfrog=5)
+        >>> block = HMCBlock(standard_normal_log_prob, step_size=0.3, n_leapfrog=5)
         >>> y, delta_s = block.decode(torch.randn(4, 2))
         >>> y.shape
         torch.Size([4, 2])
@@ -107,7 +107,7 @@ class HMC(AnnealedBlock):
     ) -> None:
         super().__init__(target, base, lam, learn_lam, n_steps, event_dim)
         if isinstance(n_leapfrog, bool) or not isinstance(n_leapfrog, int) or n_leapfrog < 1:
-            raise ValueError(f"HMC: expected an int n_leapfrog >= 1, got {n_leapfrog!r}")
+            raise ValueError(f"HMCBlock: expected an int n_leapfrog >= 1, got {n_leapfrog!r}")
         self.n_leapfrog = n_leapfrog
         self._register_positive("step_size", step_size, learn_step_size)
         self._register_positive("mass", mass, learn_mass)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MALA", "OverdampedLangevin"]
+__all__ = ["MALABlock", "OverdampedLangevin"]
 
 import torch
 from torch import Tensor, nn
@@ -91,7 +91,7 @@ class OverdampedLangevin(AnnealedBlock):
         return f"n_steps={self.n_steps}, metropolis={self.metropolis}"
 
 
-class MALA(OverdampedLangevin):
+class MALABlock(OverdampedLangevin):
     r"""Metropolis-adjusted Langevin: a Langevin proposal, then accept or reject.
 
     The proposal ``y'`` is the :class:`OverdampedLangevin` move; it is accepted
@@ -108,7 +108,7 @@ class MALA(OverdampedLangevin):
     Example:
         >>> import torch
         >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
-        >>> block = MALA(standard_normal_log_prob, step_size=0.5, n_steps=3)
+        >>> block = MALABlock(standard_normal_log_prob, step_size=0.5, n_steps=3)
         >>> y, delta_s = block.decode(torch.randn(4, 2))
         >>> float(block.last_acceptance) <= 1.0
         True

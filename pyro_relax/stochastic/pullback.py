@@ -36,7 +36,7 @@ from pyro_relax.stochastic.annealing import (
     linear_schedule,
     standard_normal_log_prob,
 )
-from pyro_relax.stochastic.hmc import HMC
+from pyro_relax.stochastic.hmc import HMCBlock
 from pyro_relax.stochastic.snf import StochasticNormalizingFlow
 
 
@@ -126,7 +126,7 @@ def annealed_hmc_levels(
     step_size: float = 0.3,
     schedule: str = "linear",
     base: LogDensity = standard_normal_log_prob,
-) -> list[HMC]:
+) -> list[HMCBlock]:
     r"""``levels`` HMC blocks annealing from ``base`` to ``target`` (``lambda_k = k / K``).
 
     The last level targets ``target`` itself. Place them before a flow's layers
@@ -156,7 +156,7 @@ def annealed_hmc_levels(
         )
     lams = linear_schedule(levels) if schedule == "linear" else geometric_schedule(levels, 0.01)
     return [
-        HMC(target, base, lam=float(lam), step_size=step_size, n_leapfrog=n_leapfrog)
+        HMCBlock(target, base, lam=float(lam), step_size=step_size, n_leapfrog=n_leapfrog)
         for lam in lams
     ]
 

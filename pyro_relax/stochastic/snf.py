@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from pyro_relax.core import RelaxedLayer
-from pyro_relax.core.validation import validation, validation_enabled
+from pyro_relax.core.switch import validation, validation_enabled
 from pyro_relax.distributions.flow import Flow
 from pyro_relax.stochastic.annealing import (
     AnnealedBlock,

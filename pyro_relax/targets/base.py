@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.core.validation import validation_enabled
+from pyro_relax.core.switch import validation_enabled
 
 
 def _real(value: object, name: str, owner: str) -> float:

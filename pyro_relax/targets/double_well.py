@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_relax.core.validation import validation_enabled
+from pyro_relax.core.switch import validation_enabled
 from pyro_relax.targets.base import Target, _integer, _positive, _real
 
 

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from pyro_relax.stochastic.annealing import standard_normal_log_prob
-from pyro_relax.stochastic.hmc import HMC
-from pyro_relax.stochastic.langevin import MALA, OverdampedLangevin
+from pyro_relax.stochastic.hmc import HMCBlock
+from pyro_relax.stochastic.langevin import MALABlock, OverdampedLangevin
 from pyro_relax.stochastic.mh import RandomWalkMH
 from pyro_relax.stochastic.underdamped import UnderdampedLangevin
 from pyro_relax.testing.registry import LayerCase
@@ -72,7 +72,7 @@ CASES: list[LayerCase] = [
     LayerCase(
         "snf_langevin_target", lambda s: OverdampedLangevin(GaussianLogDensity(), step_size=0.1)
     ),
-    LayerCase("snf_mala", lambda s: MALA(step_size=0.2, n_steps=2, **_annealed())),
+    LayerCase("snf_mala", lambda s: MALABlock(step_size=0.2, n_steps=2, **_annealed())),
     LayerCase(
         "snf_underdamped",
         lambda s: UnderdampedLangevin(
@@ -82,6 +82,6 @@ CASES: list[LayerCase] = [
     LayerCase("snf_rwmh", lambda s: RandomWalkMH(step_size=0.5, n_steps=3, **_annealed())),
     LayerCase(
         "snf_hmc",
-        lambda s: HMC(step_size=0.2, n_leapfrog=3, n_steps=2, learn_mass=True, **_annealed()),
+        lambda s: HMCBlock(step_size=0.2, n_leapfrog=3, n_steps=2, learn_mass=True, **_annealed()),
     ),
 ]

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from pyro_relax.core import RelaxedLayer
-from pyro_relax.core.validation import validation
+from pyro_relax.core.switch import validation
 
 
 def kind_of(layer: RelaxedLayer) -> str:

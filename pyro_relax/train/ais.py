@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from pyro_relax.core.validation import validation
+from pyro_relax.core.switch import validation
 from pyro_relax.distributions.flow import Flow
 from pyro_relax.stochastic.annealing import (
     AnnealedBlock,

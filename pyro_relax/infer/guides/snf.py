@@ -34,7 +34,7 @@ from pyro.infer.autoguide.initialization import init_to_median
 from torch import Tensor
 
 from pyro_relax.core import RelaxedLayer
-from pyro_relax.core.validation import validation_enabled
+from pyro_relax.core.switch import validation_enabled
 from pyro_relax.infer.guides.base import (
     RelaxedGuideMixin,
     check_flow_config,
@@ -48,8 +48,8 @@ from pyro_relax.infer.guides.flow import (
     make_flow,
 )
 from pyro_relax.stochastic.annealing import AnnealedBlock
-from pyro_relax.stochastic.hmc import HMC
-from pyro_relax.stochastic.langevin import MALA, OverdampedLangevin
+from pyro_relax.stochastic.hmc import HMCBlock
+from pyro_relax.stochastic.langevin import MALABlock, OverdampedLangevin
 from pyro_relax.stochastic.mh import RandomWalkMH
 from pyro_relax.stochastic.pullback import (
     PulledBackDensity,
@@ -60,9 +60,9 @@ from pyro_relax.stochastic.snf import StochasticNormalizingFlow
 from pyro_relax.stochastic.underdamped import UnderdampedLangevin
 
 BLOCKS: dict[str, type[AnnealedBlock]] = {
-    "hmc": HMC,
+    "hmc": HMCBlock,
     "langevin": OverdampedLangevin,
-    "mala": MALA,
+    "mala": MALABlock,
     "mh": RandomWalkMH,
     "underdamped": UnderdampedLangevin,
 }
