@@ -4,8 +4,6 @@ from __future__ import annotations
 
 __all__ = ["TransformLayer", "as_layer"]
 
-from typing import Any
-
 import torch
 from pyro.distributions.conditional import ConditionalTransform
 from torch import Tensor, nn
@@ -39,7 +37,9 @@ class TransformLayer(RelaxedLayer):
     bijective = True
     accepts_context = True
 
-    def __init__(self, transform: Transform | ConditionalTransform, event_dim: int | None = None):
+    def __init__(
+        self, transform: Transform | ConditionalTransform, event_dim: int | None = None
+    ) -> None:
         super().__init__()
         if not isinstance(transform, Transform | ConditionalTransform):
             raise TypeError(
@@ -61,9 +61,31 @@ class TransformLayer(RelaxedLayer):
         self.event_dim = event_dim
 
     @property
-    def wrapped(self) -> Any:
+    def wrapped(self) -> Transform | ConditionalTransform:
         """The transform this layer wraps."""
         return self._modules.get("transform", None) or self.__dict__["_plain"]
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the wrapped transform is conditional (it needs a ``context``)."""
+        return self._conditional
+
+    @property
+    def context_dim(self) -> int | None:
+        """The context size a conditional transform takes, where it says (else ``None``).
+
+        Read from a positive ``context_dim`` of the transform or of its network
+        (Pyro's couplings keep a ``ConditionalDenseNN`` there); ``None`` when
+        neither says.
+        """
+        if not self._conditional:
+            return None
+        wrapped = self.wrapped
+        for owner in (wrapped, getattr(wrapped, "nn", None), getattr(wrapped, "hypernet", None)):
+            size = getattr(owner, "context_dim", None)
+            if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+                return size
+        return None
 
     def _resolve(self, context: Tensor | None) -> Transform:
         if self._conditional:
@@ -99,6 +121,7 @@ class TransformLayer(RelaxedLayer):
         return torch.Size(self.wrapped.forward_shape(latent_shape))
 
     def extra_repr(self) -> str:
+        """The wrapped transform, when it is not a submodule (a module prints itself)."""
         return "" if "transform" in self._modules else repr(self.wrapped)
 
 

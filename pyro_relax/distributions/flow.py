@@ -47,6 +47,20 @@ def _check_sample_shape(sample_shape: object, name: str) -> torch.Size:
     return torch.Size(sample_shape)
 
 
+def _context_size(layer: RelaxedLayer) -> int | None:
+    """The context size a layer takes: ``None`` for none, ``0`` where it does not say."""
+    if not layer.accepts_context:
+        return None
+    if isinstance(layer, TransformLayer):
+        if not layer.conditional:
+            return None
+        return layer.context_dim or 0
+    size = getattr(layer, "context_dim", 0)
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size if size > 0 else None
+    return 0
+
+
 class FlowDistribution(TorchDistribution):
     r"""The distribution of ``x = layer_K(... layer_1(z))`` with ``z ~ base``.
 
@@ -76,6 +90,11 @@ class FlowDistribution(TorchDistribution):
         context: a conditioning tensor ``batch_shape + (c,)`` passed to the layers
             that accept a context.
 
+    The layers are used as given, never changed (their ``event_dim`` included).
+    There is no ``validate_args``: the checks are those of
+    :func:`pyro_relax.validation` (data checks always run; the checks that
+    synchronize with the device can be switched off).
+
     Example:
         >>> import torch, pyro.distributions as dist, pyro.distributions.transforms as T
         >>> from pyro_relax.surjections import AbsSurjection
@@ -92,7 +111,6 @@ class FlowDistribution(TorchDistribution):
         base: Distribution,
         layers: Sequence[RelaxedLayer | torch.distributions.Transform],
         context: Tensor | None = None,
-        validate_args: bool | None = None,
     ) -> None:
         if not isinstance(base, Distribution):
             raise TypeError(
@@ -104,10 +122,9 @@ class FlowDistribution(TorchDistribution):
         self._data_ranks: list[int] = []  # event rank on the data side of each layer
         for layer in self.layers:
             out = layer.data_shape(shape)
-            if isinstance(layer, TransformLayer) and not layer._conditional:
-                # event_dim counts data-side dimensions (those of the transform's output)
-                layer.event_dim = max(len(out), layer.wrapped.codomain.event_dim)
-            elif layer.event_dim > len(out):
+            # A layer with a smaller event_dim (an elementwise Pyro transform, say) returns
+            # contributions per element; _per_event sums them, so no layer is changed here.
+            if layer.event_dim > len(out):
                 raise ValueError(
                     f"FlowDistribution: {type(layer).__name__} has event_dim {layer.event_dim}, "
                     f"more than the rank of the flow's event shape {tuple(out)} at that layer"
@@ -136,6 +153,7 @@ class FlowDistribution(TorchDistribution):
 
     @property
     def support(self) -> constraints.Constraint:
+        """Real events of the flow's event rank."""
         return constraints.independent(constraints.real, len(self.event_shape))
 
     @property
@@ -145,6 +163,7 @@ class FlowDistribution(TorchDistribution):
 
     @property
     def has_rsample(self) -> bool:  # type: ignore[override]
+        """Whether samples are reparametrized: the base's and every layer's ``decode``."""
         return bool(self.base.has_rsample) and all(layer.reparametrized for layer in self.layers)
 
     def _ctx(self, layer: RelaxedLayer) -> Tensor | None:
@@ -202,13 +221,38 @@ class FlowDistribution(TorchDistribution):
         return z, log_q
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        """A reparametrized sample of shape ``sample_shape + batch_shape + event_shape``."""
         return self.rsample_and_log_q(sample_shape)[0]
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        """A sample without gradient, of shape ``sample_shape + batch_shape + event_shape``."""
         with torch.no_grad():
             return self.rsample_and_log_q(sample_shape)[0]
 
-    def _check_value(self, value: Tensor, name: str = "FlowDistribution.log_prob") -> Tensor:
+    def check_data(self, value: Tensor, name: str = "FlowDistribution.check_data") -> Tensor:
+        """Validate data for this flow and return it in the flow's dtype, as ``log_prob`` does.
+
+        Integer and bool values are converted to :attr:`dtype`; the event shape,
+        finiteness and (with validation on) the last layer's data domain are
+        checked.
+
+        Arguments:
+            value: data of shape ``sample_shape + batch_shape + event_shape``.
+            name: the caller's name, for the error messages.
+
+        Returns:
+            ``value`` as a floating tensor of :attr:`dtype`.
+
+        Raises:
+            TypeError: for a non-tensor, or a floating dtype other than :attr:`dtype`.
+            ValueError: for a wrong event shape, NaN/inf or values outside the domain.
+
+        Example:
+            >>> import torch, pyro.distributions as dist
+            >>> d = FlowDistribution(dist.Normal(torch.zeros(2), 1.0).to_event(1), [])
+            >>> d.check_data(torch.tensor([[1, 2]])).dtype
+            torch.float32
+        """
         value = floating_input(value, self.dtype, name)
         check_event_shape(value, self.event_shape, name)
         check_finite(value, name)
@@ -218,6 +262,10 @@ class FlowDistribution(TorchDistribution):
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from exc
         return value
+
+    def _check_value(self, value: Tensor, name: str = "FlowDistribution.log_prob") -> Tensor:
+        """The former name of :meth:`check_data` (kept for existing callers)."""
+        return self.check_data(value, name)
 
     def _check_result(self, lp: Tensor, value: Tensor, name: str) -> Tensor:
         """Refuse a NaN or ``+inf`` log-density (``-inf``, zero density, is a value)."""
@@ -246,7 +294,7 @@ class FlowDistribution(TorchDistribution):
                 data domain of the last layer, or a NaN/``+inf`` result (overflow).
                 ``-inf`` (zero density, or underflow far out in the tails) is returned.
         """
-        value = self._check_value(value)
+        value = self.check_data(value, "FlowDistribution.log_prob")
         z = value
         total = value.new_zeros(())
         with validation(False):
@@ -272,13 +320,14 @@ class FlowDistribution(TorchDistribution):
             )
         if self.exact:
             return self.log_prob(value)
-        value = self._check_value(value, "FlowDistribution.log_prob_iw")
+        value = self.check_data(value, "FlowDistribution.log_prob_iw")
         rep = value.expand((num_particles,) + value.shape)
         with validation(False):
             lp = self.log_prob(rep)
         return torch.logsumexp(lp, dim=0) - math.log(num_particles)
 
     def expand(self, batch_shape: torch.Size, _instance: object = None) -> TorchDistribution:
+        """The flow with its batch shape expanded (Pyro's ``ExpandedDistribution``)."""
         return dist.ExpandedDistribution(self, batch_shape)
 
 
@@ -330,6 +379,16 @@ class Flow(nn.Module):
         self._base = base
         self.register_buffer("_zero", torch.tensor(0.0), persistent=False)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the module (that of its standard normal base)."""
+        return self._zero.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the module (that of its standard normal base)."""
+        return self._zero.device
+
     def base_distribution(self) -> Distribution:
         """The base distribution, on the device and dtype of this module."""
         if self._base is None:
@@ -344,6 +403,58 @@ class Flow(nn.Module):
     def forward(self, context: Tensor | None = None) -> FlowDistribution:
         """The flow as a :class:`FlowDistribution`, conditioned on ``context`` if given."""
         return FlowDistribution(self.base_distribution(), list(self.layers), context=context)
+
+    def condition(self, context: Tensor) -> FlowDistribution:
+        """The flow conditioned on ``context``, as Pyro's ``ConditionalTransformedDistribution``.
+
+        Arguments:
+            context: a tensor ``batch_shape + (c,)``, with ``c`` the context size
+                of the conditional layers (checked where a layer states it).
+
+        Returns:
+            The :class:`FlowDistribution` ``self(context)``.
+
+        Raises:
+            TypeError: for a non-tensor context.
+            ValueError: for a scalar context, a last size other than the layers',
+                or a flow with no layer that takes a context.
+
+        Example:
+            >>> import torch, pyro.distributions.transforms as T
+            >>> flow = Flow(2, [T.conditional_affine_coupling(2, context_dim=3)])
+            >>> d = flow.condition(torch.randn(5, 3))
+            >>> d.batch_shape, d.sample().shape
+            (torch.Size([5]), torch.Size([5, 2]))
+        """
+        if not isinstance(context, Tensor):
+            raise TypeError(
+                f"Flow.condition: expected a context tensor, got {type(context).__name__}"
+            )
+        if context.dim() < 1:
+            raise ValueError(
+                "Flow.condition: expected a context of shape batch + (c,), got a scalar"
+            )
+        sizes = {size for size in map(_context_size, self.layers) if size is not None}
+        if not sizes:
+            raise ValueError("Flow.condition: no layer of this flow takes a context")
+        known = sorted(size for size in sizes if size > 0)
+        if known and context.shape[-1] not in known:
+            want = " or ".join(str(size) for size in known)
+            raise ValueError(
+                f"Flow.condition: expected a context of last size {want}, "
+                f"got shape {tuple(context.shape)}"
+            )
+        return self(context)
+
+    def check_data(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Validate data and return it in the flow's dtype (:meth:`FlowDistribution.check_data`).
+
+        Example:
+            >>> import torch
+            >>> Flow(2, []).check_data(torch.zeros(4, 2)).shape
+            torch.Size([4, 2])
+        """
+        return self(context).check_data(x, "Flow.check_data")
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Shortcut for ``self(context).log_prob(x)``."""
