@@ -10,9 +10,8 @@ from __future__ import annotations
 __all__ = ["CASES"]
 
 import pyro.distributions.transforms as T
-import torch
 
-from pyro_relax.testing.registry import LayerCase
+from pyro_relax.testing.case import LayerCase, event_size
 from pyro_relax.transforms.actnorm import ActNorm
 from pyro_relax.transforms.conv1x1 import InvertibleConv1x1
 from pyro_relax.transforms.lu_linear import LULinear
@@ -20,22 +19,18 @@ from pyro_relax.transforms.lu_linear import LULinear
 _IMAGES = ((3, 4, 4), (2, 2, 2))
 
 
-def _features(shape: torch.Size) -> int:
-    return int(shape[0])
-
-
 CASES: list[LayerCase] = [
-    LayerCase("actnorm", lambda s: ActNorm(_features(s))),
+    LayerCase("actnorm", lambda s: ActNorm(event_size(s))),
     LayerCase(
         "actnorm_image",
-        lambda s: ActNorm(_features(s), event_dim=3),
+        lambda s: ActNorm(event_size(s), event_dim=3),
         event_shapes=((3, 4, 4),),
     ),
-    LayerCase("lu_linear", lambda s: LULinear(_features(s))),
-    LayerCase("conv1x1", lambda s: InvertibleConv1x1(_features(s)), event_shapes=_IMAGES),
+    LayerCase("lu_linear", lambda s: LULinear(event_size(s))),
+    LayerCase("conv1x1", lambda s: InvertibleConv1x1(event_size(s)), event_shapes=_IMAGES),
     LayerCase(
         "pyro_channel_permute",
-        lambda s: T.GeneralizedChannelPermute(channels=_features(s)),
+        lambda s: T.GeneralizedChannelPermute(channels=event_size(s)),
         event_shapes=_IMAGES,
     ),
 ]

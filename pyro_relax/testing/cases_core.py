@@ -12,25 +12,20 @@ import pyro.distributions.transforms as T
 import torch
 
 from pyro_relax.surjections.abs import AbsSurjection
-from pyro_relax.testing.registry import LayerCase
+from pyro_relax.testing.case import LayerCase, event_size
 from pyro_relax.transforms.stacks import FlipTransform, spline_coupling
-
-
-def _dim(shape: torch.Size) -> int:
-    return int(shape[0])
-
 
 CASES: list[LayerCase] = [
     LayerCase("abs_fair", lambda s: AbsSurjection()),
     LayerCase(
         "abs_learned",
-        lambda s: AbsSurjection(_dim(s), hidden=(8,)),
+        lambda s: AbsSurjection(event_size(s), hidden=(8,)),
         grad_exempt=frozenset(),
     ),
-    LayerCase("pyro_affine_coupling", lambda s: T.affine_coupling(_dim(s), hidden_dims=[8])),
+    LayerCase("pyro_affine_coupling", lambda s: T.affine_coupling(event_size(s), hidden_dims=[8])),
     LayerCase(
         "pyro_spline_coupling",
-        lambda s: T.spline_coupling(_dim(s), hidden_dims=[8], count_bins=4),
+        lambda s: T.spline_coupling(event_size(s), hidden_dims=[8], count_bins=4),
         meta=False,  # Pyro's spline masks its tails with nonzero(), which has no meta kernel
     ),
     # Pyro's affine_autoregressive is left out: its AutoRegressiveNN keeps its masks
@@ -39,19 +34,20 @@ CASES: list[LayerCase] = [
     LayerCase("flip", lambda s: FlipTransform()),
     LayerCase(
         "spline_coupling_fast_density",
-        lambda s: spline_coupling(_dim(s), 8, count_bins=4, order="quadratic").inv,
+        lambda s: spline_coupling(event_size(s), 8, count_bins=4, order="quadratic").inv,
         meta=False,  # Pyro's spline masks its tails with nonzero(), which has no meta kernel
     ),
     LayerCase(
-        "pyro_inverse_affine_coupling", lambda s: T.affine_coupling(_dim(s), hidden_dims=[8]).inv
+        "pyro_inverse_affine_coupling",
+        lambda s: T.affine_coupling(event_size(s), hidden_dims=[8]).inv,
     ),
     LayerCase(
         "pyro_permute",
-        lambda s: T.Permute(torch.arange(_dim(s) - 1, -1, -1)),
+        lambda s: T.Permute(torch.arange(event_size(s) - 1, -1, -1)),
     ),
     LayerCase(
         "pyro_conditional_affine_coupling",
-        lambda s: T.conditional_affine_coupling(_dim(s), context_dim=3, hidden_dims=[8]),
+        lambda s: T.conditional_affine_coupling(event_size(s), context_dim=3, hidden_dims=[8]),
         conditional=3,
     ),
 ]

@@ -15,13 +15,9 @@ from pyro_relax.surjections.augment import AugmentSurjection
 from pyro_relax.surjections.dequantization import UniformDequantization, VariationalDequantization
 from pyro_relax.surjections.generative_abs import GenerativeAbs
 from pyro_relax.surjections.generative_sort import GenerativeSort
-from pyro_relax.testing.registry import LayerCase
+from pyro_relax.testing.case import LayerCase, event_size
 
 NUM_BINS = 8
-
-
-def _dim(shape: torch.Size) -> int:
-    return int(shape[0])
 
 
 def integer_data(shape: torch.Size, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
@@ -42,10 +38,10 @@ def sorted_data(shape: torch.Size, dtype: torch.dtype, device: torch.device | st
 
 
 CASES: list[LayerCase] = [
-    LayerCase("augment", lambda s: AugmentSurjection(_dim(s), extra=2, hidden=(8,))),
+    LayerCase("augment", lambda s: AugmentSurjection(event_size(s), extra=2, hidden=(8,))),
     LayerCase(
         "augment_conditional",
-        lambda s: AugmentSurjection(_dim(s), extra=1, hidden=(8,), context_dim=3),
+        lambda s: AugmentSurjection(event_size(s), extra=1, hidden=(8,), context_dim=3),
         conditional=3,
     ),
     LayerCase(
@@ -61,23 +57,23 @@ CASES: list[LayerCase] = [
     ),
     LayerCase(
         "variational_dequantization",
-        lambda s: VariationalDequantization(_dim(s), NUM_BINS, hidden=(8,)),
+        lambda s: VariationalDequantization(event_size(s), NUM_BINS, hidden=(8,)),
         sample_data=integer_data,
     ),
     LayerCase(
         "variational_dequantization_conditional",
-        lambda s: VariationalDequantization(_dim(s), NUM_BINS, hidden=(8,), context_dim=3),
+        lambda s: VariationalDequantization(event_size(s), NUM_BINS, hidden=(8,), context_dim=3),
         sample_data=integer_data,
         conditional=3,
     ),
     LayerCase(
         "generative_abs",
-        lambda s: GenerativeAbs(_dim(s), hidden=(8,)),
+        lambda s: GenerativeAbs(event_size(s), hidden=(8,)),
         sample_data=non_negative_data,
     ),
     LayerCase(
         "generative_sort",
-        lambda s: GenerativeSort(_dim(s), hidden=(8,)),
+        lambda s: GenerativeSort(event_size(s), hidden=(8,)),
         sample_data=sorted_data,
     ),
 ]

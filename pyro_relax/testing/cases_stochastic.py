@@ -9,16 +9,10 @@ from __future__ import annotations
 
 __all__ = ["CASES"]
 
-import torch
 
 from pyro_relax.stochastic.vae import VAELayer
 from pyro_relax.surjections.permutation import StochasticPermutation
-from pyro_relax.testing.registry import LayerCase
-
-
-def _dim(shape: torch.Size) -> int:
-    return int(shape[0])
-
+from pyro_relax.testing.case import LayerCase, event_size
 
 CASES: list[LayerCase] = [
     LayerCase("stochastic_permutation", lambda s: StochasticPermutation()),
@@ -27,10 +21,10 @@ CASES: list[LayerCase] = [
         lambda s: StochasticPermutation(event_dim=2),
         event_shapes=((2, 3), (3, 4)),
     ),
-    LayerCase("vae_layer", lambda s: VAELayer(_dim(s), latent_dim=2, hidden=(8,))),
+    LayerCase("vae_layer", lambda s: VAELayer(event_size(s), latent_dim=2, hidden=(8,))),
     LayerCase(
         "vae_layer_conditional",
-        lambda s: VAELayer(_dim(s), latent_dim=_dim(s) + 1, hidden=(8,), context_dim=3),
+        lambda s: VAELayer(event_size(s), latent_dim=event_size(s) + 1, hidden=(8,), context_dim=3),
         conditional=3,
     ),
 ]

@@ -13,11 +13,7 @@ from pyro_relax.surjections.max import MaxSurjection
 from pyro_relax.surjections.maxpool import MaxPool2dSurjection
 from pyro_relax.surjections.slice import SliceSurjection
 from pyro_relax.surjections.sort import SortSurjection
-from pyro_relax.testing.registry import LayerCase
-
-
-def _dim(shape: torch.Size) -> int:
-    return int(shape[0])
+from pyro_relax.testing.case import LayerCase, event_size
 
 
 def _keep(shape: torch.Size) -> int:
@@ -30,11 +26,15 @@ _IMAGES = ((2, 4, 4), (1, 2, 6))
 CASES: list[LayerCase] = [
     LayerCase("sort", lambda s: SortSurjection(), event_shapes=_VECTORS),
     LayerCase("sort_rows", lambda s: SortSurjection(event_dim=2), event_shapes=((3, 4), (2, 2))),
-    LayerCase("max_fair", lambda s: MaxSurjection(_dim(s), learned=False), event_shapes=_VECTORS),
-    LayerCase("max_learned", lambda s: MaxSurjection(_dim(s), hidden=(8,)), event_shapes=_VECTORS),
+    LayerCase(
+        "max_fair", lambda s: MaxSurjection(event_size(s), learned=False), event_shapes=_VECTORS
+    ),
+    LayerCase(
+        "max_learned", lambda s: MaxSurjection(event_size(s), hidden=(8,)), event_shapes=_VECTORS
+    ),
     LayerCase(
         "max_conditional",
-        lambda s: MaxSurjection(_dim(s), hidden=(8,), context_dim=3),
+        lambda s: MaxSurjection(event_size(s), hidden=(8,), context_dim=3),
         event_shapes=_VECTORS,
         conditional=3,
     ),
@@ -50,12 +50,12 @@ CASES: list[LayerCase] = [
     ),
     LayerCase(
         "slice",
-        lambda s: SliceSurjection(_dim(s), _keep(s), hidden=(8,)),
+        lambda s: SliceSurjection(event_size(s), _keep(s), hidden=(8,)),
         event_shapes=_VECTORS,
     ),
     LayerCase(
         "slice_conditional",
-        lambda s: SliceSurjection(_dim(s), _keep(s), hidden=(8,), context_dim=3),
+        lambda s: SliceSurjection(event_size(s), _keep(s), hidden=(8,), context_dim=3),
         event_shapes=_VECTORS,
         conditional=3,
     ),
