@@ -141,64 +141,65 @@ __all__ = [
     "validation_enabled",
 ]
 
-# Where each name lives: a subpackage whose ``__init__`` exports it. A tuple lists
-# homes to try in order (the runs of ``infer.runner`` may also be exported by ``infer``).
+# Where each name lives: a subpackage whose ``__init__`` exports it. A tuple lists homes
+# to try in order (the runs of ``infer.runner`` may also come to be exported by ``infer``).
+_CORE = ("pyro_relax.core",)
+_DISTRIBUTIONS = ("pyro_relax.distributions",)
+_SURJECTIONS = ("pyro_relax.surjections",)
+_TRANSFORMS = ("pyro_relax.transforms",)
+_STOCHASTIC = ("pyro_relax.stochastic",)
+_INFER = ("pyro_relax.infer",)
+_RUNS = ("pyro_relax.infer", "pyro_relax.infer.runner")
+_PATHFINDER = ("pyro_relax.infer.pathfinder",)
+_DIFFUSION = ("pyro_relax.diffusion",)
 _HOMES: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(("RelaxedLayer", "validation", "validation_enabled"), ("pyro_relax.core",)),
-    **dict.fromkeys(
-        ("Flow", "FlowDistribution", "as_layer", "as_transform"), ("pyro_relax.distributions",)
-    ),
-    **dict.fromkeys(
-        (
-            "AbsSurjection",
-            "AugmentSurjection",
-            "GenerativeAbs",
-            "GenerativeSort",
-            "MaxPool2dSurjection",
-            "MaxSurjection",
-            "SliceSurjection",
-            "SortSurjection",
-            "StochasticPermutation",
-            "UniformDequantization",
-            "VariationalDequantization",
-        ),
-        ("pyro_relax.surjections",),
-    ),
-    **dict.fromkeys(
-        ("ActNorm", "InvertibleConv1x1", "LULinear", "coupling_stack"), ("pyro_relax.transforms",)
-    ),
-    **dict.fromkeys(
-        (
-            "HMCBlock",
-            "MALABlock",
-            "OverdampedLangevin",
-            "RandomWalkMH",
-            "StochasticNormalizingFlow",
-            "UnderdampedLangevin",
-            "VAELayer",
-        ),
-        ("pyro_relax.stochastic",),
-    ),
-    **dict.fromkeys(
-        (
-            "AutoDiffusionGuide",
-            "AutoFlowGuide",
-            "AutoSNFGuide",
-            "FlowIMH",
-            "MALA",
-            "NeuTraNUTS",
-            "neutra",
-        ),
-        ("pyro_relax.infer",),
-    ),
-    **dict.fromkeys(
-        ("fit_guide", "guide_draws", "run_mcmc"), ("pyro_relax.infer", "pyro_relax.infer.runner")
-    ),
-    "pathfinder": ("pyro_relax.infer.pathfinder",),
-    **dict.fromkeys(
-        ("DDPM", "DiffFlow", "DiffusionDistribution", "ScoreModel", "SubVPSDE", "VESDE", "VPSDE"),
-        ("pyro_relax.diffusion",),
-    ),
+    "DDPM": _DIFFUSION,
+    "MALA": _INFER,
+    "VESDE": _DIFFUSION,
+    "VPSDE": _DIFFUSION,
+    "AbsSurjection": _SURJECTIONS,
+    "ActNorm": _TRANSFORMS,
+    "AugmentSurjection": _SURJECTIONS,
+    "AutoDiffusionGuide": _INFER,
+    "AutoFlowGuide": _INFER,
+    "AutoSNFGuide": _INFER,
+    "DiffFlow": _DIFFUSION,
+    "DiffusionDistribution": _DIFFUSION,
+    "Flow": _DISTRIBUTIONS,
+    "FlowDistribution": _DISTRIBUTIONS,
+    "FlowIMH": _INFER,
+    "GenerativeAbs": _SURJECTIONS,
+    "GenerativeSort": _SURJECTIONS,
+    "HMCBlock": _STOCHASTIC,
+    "InvertibleConv1x1": _TRANSFORMS,
+    "LULinear": _TRANSFORMS,
+    "MALABlock": _STOCHASTIC,
+    "MaxPool2dSurjection": _SURJECTIONS,
+    "MaxSurjection": _SURJECTIONS,
+    "NeuTraNUTS": _INFER,
+    "OverdampedLangevin": _STOCHASTIC,
+    "RandomWalkMH": _STOCHASTIC,
+    "RelaxedLayer": _CORE,
+    "ScoreModel": _DIFFUSION,
+    "SliceSurjection": _SURJECTIONS,
+    "SortSurjection": _SURJECTIONS,
+    "StochasticNormalizingFlow": _STOCHASTIC,
+    "StochasticPermutation": _SURJECTIONS,
+    "SubVPSDE": _DIFFUSION,
+    "UnderdampedLangevin": _STOCHASTIC,
+    "UniformDequantization": _SURJECTIONS,
+    "VAELayer": _STOCHASTIC,
+    "VariationalDequantization": _SURJECTIONS,
+    "as_layer": _DISTRIBUTIONS,
+    "as_transform": _DISTRIBUTIONS,
+    "coupling_stack": _TRANSFORMS,
+    "fit_guide": _RUNS,
+    "guide_draws": _RUNS,
+    "neutra": _INFER,
+    "pathfinder": _PATHFINDER,
+    "run_mcmc": _RUNS,
+    "validation": _CORE,
+    "validation_enabled": _CORE,
 }
 
 # Subpackages reachable as attributes without an explicit import (``pr.infer``).

@@ -234,14 +234,27 @@ def test_wrong_event_shape_raises(make, bad):
         lambda: ActNorm(3, event_dim=0),
         lambda: ActNorm(3, eps=0.0),
         lambda: LULinear(-1),
-        lambda: LULinear(2.5),
         lambda: LULinear(3, init="random"),
         lambda: InvertibleConv1x1(0),
-        lambda: InvertibleConv1x1(True),
     ],
 )
 def test_bad_configuration_raises(make):
     with pytest.raises(ValueError, match="expected"):
+        make()
+
+
+# A size of the wrong type is a TypeError (pyro_relax.core.checks.check_positive_int).
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: LULinear(2.5), "LULinear: expected an int dim, got float"),
+        (lambda: InvertibleConv1x1(True), "InvertibleConv1x1: expected an int channels, got bool"),
+        (lambda: ActNorm(2.0), "ActNorm: expected an int num_features, got float"),
+        (lambda: LULinear(2, bias=1), "LULinear: expected a bool bias, got int"),
+    ],
+)
+def test_bad_configuration_type_raises(make, message):
+    with pytest.raises(TypeError, match=message):
         make()
 
 

@@ -47,6 +47,14 @@ def _check_sample_shape(sample_shape: object, name: str) -> torch.Size:
     return torch.Size(sample_shape)
 
 
+def _check_context(context: object, owner: str) -> None:
+    """Raise unless ``context`` is a tensor of at least one dimension (``batch + (c,)``)."""
+    if not isinstance(context, Tensor):
+        raise TypeError(f"{owner}: expected a context tensor, got {type(context).__name__}")
+    if context.dim() < 1:
+        raise ValueError(f"{owner}: expected a context of shape batch + (c,), got a scalar")
+
+
 def _context_size(layer: RelaxedLayer) -> int | None:
     """The context size a layer takes: ``None`` for none, ``0`` where it does not say."""
     if not layer.accepts_context:
@@ -133,14 +141,7 @@ class FlowDistribution(TorchDistribution):
             shape = out
         batch_shape = base.batch_shape
         if context is not None:
-            if not isinstance(context, Tensor):
-                raise TypeError(
-                    f"FlowDistribution: expected a context tensor, got {type(context).__name__}"
-                )
-            if context.dim() < 1:
-                raise ValueError(
-                    "FlowDistribution: expected a context of shape batch + (c,), got a scalar"
-                )
+            _check_context(context, "FlowDistribution")
             try:
                 batch_shape = torch.broadcast_shapes(batch_shape, context.shape[:-1])
             except RuntimeError as exc:
@@ -426,14 +427,7 @@ class Flow(nn.Module):
             >>> d.batch_shape, d.sample().shape
             (torch.Size([5]), torch.Size([5, 2]))
         """
-        if not isinstance(context, Tensor):
-            raise TypeError(
-                f"Flow.condition: expected a context tensor, got {type(context).__name__}"
-            )
-        if context.dim() < 1:
-            raise ValueError(
-                "Flow.condition: expected a context of shape batch + (c,), got a scalar"
-            )
+        _check_context(context, "Flow.condition")
         sizes = {size for size in map(_context_size, self.layers) if size is not None}
         if not sizes:
             raise ValueError("Flow.condition: no layer of this flow takes a context")

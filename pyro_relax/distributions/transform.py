@@ -51,20 +51,10 @@ class LayerTransform(Transform):
         self.layer = layer
         self.context = context
         self.bijective = bool(layer.bijective)
-        rank = int(layer.event_dim)
-        self._domain = constraints.independent(constraints.real, rank)
-        self._codomain = constraints.independent(constraints.real, rank)
+        # Real events of layer.event_dim dimensions on both sides (plain attributes,
+        # as torch's own transforms have them).
+        self.domain = self.codomain = constraints.independent(constraints.real, layer.event_dim)
         self._last: tuple[Tensor, Tensor, Tensor] | None = None  # (z, x, S = -V)
-
-    @property
-    def domain(self) -> constraints.Constraint:  # type: ignore[override]
-        """Real latent events of ``layer.event_dim`` dimensions."""
-        return self._domain
-
-    @property
-    def codomain(self) -> constraints.Constraint:  # type: ignore[override]
-        """Real data events of ``layer.event_dim`` dimensions."""
-        return self._codomain
 
     def _call(self, z: Tensor) -> Tensor:
         with validation(False):  # as FlowDistribution samples: z need not lie in f's range

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from pyro_relax.core import check_int
+
 
 class MLP(nn.Module):
     """A multilayer perceptron ``in_features -> hidden... -> out_features``.
@@ -39,8 +41,7 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"MLP: expected a non-negative int {name}, got {v!r}")
+            check_int(v, name, "MLP", minimum=0)
         layers: list[nn.Module] = []
         sizes = [in_features, *hidden]
         for a, b in zip(sizes[:-1], sizes[1:], strict=True):

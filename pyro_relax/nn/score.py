@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from pyro_relax.core import check_int, check_positive_int
 from pyro_relax.nn.mlp import MLP
 
 
@@ -31,9 +32,12 @@ class TimeEmbedding(nn.Module):
         torch.Size([5, 8])
     """
 
-    def __init__(self, features: int = 32, scale: float = 1000.0, max_period: float = 10000.0):
+    def __init__(
+        self, features: int = 32, scale: float = 1000.0, max_period: float = 10000.0
+    ) -> None:
         super().__init__()
-        if not isinstance(features, int) or features < 2 or features % 2:
+        check_int(features, "features", "TimeEmbedding", minimum=2)
+        if features % 2:
             raise ValueError(f"TimeEmbedding: expected an even int features >= 2, got {features!r}")
         self.features, self.scale, self.max_period = features, float(scale), float(max_period)
 
@@ -81,8 +85,7 @@ class ScoreMLP(nn.Module):
         out_features: int | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"ScoreMLP: expected a positive int dim, got {dim!r}")
+        check_positive_int(dim, "dim", "ScoreMLP")
         out = dim if out_features is None else out_features
         self.dim = dim
         self.embed = TimeEmbedding(embed_features)

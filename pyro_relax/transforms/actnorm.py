@@ -5,15 +5,14 @@ from __future__ import annotations
 __all__ = ["ActNorm"]
 
 import math
-from typing import Any
 
 import torch
 from pyro.distributions import constraints
 from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 
-from pyro_relax.core import check_finite
-from pyro_relax.transforms.lu_linear import check_feature_dim, check_positive_int
+from pyro_relax.core import check_finite, check_positive, check_positive_int
+from pyro_relax.transforms.lu_linear import check_feature_dim
 
 
 class ActNorm(TransformModule):
@@ -60,21 +59,12 @@ class ActNorm(TransformModule):
         super().__init__()
         self.num_features = check_positive_int(num_features, "num_features", "ActNorm")
         self._event_dim = check_positive_int(event_dim, "event_dim", "ActNorm")
-        if not isinstance(eps, int | float) or not eps > 0 or not math.isfinite(eps):
-            raise ValueError(f"ActNorm: expected a finite positive eps, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = check_positive(eps, "eps", "ActNorm")
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.log_scale = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("initialized", torch.tensor(False))
         self._initialized = False  # host mirror of the buffer
-
-    @property
-    def domain(self) -> constraints.Constraint:  # type: ignore[override]
-        return constraints.independent(constraints.real, self._event_dim)
-
-    @property
-    def codomain(self) -> constraints.Constraint:  # type: ignore[override]
-        return constraints.independent(constraints.real, self._event_dim)
+        self.domain = self.codomain = constraints.independent(constraints.real, self._event_dim)
 
     # -- helpers ------------------------------------------------------------
     def _check(self, x: Tensor, who: str) -> None:
@@ -137,12 +127,15 @@ class ActNorm(TransformModule):
         ld = self._spatial_size(x) * self.log_scale.sum()
         return ld.expand(x.shape[: x.dim() - self._event_dim]).clone()
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, object], prefix: str, *args: object
+    ) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args)
         if self.initialized.device.type != "meta":
             self._initialized = bool(self.initialized)
 
     def extra_repr(self) -> str:
+        """The size, the event rank and whether the data initialization has run."""
         return (
             f"num_features={self.num_features}, event_dim={self._event_dim}, "
             f"initialized={self._initialized}"

@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
-__all__ = ["LULinear", "LUWeight"]
+__all__ = ["LULinear", "LUTransform", "LUWeight", "check_feature_dim"]
+
+import math
 
 import torch
 from pyro.distributions import constraints
 from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 
+from pyro_relax.core import check_positive_int
+
 _INITS = ("orthogonal", "identity")
-
-
-def check_positive_int(value: object, what: str, owner: str) -> int:
-    """Return ``value`` if it is a positive ``int``, else raise ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: expected a positive int {what}, got {value!r}")
-    return value
 
 
 def check_feature_dim(
     x: Tensor, size: int, dim: int, event_dim: int, owner: str, dtype: torch.dtype | None = None
 ) -> None:
-    """Raise unless ``x`` is a floating tensor (of ``dtype`` if given) with ``event_dim``
-    event dims and size ``size`` at ``dim`` (``TypeError`` for the dtype, else ``ValueError``).
+    """Raise unless ``x`` has ``event_dim`` event dims and size ``size`` at ``dim``.
+
+    ``x`` must also be a floating tensor (of ``dtype`` if given): a ``TypeError``
+    for the type or dtype, a ``ValueError`` for the shape.
+
+    Example:
+        >>> check_feature_dim(torch.zeros(4, 3), 3, -1, 1, "demo")
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{owner}: expected a torch.Tensor, got {type(x).__name__}")
@@ -129,20 +131,95 @@ class LUWeight(nn.Module):
         return rows.reshape(shape).movedim(-1, dim)
 
     def extra_repr(self) -> str:
+        """The size ``D``."""
         return f"dim={self.dim}"
 
 
-class LULinear(TransformModule):
+class LUTransform(TransformModule):
+    r"""Base of the transforms that multiply one event dimension by an :class:`LUWeight`.
+
+    The features lie on dimension ``-event_dim`` of an event (the vector for
+    ``event_dim=1``, the channels of ``(C, H, W)`` images for ``event_dim=3``);
+    the dimensions after them are positions that share ``W``, so
+    ``log|det| = positions * sum log|s|``. It holds the one copy of the
+    products, solves, log-determinant and input checks of :class:`LULinear`
+    and :class:`~pyro_relax.transforms.conv1x1.InvertibleConv1x1`; a subclass
+    only chooses the event rank and the bias. ``_call`` is the base-to-data
+    direction, as in Pyro. No cache is kept (``cache_size=0``): parameters
+    change in place between optimizer steps, and an identity-keyed cache
+    would hand back stale values for a data tensor reused across steps.
+
+    Arguments:
+        size: the number of features ``D``.
+        event_dim: the event rank (the features are its first dimension).
+        bias: whether to learn a per-feature bias ``b`` (zeros at start),
+            added after ``W``.
+        init: ``"orthogonal"`` (a random rotation) or ``"identity"``.
+
+    Example:
+        >>> import torch
+        >>> t = LUTransform(2, event_dim=2, bias=False, init="identity")
+        >>> x = torch.randn(4, 2, 5)
+        >>> torch.equal(t(x), x), t.log_abs_det_jacobian(x, x).shape
+        (True, torch.Size([4]))
+    """
+
+    bijective = True
+
+    def __init__(self, size: int, event_dim: int, bias: bool, init: str = "orthogonal") -> None:
+        super().__init__()
+        owner = type(self).__name__
+        self.size = check_positive_int(size, "size", owner)
+        self._event_dim = check_positive_int(event_dim, "event_dim", owner)
+        if not isinstance(bias, bool):
+            raise TypeError(f"{owner}: expected a bool bias, got {type(bias).__name__}")
+        self.lu = LUWeight(size, init)
+        self.bias = nn.Parameter(torch.zeros(size)) if bias else None
+        # Real events of event_dim dimensions (plain attributes, as in torch's transforms).
+        self.domain = self.codomain = constraints.independent(constraints.real, self._event_dim)
+
+    def weight(self) -> Tensor:
+        """The assembled ``D x D`` matrix ``W``."""
+        return self.lu.weight()
+
+    def _check(self, x: Tensor, who: str) -> None:
+        check_feature_dim(x, self.size, -self._event_dim, self._event_dim, who, self.lu.lower.dtype)
+
+    def _bias(self) -> Tensor | None:
+        """The bias shaped to broadcast over the positions, ``None`` without one."""
+        if self.bias is None:
+            return None
+        return self.bias.reshape((self.size,) + (1,) * (self._event_dim - 1))
+
+    def _call(self, x: Tensor) -> Tensor:
+        self._check(x, type(self).__name__)
+        y = self.lu.apply(x, -self._event_dim)
+        bias = self._bias()
+        return y if bias is None else y + bias
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        self._check(y, f"{type(self).__name__}.inv")
+        bias = self._bias()
+        if bias is not None:
+            y = y - bias
+        return self.lu.solve(y, -self._event_dim)
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        """``positions * sum log|s|`` for each batch element: shape ``x.shape[:-event_dim]``."""
+        self._check(x, f"{type(self).__name__}.log_abs_det_jacobian")
+        positions = math.prod(x.shape[x.dim() - self._event_dim + 1 :])
+        ld = positions * self.lu.log_abs_det()
+        return ld.expand(x.shape[: x.dim() - self._event_dim]).clone()
+
+
+class LULinear(LUTransform):
     r"""Invertible linear layer ``y = W x + b`` with ``W = P L (U + diag(s))``.
 
     ``log|det dy/dx| = sum log|s|``, constant in ``x``; the inverse runs two
     triangular solves (``torch.linalg.solve_triangular``). Pyro's
     ``GeneralizedChannelPermute`` uses the same factorization for images; this
     is its vector form, with a bias, arbitrary batch dimensions, float64 and
-    the ``meta`` device. ``_call`` is the base-to-data direction, as in Pyro.
-    No cache is kept (``cache_size=0``): parameters change in place between
-    optimizer steps, and an identity-keyed cache would hand back stale values
-    for a data tensor reused across steps.
+    the ``meta`` device (the shared code is :class:`LUTransform`).
 
     Arguments:
         dim: the event size ``D`` (event shape ``(D,)``).
@@ -157,43 +234,15 @@ class LULinear(TransformModule):
         >>> import torch
         >>> t = LULinear(3)
         >>> x = torch.randn(5, 3)
-        >>> y = t(x)
-        >>> torch.allclose(t.inv(y), x, atol=1e-5), t.log_abs_det_jacobian(x, y).shape
-        (True, torch.Size([5]))
+        >>> torch.allclose(t.inv(t(x)), x, atol=1e-5), t.weight().shape
+        (True, torch.Size([3, 3]))
     """
 
-    domain = constraints.independent(constraints.real, 1)
-    codomain = constraints.independent(constraints.real, 1)
-    bijective = True
-
     def __init__(self, dim: int, bias: bool = True, init: str = "orthogonal") -> None:
-        super().__init__()
         check_positive_int(dim, "dim", "LULinear")
-        if not isinstance(bias, bool):
-            raise TypeError(f"LULinear: expected a bool bias, got {type(bias).__name__}")
+        super().__init__(dim, 1, bias, init)
         self.dim = dim
-        self.lu = LUWeight(dim, init)
-        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
-
-    def weight(self) -> Tensor:
-        """The assembled matrix ``W``."""
-        return self.lu.weight()
-
-    def _call(self, x: Tensor) -> Tensor:
-        check_feature_dim(x, self.dim, -1, 1, "LULinear", self.lu.lower.dtype)
-        y = self.lu.apply(x, -1)
-        return y if self.bias is None else y + self.bias
-
-    def _inverse(self, y: Tensor) -> Tensor:
-        check_feature_dim(y, self.dim, -1, 1, "LULinear.inv", self.lu.lower.dtype)
-        if self.bias is not None:
-            y = y - self.bias
-        return self.lu.solve(y, -1)
-
-    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        """``sum log|s|`` for each batch element: shape ``x.shape[:-1]``."""
-        check_feature_dim(x, self.dim, -1, 1, "LULinear.log_abs_det_jacobian", self.lu.lower.dtype)
-        return self.lu.log_abs_det().expand(x.shape[:-1]).clone()
 
     def extra_repr(self) -> str:
+        """The size and whether there is a bias."""
         return f"dim={self.dim}, bias={self.bias is not None}"

@@ -10,6 +10,8 @@ from pyro.distributions import constraints
 from pyro.nn import DenseNN
 from torch import Tensor
 
+from pyro_relax.core import check_positive_int
+
 
 class FlipTransform(T.Transform):
     """Reverse the order of the last dimension (a permutation with no index tensor).
@@ -29,9 +31,11 @@ class FlipTransform(T.Transform):
     volume_preserving = True
 
     def __eq__(self, other: object) -> bool:
+        """All flips are equal (they hold nothing)."""
         return isinstance(other, FlipTransform)
 
     def __hash__(self) -> int:
+        """One hash for every flip."""
         return hash(FlipTransform)
 
     def _call(self, x: Tensor) -> Tensor:
@@ -41,6 +45,7 @@ class FlipTransform(T.Transform):
         return y.flip(-1)
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        """Zero: a permutation preserves volume."""
         return x.new_zeros(x.shape[:-1])
 
 
@@ -100,10 +105,8 @@ def coupling_stack(
         >>> len(coupling_stack(2, num_layers=3))
         5
     """
-    if not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"coupling_stack: expected a positive int dim, got {dim!r}")
-    if not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"coupling_stack: expected num_layers >= 1, got {num_layers!r}")
+    check_positive_int(dim, "dim", "coupling_stack")
+    check_positive_int(num_layers, "num_layers", "coupling_stack")
     if fast_density and kind != "spline":
         raise ValueError(f"coupling_stack: fast_density needs kind 'spline', got {kind!r}")
     if kind not in ("spline", "affine"):
