@@ -276,3 +276,15 @@ def test_building_a_distribution_does_not_change_its_layers() -> None:
     torch.testing.assert_close(d.log_prob(x), expected)
     assert [layer.event_dim for layer in layers] == dims == [1, 0, 1]
     assert [dict(vars(layer)) for layer in layers] == before
+
+
+def test_elementwise_transform_with_vector_parameters_runs_on_whole_events() -> None:
+    affine = T.AffineTransform(torch.full((3,), 0.2), torch.full((3,), 1.3))
+    layer = TransformLayer(affine)
+    base = dist.Normal(torch.zeros(3), 1.0).to_event(1)
+    d = FlowDistribution(base, [layer, AbsSurjection()])
+    x = torch.randn(7, 3)
+    expected = dist.TransformedDistribution(base, [affine, as_transform(AbsSurjection())])
+    torch.testing.assert_close(d.log_prob(x), expected.log_prob(x))
+    assert d.sample((5,)).shape == (5, 3)
+    assert layer.event_dim == 0 and d.layers[0].wrapped is affine

@@ -9,7 +9,7 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import Tensor, nn
 from torch.distributions import Transform
 
-from pyro_relax.core import RelaxedLayer, sum_event
+from pyro_relax.core import RelaxedLayer, check_int, sum_event
 
 
 class TransformLayer(RelaxedLayer):
@@ -86,6 +86,25 @@ class TransformLayer(RelaxedLayer):
             if isinstance(size, int) and not isinstance(size, bool) and size > 0:
                 return size
         return None
+
+    def with_event_dim(self, event_dim: int) -> TransformLayer:
+        """This layer if its ``event_dim`` is ``event_dim``, else a new one on the same transform.
+
+        The new layer shares the wrapped transform (and so its parameters);
+        ``self`` is left as it is. :class:`~pyro_relax.distributions.FlowDistribution`
+        uses it to run an elementwise transform on whole events of the flow.
+
+        Example:
+            >>> import pyro.distributions.transforms as T
+            >>> layer = TransformLayer(T.ExpTransform())
+            >>> wide = layer.with_event_dim(1)
+            >>> wide.event_dim, layer.event_dim, wide.wrapped is layer.wrapped
+            (1, 0, True)
+        """
+        event_dim = check_int(event_dim, "event_dim", "TransformLayer.with_event_dim", minimum=0)
+        if event_dim == self.event_dim:
+            return self
+        return TransformLayer(self.wrapped, event_dim)
 
     def _resolve(self, context: Tensor | None) -> Transform:
         if self._conditional:

@@ -125,18 +125,25 @@ class FlowDistribution(TorchDistribution):
                 f"FlowDistribution: expected a base Distribution, got {type(base).__name__}"
             )
         self.base = base
-        self.layers = [as_layer(layer) for layer in _check_layers(layers, "FlowDistribution")]
+        given = [as_layer(layer) for layer in _check_layers(layers, "FlowDistribution")]
+        self.layers: list[RelaxedLayer] = []
         shape = base.event_shape
         self._data_ranks: list[int] = []  # event rank on the data side of each layer
-        for layer in self.layers:
-            out = layer.data_shape(shape)
-            # A layer with a smaller event_dim (an elementwise Pyro transform, say) returns
-            # contributions per element; _per_event sums them, so no layer is changed here.
-            if layer.event_dim > len(out):
+        for layer in given:
+            if isinstance(layer, TransformLayer) and not layer.conditional:
+                # event_dim counts data-side dimensions (those of the transform's output); a
+                # transform with fewer (an elementwise one) runs as a new layer on whole events
+                # of the flow, sharing the transform, so the layer handed in is not changed.
+                out = layer.data_shape(shape)
+                layer = layer.with_event_dim(max(len(out), layer.wrapped.codomain.event_dim))
+            else:
+                out = layer.data_shape(shape)
+            if not isinstance(layer, TransformLayer) and layer.event_dim > len(out):
                 raise ValueError(
                     f"FlowDistribution: {type(layer).__name__} has event_dim {layer.event_dim}, "
                     f"more than the rank of the flow's event shape {tuple(out)} at that layer"
                 )
+            self.layers.append(layer)
             self._data_ranks.append(len(out))
             shape = out
         batch_shape = base.batch_shape
