@@ -22,6 +22,7 @@ from pyro_relax.surjections import (
     AbsSurjection,
     AugmentSurjection,
     GenerativeAbs,
+    MaxPool2dSurjection,
     MaxSurjection,
     SliceSurjection,
     SortSurjection,
@@ -95,6 +96,18 @@ def test_transformed_distribution_matches_flow_distribution(name: str, dtype: to
     sample = pyros.sample((6, 2))
     assert sample.shape == (6, 2, 4) and sample.dtype == dtype
     assert torch.isfinite(pyros.log_prob(sample)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_max_pooling_transform_matches_flow_distribution(dtype: torch.dtype) -> None:
+    torch.manual_seed(5)
+    layer = MaxPool2dSurjection(2, hidden=4).to(dtype)
+    _randomize(layer)
+    base = dist.Normal(torch.zeros(8, 2, 2, dtype=dtype), 1.0).to_event(3)
+    pyros = dist.TransformedDistribution(base, [as_transform(layer)])
+    x = torch.randn(2, 3, 2, 4, 4, dtype=dtype)
+    torch.testing.assert_close(pyros.log_prob(x), FlowDistribution(base, [layer]).log_prob(x))
+    assert pyros.event_shape == (2, 4, 4) and pyros.sample((3,)).shape == (3, 2, 4, 4)
 
 
 def test_abs_transform_has_the_closed_form() -> None:
