@@ -7,6 +7,7 @@ __all__ = ["RelaxedLayer", "sum_event"]
 import itertools
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -88,6 +89,7 @@ class RelaxedLayer(nn.Module, ABC):
     event_dim: int = 1
 
     def __init_subclass__(cls, **kwargs: object) -> None:
+        """Refuse a subclass whose class flags disagree (see the class docstring)."""
         super().__init_subclass__(**kwargs)
         if cls.bijective and (cls.stochastic_forward or cls.stochastic_inverse or not cls.exact):
             raise TypeError(f"{cls.__name__}: a bijective layer must be deterministic and exact")
@@ -161,32 +163,38 @@ class RelaxedLayer(nn.Module, ABC):
 
     def encode(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Map data ``x`` to the latent side; return ``(z, V)`` (see the class docstring)."""
-        x = self._validate(x, self.expected_data_shape(), "encode")
-        context = self._check_context(context)
-        if validation_enabled():
-            self.check_data(x)
-        if self._empty_batch(x):
-            return self._empty_result(x, self.latent_shape)
-        return self._checked_call(self._encode, x, context, "encode")
+        return self._run("encode", x, self.expected_data_shape(), context)
 
     def decode(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Map latent ``z`` to the data side; return ``(x, S)`` (see the class docstring)."""
         expected = self.expected_data_shape()
-        z = self._validate(z, None if expected is None else self.latent_shape(expected), "decode")
+        latent = None if expected is None else self.latent_shape(expected)
+        return self._run("decode", z, latent, context)
+
+    def _run(
+        self, side: str, t: Tensor, event_shape: torch.Size | None, context: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Validate the input of ``side`` (``"encode"`` or ``"decode"``) and run that direction."""
+        t = self._validate(t, event_shape, side)
         context = self._check_context(context)
+        encoding = side == "encode"
         if validation_enabled():
-            self.check_latent(z)
-        if self._empty_batch(z):
-            return self._empty_result(z, self.data_shape)
-        return self._checked_call(self._decode, z, context, "decode")
+            (self.check_data if encoding else self.check_latent)(t)
+        if self._empty_batch(t):
+            return self._empty_result(t, self.latent_shape if encoding else self.data_shape)
+        return self._checked_call(self._encode if encoding else self._decode, t, context, side)
 
     def _checked_call(
-        self, fn: object, t: Tensor, context: Tensor | None, side: str
+        self,
+        fn: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]],
+        t: Tensor,
+        context: Tensor | None,
+        side: str,
     ) -> tuple[Tensor, Tensor]:
         """Run ``_encode``/``_decode``; name the layer in torch's shape errors, refuse overflow."""
         name = f"{type(self).__name__}.{side}"
         try:
-            out, contribution = fn(t, context)  # type: ignore[operator]
+            out, contribution = fn(t, context)
         except (torch.OutOfMemoryError, NotImplementedError):
             raise
         except (RuntimeError, IndexError) as exc:
@@ -217,10 +225,12 @@ class RelaxedLayer(nn.Module, ABC):
     def _empty_batch(self, t: Tensor) -> bool:
         return math.prod(self._batch_shape(t, self.event_dim)) == 0
 
-    def _empty_result(self, t: Tensor, event_map: object) -> tuple[Tensor, Tensor]:
+    def _empty_result(
+        self, t: Tensor, event_map: Callable[[torch.Size], torch.Size]
+    ) -> tuple[Tensor, Tensor]:
         """The output of an empty batch: no computation (many torch ops refuse it)."""
         batch = self._batch_shape(t, self.event_dim)
-        event = torch.Size(event_map(t.shape[len(batch) :]))  # type: ignore[operator]
+        event = torch.Size(event_map(t.shape[len(batch) :]))
         return t.new_zeros(batch + event), t.new_zeros(batch)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
