@@ -163,15 +163,15 @@ class RelaxedLayer(nn.Module, ABC):
 
     def encode(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Map data ``x`` to the latent side; return ``(z, V)`` (see the class docstring)."""
-        return self._run("encode", x, self.expected_data_shape(), context)
+        return self._map_side("encode", x, self.expected_data_shape(), context)
 
     def decode(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Map latent ``z`` to the data side; return ``(x, S)`` (see the class docstring)."""
         expected = self.expected_data_shape()
         latent = None if expected is None else self.latent_shape(expected)
-        return self._run("decode", z, latent, context)
+        return self._map_side("decode", z, latent, context)
 
-    def _run(
+    def _map_side(
         self, side: str, t: Tensor, event_shape: torch.Size | None, context: Tensor | None
     ) -> tuple[Tensor, Tensor]:
         """Validate the input of ``side`` (``"encode"`` or ``"decode"``) and run that direction."""

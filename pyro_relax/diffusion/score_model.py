@@ -12,15 +12,8 @@ from torch import Tensor, nn
 
 from pyro_relax.core.checks import check_int
 from pyro_relax.core.switch import validation_enabled
+from pyro_relax.diffusion import guard
 from pyro_relax.diffusion.divergence import exact_divergence, hutchinson_divergence
-from pyro_relax.diffusion.guard import (
-    check_finite_result,
-    check_model_dtype,
-    check_network,
-    model_dtype,
-    module_anchor,
-    network_output,
-)
 from pyro_relax.diffusion.sde import SDE, as_time, check_time
 
 _PARAMETERIZATIONS = ("noise", "score")
@@ -73,7 +66,7 @@ class ScoreProcess(nn.Module):
         name = type(self).__name__
         if not isinstance(sde, SDE):
             raise TypeError(f"{name}: expected an SDE, got {type(sde).__name__}")
-        dim = check_network(network, dim, name)
+        dim = guard.check_network(network, dim, name)
         if parameterization not in _PARAMETERIZATIONS:
             raise ValueError(
                 f"{name}: expected parameterization in {_PARAMETERIZATIONS}, "
@@ -114,7 +107,7 @@ class ScoreProcess(nn.Module):
 
     def unchecked_score(self, x: Tensor, t: Tensor) -> Tensor:
         """The score ``s(x, t)`` without input checks; ``t`` has shape ``x.shape[:-1]``."""
-        return self._as_score(network_output(self.network, x, t, type(self).__name__), t)
+        return self._as_score(guard.network_output(self.network, x, t, type(self).__name__), t)
 
     def unchecked_forward_drift(self, x: Tensor, t: Tensor) -> Tensor:
         """The forward drift ``f(x, t)`` without input checks (here the SDE's linear drift)."""
@@ -138,7 +131,7 @@ class ScoreProcess(nn.Module):
     def check_input(self, x: Tensor, name: str) -> None:
         """Check that ``x`` is a finite tensor of the model's dtype with event shape ``(dim,)``."""
         label = f"{type(self).__name__}.{name}"
-        check_model_dtype(x, model_dtype(self.network), label)
+        guard.check_model_dtype(x, guard.model_dtype(self.network), label)
         self.sde.check_input(x, self.dim, label)
 
     def _checked(self, x: Tensor, t: Tensor | float, name: str) -> Tensor:
@@ -167,7 +160,7 @@ class ScoreProcess(nn.Module):
     ) -> Tensor:
         """``fn(x, t)`` after the input checks of the entry point ``name``, checked finite."""
         out = fn(x, self._checked(x, t, name))
-        return check_finite_result(out, f"{type(self).__name__}.{name}", _WHAT[name])
+        return guard.check_finite_result(out, f"{type(self).__name__}.{name}", _WHAT[name])
 
     def score(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The score ``s(x, t) ~ grad log p_t(x)``; ``t`` broadcasts to ``x.shape[:-1]``."""
@@ -187,7 +180,8 @@ class ScoreProcess(nn.Module):
 
     def prior_sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """Draw ``sample_shape + (dim,)`` from the prior at ``T``."""
-        return self.sde.prior_sample(torch.Size(sample_shape) + (self.dim,), module_anchor(self))
+        shape = torch.Size(sample_shape) + (self.dim,)
+        return self.sde.prior_sample(shape, guard.module_anchor(self))
 
 
 class ScoreModel(ScoreProcess):
@@ -235,7 +229,7 @@ class ScoreModel(ScoreProcess):
             per = g2 * (s + z / std.unsqueeze(-1)).square().sum(-1)
         else:
             per = (std.unsqueeze(-1) * s + z).square().sum(-1)
-        return check_finite_result(0.5 * per.mean(), "ScoreModel.loss", "the loss")
+        return guard.check_finite_result(0.5 * per.mean(), "ScoreModel.loss", "the loss")
 
     def elbo(
         self, x0: Tensor, num_times: int = 1, t_min: float | None = None, divergence: str = "auto"
@@ -298,7 +292,7 @@ class ScoreModel(ScoreProcess):
             + self.dim * math.log(2 * math.pi * s2)
         )
         out = e_log_prior - span * integrand.mean(0)
-        return check_finite_result(out, "ScoreModel.elbo", "the bound")
+        return guard.check_finite_result(out, "ScoreModel.elbo", "the bound")
 
     def _marginal_draw(self, x0: Tensor, t: Tensor) -> Tensor:
         a, std = self.sde.marginal_coefs(t)
