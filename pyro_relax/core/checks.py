@@ -15,6 +15,7 @@ __all__ = [
     "check_positive_int",
     "check_probability",
     "check_real",
+    "check_size",
     "floating_input",
 ]
 
@@ -64,6 +65,29 @@ def check_positive_int(value: object, name: str, owner: str) -> int:
         2
     """
     return check_int(value, name, owner, minimum=1)
+
+
+def check_size(value: object, name: str, owner: str, minimum: int = 1) -> int:
+    """Return a layer size ``value`` (an ``int >= minimum``), else raise a ``ValueError``.
+
+    For the sizes a layer is built with (``dim``, ``hidden``, ``context_dim``):
+    a wrong kind and a wrong value are both configuration errors, so both raise a
+    ``ValueError``, saying ``expected a positive int NAME, i.e. NAME >= 1`` for
+    ``minimum=1`` and ``expected an int NAME >= MINIMUM`` otherwise.
+
+    Example:
+        >>> check_size(3, "dim", "demo")
+        3
+        >>> check_size(2.5, "dim", "demo")
+        Traceback (most recent call last):
+        ...
+        ValueError: demo: expected a positive int dim, i.e. dim >= 1, got 2.5
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        what = f"a positive int {name}, i.e. {name}" if minimum == 1 else f"an int {name}"
+        what = f"{what} >= {minimum}"
+        raise ValueError(f"{owner}: expected {what}, got {value!r}")
+    return int(value)
 
 
 def check_real(

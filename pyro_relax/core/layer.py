@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["RelaxedLayer", "sum_event"]
+__all__ = ["RelaxedLayer", "VectorLayer", "append_context", "sum_event"]
 
 import itertools
 import math
@@ -13,17 +13,54 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.core.checks import check_event_shape, check_finite, floating_input
+from pyro_relax.core.checks import check_event_shape, check_finite, check_size, floating_input
 from pyro_relax.core.switch import validation_enabled
 
 
 def sum_event(t: Tensor, event_dim: int) -> Tensor:
-    """Sum the rightmost ``event_dim`` dimensions of ``t`` (none if ``event_dim`` is 0)."""
+    """Sum the rightmost ``event_dim`` dimensions of ``t`` (none if ``event_dim`` is 0).
+
+    Example:
+        >>> import torch
+        >>> sum_event(torch.ones(2, 3, 4), 2)
+        tensor([12., 12.])
+    """
     if not 0 <= event_dim <= t.dim():
         raise ValueError(f"sum_event: expected 0 <= event_dim <= {t.dim()}, got {event_dim}")
     if event_dim == 0:
         return t
     return t.sum(dim=tuple(range(-event_dim, 0)))
+
+
+def append_context(h: Tensor, context: Tensor | None, context_dim: int, owner: str) -> Tensor:
+    """``h`` with ``context`` appended along the last dimension, batch shapes broadcast.
+
+    For the conditioners of layers built with ``context_dim > 0``; with
+    ``context_dim = 0``, ``h`` comes back as it is and a context is ignored.
+
+    Arguments:
+        h: the conditioner's input, ``batch_shape + (n,)``.
+        context: ``batch_shape + (context_dim,)``.
+        context_dim: the context size the layer was built with.
+        owner: the layer, for the message.
+
+    Raises:
+        ValueError: a missing context, or one of another last size.
+
+    Example:
+        >>> import torch
+        >>> append_context(torch.zeros(4, 3), torch.ones(2), 2, "demo").shape
+        torch.Size([4, 5])
+    """
+    if not context_dim:
+        return h
+    if context is None or context.shape[-1] != context_dim:
+        got = None if context is None else tuple(context.shape)
+        raise ValueError(f"{owner}: expected a context of last size {context_dim}, got {got}")
+    batch = torch.broadcast_shapes(h.shape[:-1], context.shape[:-1])
+    return torch.cat(
+        [h.expand(batch + h.shape[-1:]), context.expand(batch + context.shape[-1:])], -1
+    )
 
 
 class RelaxedLayer(nn.Module, ABC):
@@ -248,3 +285,45 @@ class RelaxedLayer(nn.Module, ABC):
     @staticmethod
     def _log_factorial(n: int) -> float:
         return math.lgamma(n + 1)
+
+
+class VectorLayer(RelaxedLayer):
+    """A :class:`RelaxedLayer` between data vectors ``(dim,)`` and latent vectors ``(latent_dim,)``.
+
+    It holds the two sizes and answers the shape questions of the contract
+    (:meth:`expected_data_shape`, :meth:`latent_shape`, :meth:`data_shape`);
+    a subclass provides ``_encode`` and ``_decode`` as for any layer.
+
+    Arguments:
+        dim: the data event size.
+        latent_dim: the latent event size (default ``dim``).
+        min_dim: the smallest ``dim`` the layer allows.
+    """
+
+    def __init__(self, dim: int, latent_dim: int | None = None, min_dim: int = 1) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.dim = check_size(dim, "dim", name, minimum=min_dim)
+        self.latent_dim = (
+            self.dim if latent_dim is None else check_size(latent_dim, "latent_dim", name)
+        )
+
+    def expected_data_shape(self) -> torch.Size:
+        """The data event ``(dim,)``."""
+        return torch.Size((self.dim,))
+
+    def _event(self, shape: torch.Size, size: int, side: str) -> None:
+        if tuple(shape) != (size,):
+            raise ValueError(
+                f"{type(self).__name__}: expected {side} event ({size},), got {tuple(shape)}"
+            )
+
+    def latent_shape(self, data_shape: torch.Size) -> torch.Size:
+        """``(latent_dim,)`` for the data event ``(dim,)``."""
+        self._event(data_shape, self.dim, "data")
+        return torch.Size((self.latent_dim,))
+
+    def data_shape(self, latent_shape: torch.Size) -> torch.Size:
+        """``(dim,)`` for the latent event ``(latent_dim,)``."""
+        self._event(latent_shape, self.latent_dim, "latent")
+        return torch.Size((self.dim,))
