@@ -114,8 +114,10 @@ def sign_symmetric(n: int, seed: int | None = None) -> Tensor:
 
 
 def exchangeable_sets(n: int, set_size: int = 4, seed: int | None = None) -> Tensor:
-    """Sets of ``set_size`` exchangeable numbers: i.i.d. draws from a bimodal 1-D mixture
-    around a per-set shared offset (so elements are dependent but exchangeable).
+    """Sets of ``set_size`` exchangeable numbers, dependent through a shared offset.
+
+    Each set holds i.i.d. draws from a bimodal 1-D mixture around a per-set
+    offset, so its elements are dependent but exchangeable.
 
     Example:
         >>> exchangeable_sets(3, set_size=5, seed=0).shape

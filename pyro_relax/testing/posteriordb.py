@@ -115,7 +115,7 @@ def _check_name(name: str) -> None:
 
 
 @functools.lru_cache(maxsize=32)
-def _read_zipped_json(folder: Path, prefix: str) -> Any:
+def _read_zipped_json(folder: Path, prefix: str) -> dict[str, Any] | list[Any]:
     files = sorted(folder.glob(f"{prefix}*.json.zip"))
     if len(files) != 1:
         raise FileNotFoundError(f"expected one {prefix}*.json.zip in {folder}, found {len(files)}")
