@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
@@ -99,6 +100,12 @@ def _thin(x: np.ndarray, max_points: int) -> np.ndarray:
     return x[np.linspace(0, x.size - 1, max_points).astype(int)]
 
 
+def _scatter(ax: Axes, x: np.ndarray, y: np.ndarray, color: str, max_points: int) -> None:
+    ax.scatter(
+        _thin(x, max_points), _thin(y, max_points), s=2, alpha=0.3, color=color, rasterized=True
+    )
+
+
 def plot_pairs(
     samples: Mapping[str, Numbers],
     reference: Mapping[str, Numbers] | None = None,
@@ -149,22 +156,8 @@ def plot_pairs(
                     ax.hist(ref[xj], bins=bins, density=True, histtype="step", color="tab:orange")
             else:
                 if xj in ref and yi in ref:
-                    ax.scatter(
-                        _thin(ref[xj], max_points),
-                        _thin(ref[yi], max_points),
-                        s=2,
-                        alpha=0.3,
-                        color="tab:orange",
-                        rasterized=True,
-                    )
-                ax.scatter(
-                    _thin(comps[xj], max_points),
-                    _thin(comps[yi], max_points),
-                    s=2,
-                    alpha=0.3,
-                    color="tab:blue",
-                    rasterized=True,
-                )
+                    _scatter(ax, ref[xj], ref[yi], "tab:orange", max_points)
+                _scatter(ax, comps[xj], comps[yi], "tab:blue", max_points)
             if i == k - 1:
                 ax.set_xlabel(xj)
             if j == 0 and i > 0:
