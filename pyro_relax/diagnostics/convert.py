@@ -25,6 +25,7 @@ import numpy as np
 if TYPE_CHECKING:
     from pyro.infer import MCMC
 
+from pyro_relax.core.checks import check_size
 from pyro_relax.diagnostics._compat import (
     ArvizData,
     Numbers,
@@ -109,8 +110,7 @@ def to_inference_data(
     """
     draws = check_samples(samples)
     n = next(iter(draws.values())).shape[0]
-    if isinstance(chains, bool) or not isinstance(chains, int) or chains < 1:
-        raise ValueError(f"chains must be a positive int, got {chains!r}")
+    check_size(chains, "chains", "to_inference_data")
     if n % chains:
         raise ValueError(f"chains={chains} must divide the number of draws, got n={n}")
     groups: dict[str, dict[str, np.ndarray]] = {

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pyro_relax.core.checks import check_size
 from pyro_relax.diagnostics._compat import ArvizData, Numbers, add_group, as_numpy
 from pyro_relax.diagnostics.convert import check_samples
 from pyro_relax.diagnostics.psis import MIN_PSIS_DRAWS, psis_khat
@@ -66,8 +67,7 @@ def psis_resample(
     if n < MIN_PSIS_DRAWS:
         raise ValueError(f"psis_resample: expected at least {MIN_PSIS_DRAWS} draws, got {n}")
     size = n if num_draws is None else num_draws
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
-        raise ValueError(f"psis_resample: expected num_draws >= 1, got {num_draws!r}")
+    size = check_size(size, "num_draws", "psis_resample")
     smoothed, khat = psis_khat(lw)
     w = np.exp(smoothed - np.max(smoothed))
     w = w / w.sum()

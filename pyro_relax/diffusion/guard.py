@@ -24,6 +24,7 @@ import itertools
 import torch
 from torch import Tensor, nn
 
+from pyro_relax.core.checks import check_size
 from pyro_relax.core.switch import validation_enabled
 
 
@@ -232,8 +233,7 @@ def check_network(network: object, dim: int | None, name: str) -> int:
         raise TypeError(f"{name}: expected an nn.Module network, got {type(network).__name__}")
     net_dim = getattr(network, "dim", None)
     dim = net_dim if dim is None else dim
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"{name}: expected a positive int dim, got {dim!r}")
+    dim = check_size(dim, "dim", name)
     if isinstance(net_dim, int) and net_dim != dim:
         raise ValueError(
             f"{name}: expected a network of dimension {dim}, got one of dimension {net_dim}"

@@ -43,6 +43,8 @@ from typing import TypeVar
 import torch
 from hypothesis import HealthCheck, settings
 
+from pyro_relax.core.checks import check_size
+
 _T = TypeVar("_T")
 
 #: The exception types a clean failure may raise.
@@ -79,8 +81,7 @@ def fuzz_settings(max_examples: int = 10, slow_examples: int = SLOW_EXAMPLES) ->
         ValueError: if a count is not a positive int.
     """
     for name, n in (("max_examples", max_examples), ("slow_examples", slow_examples)):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"fuzz_settings: expected {name} a positive int, got {n!r}")
+        check_size(n, name, "fuzz_settings")
     return settings(
         derandomize=True,
         deadline=None,
