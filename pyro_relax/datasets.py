@@ -20,14 +20,17 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-
-def _check_n(n: int, name: str) -> None:
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"{name}: expected a positive int number of points, got {n!r}")
+from pyro_relax.core.checks import check_size
 
 
 def _gen(seed: int | None) -> torch.Generator | None:
     return None if seed is None else torch.Generator().manual_seed(seed)
+
+
+def _points_generator(n: int, seed: int | None, name: str) -> torch.Generator | None:
+    """Check the number of points ``n`` of the data set ``name``; the generator for ``seed``."""
+    check_size(n, "n (the number of points)", name)
+    return _gen(seed)
 
 
 def two_moons(n: int, noise: float = 0.1, seed: int | None = None) -> Tensor:
@@ -37,8 +40,7 @@ def two_moons(n: int, noise: float = 0.1, seed: int | None = None) -> Tensor:
         >>> two_moons(5, seed=0).shape
         torch.Size([5, 2])
     """
-    _check_n(n, "two_moons")
-    g = _gen(seed)
+    g = _points_generator(n, seed, "two_moons")
     t = torch.rand(n, generator=g) * math.pi
     upper = torch.rand(n, generator=g) < 0.5
     x = torch.where(upper, torch.cos(t), 1.0 - torch.cos(t))
@@ -54,8 +56,7 @@ def checkerboard(n: int, seed: int | None = None) -> Tensor:
         >>> checkerboard(5, seed=0).shape
         torch.Size([5, 2])
     """
-    _check_n(n, "checkerboard")
-    g = _gen(seed)
+    g = _points_generator(n, seed, "checkerboard")
     x1 = torch.rand(n, generator=g) * 4 - 2
     x2 = torch.rand(n, generator=g) - torch.randint(0, 2, (n,), generator=g) * 2.0
     x2 = x2 + (torch.floor(x1) % 2)
@@ -69,8 +70,7 @@ def rings(n: int, noise: float = 0.04, seed: int | None = None) -> Tensor:
         >>> rings(5, seed=0).shape
         torch.Size([5, 2])
     """
-    _check_n(n, "rings")
-    g = _gen(seed)
+    g = _points_generator(n, seed, "rings")
     radius = (torch.randint(0, 4, (n,), generator=g) + 1) * 0.5
     angle = torch.rand(n, generator=g) * 2 * math.pi
     pts = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], -1)
@@ -86,8 +86,7 @@ def eight_gaussians(
         >>> eight_gaussians(5, seed=0).shape
         torch.Size([5, 2])
     """
-    _check_n(n, "eight_gaussians")
-    g = _gen(seed)
+    g = _points_generator(n, seed, "eight_gaussians")
     k = torch.randint(0, 8, (n,), generator=g).to(torch.get_default_dtype())
     centers = torch.stack([torch.cos(k * math.pi / 4), torch.sin(k * math.pi / 4)], -1) * scale
     return centers + sd * torch.randn(n, 2, generator=g)
@@ -105,8 +104,7 @@ def sign_symmetric(n: int, seed: int | None = None) -> Tensor:
         >>> bool((sign_symmetric(100, seed=0).abs() > 0).all())
         True
     """
-    _check_n(n, "sign_symmetric")
-    g = _gen(seed)
+    g = _points_generator(n, seed, "sign_symmetric")
     t = torch.rand(n, generator=g)
     a = 0.3 + 1.5 * t
     b = 0.3 + 1.5 * t.square() + 0.08 * torch.randn(n, generator=g)
@@ -116,17 +114,17 @@ def sign_symmetric(n: int, seed: int | None = None) -> Tensor:
 
 
 def exchangeable_sets(n: int, set_size: int = 4, seed: int | None = None) -> Tensor:
-    """Sets of ``set_size`` exchangeable numbers: i.i.d. draws from a bimodal 1-D mixture
-    around a per-set shared offset (so elements are dependent but exchangeable).
+    """Sets of ``set_size`` exchangeable numbers, dependent through a shared offset.
+
+    Each set holds i.i.d. draws from a bimodal 1-D mixture around a per-set
+    offset, so its elements are dependent but exchangeable.
 
     Example:
         >>> exchangeable_sets(3, set_size=5, seed=0).shape
         torch.Size([3, 5])
     """
-    _check_n(n, "exchangeable_sets")
-    if not isinstance(set_size, int) or set_size < 2:
-        raise ValueError(f"exchangeable_sets: expected set_size >= 2, got {set_size!r}")
-    g = _gen(seed)
+    check_size(set_size, "set_size", "exchangeable_sets", minimum=2)
+    g = _points_generator(n, seed, "exchangeable_sets")
     offset = 0.5 * torch.randn(n, 1, generator=g)
     mode = torch.randint(0, 2, (n, set_size), generator=g) * 3.0 - 1.5
     return offset + mode + 0.3 * torch.randn(n, set_size, generator=g)
@@ -168,6 +166,6 @@ def load(name: str, n: int, seed: int | None = None) -> Tensor:
         >>> load("rings", 10, seed=1).shape
         torch.Size([10, 2])
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; expected one of {sorted(DATASETS)}")
+    if not isinstance(name, str) or name not in DATASETS:
+        raise ValueError(f"load: unknown data set {name!r}; expected one of {sorted(DATASETS)}")
     return DATASETS[name](n, seed=seed)

@@ -162,3 +162,18 @@ def test_trained_score_model_ode_likelihood_near_truth():
         lp = ode_log_prob(model, x.float()).double()
     # the test NLL of a fitted model is within 0.1 nats of the entropy (fit error dominates)
     assert abs(float(lp.mean() - data.log_prob(x).mean())) < 0.1
+
+
+def test_unchecked_methods_agree_with_the_checked_ones():
+    sde = VPSDE()
+    model = ScoreModel(sde, GaussianScore(sde, torch.zeros(2), torch.eye(2)), 2, "score").double()
+    x = torch.randn(6, 2, dtype=torch.float64)
+    t = torch.full((6,), 0.4, dtype=torch.float64)
+    g2 = sde.diffusion_sq(t).unsqueeze(-1)
+    f, s = model.unchecked_drift_and_score(x, t)
+    torch.testing.assert_close(s, model.score(x, 0.4))
+    torch.testing.assert_close(f, model.forward_drift(x, 0.4))
+    torch.testing.assert_close(model.unchecked_reverse_drift(x, t), f - g2 * s)
+    torch.testing.assert_close(model.unchecked_ode_drift(x, t), f - 0.5 * g2 * s)
+    torch.testing.assert_close(model.reverse_drift(x, 0.4), f - g2 * s)
+    torch.testing.assert_close(model.ode_drift(x, 0.4), f - 0.5 * g2 * s)

@@ -393,3 +393,61 @@ def test_conditional_flow_log_prob_and_sample():
     x = d.rsample()
     assert x.shape == (4, 3) and d.log_prob(x).shape == (4,)
     assert d.has_rsample and d.exact
+
+
+# -- the shared max math and the vector-layer base -----------------------------------------
+def test_split_and_merge_max_invert_each_other_for_every_argmax():
+    from pyro_relax.surjections.max import merge_max, split_max
+
+    x = torch.randn(50, 2, 5, dtype=torch.float64)
+    m, g, k = split_max(x)
+    assert m.shape == (50, 2, 1) and g.shape == (50, 2, 4) and k.shape == (50, 2, 1)
+    assert torch.equal(torch.gather(x, -1, k), m)
+    torch.testing.assert_close(merge_max(m, g, k), x, rtol=0, atol=1e-12)
+
+
+def test_decode_max_matches_max_contribution_and_follows_the_position_law():
+    from pyro_relax.surjections.max import decode_max, max_contribution, split_max
+
+    log_probs = torch.log(torch.tensor([0.7, 0.2, 0.1])).expand(20000, 3)
+    m, g = torch.ones(20000, 1), torch.zeros(20000, 2)
+    x, v = decode_max(log_probs, m, g)
+    _, g2, k = split_max(x)
+    torch.testing.assert_close(v, max_contribution(log_probs, k, g2))
+    freq = torch.bincount(k.squeeze(-1), minlength=3).double() / 20000
+    torch.testing.assert_close(
+        freq, torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64), atol=0.02, rtol=0
+    )
+
+
+def test_vector_layer_sizes_and_shape_errors():
+    layer = SliceSurjection(4, keep=2)
+    assert (layer.dim, layer.latent_dim) == (4, 2)
+    assert layer.latent_shape(torch.Size((4,))) == (2,)
+    assert layer.data_shape(torch.Size((2,))) == (4,)
+    with pytest.raises(ValueError, match=r"SliceSurjection: expected data event \(4,\)"):
+        layer.latent_shape(torch.Size((3,)))
+    with pytest.raises(ValueError, match=r"expected latent event \(2,\)"):
+        layer.data_shape(torch.Size((4,)))
+
+
+def test_check_size_refuses_bools_floats_and_small_values_with_a_value_error():
+    from pyro_relax.core import check_size
+
+    assert check_size(3, "dim", "demo") == 3
+    for bad in (True, 2.0, "3", 0):
+        with pytest.raises(ValueError, match="demo: expected a positive int dim, i.e. dim >= 1"):
+            check_size(bad, "dim", "demo")
+    with pytest.raises(ValueError, match="expected an int context_dim >= 0, got -1"):
+        check_size(-1, "context_dim", "demo", minimum=0)
+
+
+def test_append_context_broadcasts_and_names_the_layer():
+    from pyro_relax.core import append_context
+
+    h = torch.zeros(4, 3)
+    assert append_context(h, None, 0, "demo") is h
+    out = append_context(h, torch.ones(1, 2), 2, "demo")
+    assert out.shape == (4, 5) and bool((out[:, 3:] == 1).all())
+    with pytest.raises(ValueError, match="demo: expected a context of last size 2, got None"):
+        append_context(h, None, 2, "demo")

@@ -530,3 +530,21 @@ def test_target_subclass_with_wrong_output_shape_is_refused():
     # issue 10, item 6: the base class checks the subclass's output once per call
     with pytest.raises(ValueError, match=r"_SummedTarget.log_prob: expected .* batch shape \(4,\)"):
         _SummedTarget().log_prob(torch.zeros(4, 2))
+
+
+def test_double_well_energy_is_minus_log_prob_and_many_well_sums_it():
+    well = DoubleWell(a=2.0, b=3.0, c=-0.7, d=4.0).double()
+    x = torch.randn(7, 2, dtype=torch.float64)
+    torch.testing.assert_close(well.energy(x), -well.log_prob(x))
+    target = ManyWell(dim=6, a=2.0, b=3.0, c=-0.7, d=4.0).double()
+    y = torch.randn(5, 6, dtype=torch.float64)
+    torch.testing.assert_close(target.log_prob(y), -well.energy(y.reshape(5, 3, 2)).sum(-1))
+    with pytest.raises(TypeError):
+        ManyWell(dim=4, e=1.0)
+
+
+def test_register_constants_makes_buffers_that_follow_the_module():
+    target = NealFunnel(dim=3)
+    target.register_constants(tilt=0.25)
+    assert "tilt" in dict(target.named_buffers())
+    assert target.double().tilt.dtype == torch.float64

@@ -22,13 +22,16 @@ if TYPE_CHECKING:  # what the names are, for type checkers and the API reference
         check_positive_int,
         check_probability,
         check_real,
+        check_size,
         floating_input,
     )
-    from pyro_relax.core.layer import RelaxedLayer, sum_event
+    from pyro_relax.core.layer import RelaxedLayer, VectorLayer, append_context, sum_event
     from pyro_relax.core.switch import validation, validation_enabled
 
 _HOMES = {
     "RelaxedLayer": "layer",
+    "VectorLayer": "layer",
+    "append_context": "layer",
     "sum_event": "layer",
     "check_callable": "checks",
     "check_event_shape": "checks",
@@ -38,6 +41,7 @@ _HOMES = {
     "check_positive_int": "checks",
     "check_probability": "checks",
     "check_real": "checks",
+    "check_size": "checks",
     "floating_input": "checks",
     "validation": "switch",
     "validation_enabled": "switch",
@@ -45,6 +49,8 @@ _HOMES = {
 
 __all__ = [
     "RelaxedLayer",
+    "VectorLayer",
+    "append_context",
     "check_callable",
     "check_event_shape",
     "check_finite",
@@ -53,6 +59,7 @@ __all__ = [
     "check_positive_int",
     "check_probability",
     "check_real",
+    "check_size",
     "floating_input",
     "sum_event",
     "validation",
@@ -61,6 +68,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
+    """Load a public name from its home module on first use."""
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'pyro_relax.core' has no attribute {name!r}")
@@ -70,4 +78,5 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
+    """The module's names, the lazily loaded ones included."""
     return sorted(set(globals()) | set(__all__))

@@ -1,6 +1,7 @@
-"""The package's shared input checks: each returns the checked value or raises a
-``TypeError`` (wrong kind) or ``ValueError`` (wrong value) that names the caller,
-what was expected and what came.
+"""The package's shared input checks, one message style for every public function.
+
+Each check returns the checked value or raises a ``TypeError`` (wrong kind) or
+``ValueError`` (wrong value) that names the caller, what was expected and what came.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ __all__ = [
     "check_positive_int",
     "check_probability",
     "check_real",
+    "check_size",
     "floating_input",
 ]
 
@@ -49,7 +51,7 @@ def check_int(value: object, name: str, owner: str, minimum: int | None = None) 
         3
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{owner}: expected an int {name}, got {type(value).__name__}")
+        raise TypeError(f"{owner}: expected an int for {name}, got {type(value).__name__}")
     if minimum is not None and int(value) < minimum:
         raise ValueError(f"{owner}: expected {name} >= {minimum}, got {value!r}")
     return int(value)
@@ -63,6 +65,29 @@ def check_positive_int(value: object, name: str, owner: str) -> int:
         2
     """
     return check_int(value, name, owner, minimum=1)
+
+
+def check_size(value: object, name: str, owner: str, minimum: int = 1) -> int:
+    """Return a layer size ``value`` (an ``int >= minimum``), else raise a ``ValueError``.
+
+    For the sizes a layer is built with (``dim``, ``hidden``, ``context_dim``):
+    a wrong kind and a wrong value are both configuration errors, so both raise a
+    ``ValueError``, saying ``expected a positive int NAME, i.e. NAME >= 1`` for
+    ``minimum=1`` and ``expected an int NAME >= MINIMUM`` otherwise.
+
+    Example:
+        >>> check_size(3, "dim", "demo")
+        3
+        >>> check_size(2.5, "dim", "demo")
+        Traceback (most recent call last):
+        ...
+        ValueError: demo: expected a positive int dim, i.e. dim >= 1, got 2.5
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        what = f"a positive int {name}, i.e. {name}" if minimum == 1 else f"an int {name}"
+        what = f"{what} >= {minimum}"
+        raise ValueError(f"{owner}: expected {what}, got {value!r}")
+    return int(value)
 
 
 def check_real(
@@ -96,7 +121,7 @@ def check_real(
         0.5
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{owner}: expected a real number {name}, got {type(value).__name__}")
+        raise TypeError(f"{owner}: expected a real number for {name}, got {type(value).__name__}")
     out = float(value)
     if not math.isfinite(out):
         raise ValueError(f"{owner}: expected a finite {name}, got {value!r}")
@@ -123,9 +148,15 @@ def check_positive(value: object, name: str, owner: str) -> float:
 def check_probability(value: object, name: str, owner: str) -> float:
     """Return ``value`` as a ``float`` in the open interval ``(0, 1)``, else raise.
 
+    The ends are refused: a probability of 0 or 1 makes a log or a ratio infinite.
+
     Example:
         >>> check_probability(0.65, "target_accept_prob", "demo")
         0.65
+        >>> check_probability(1, "p", "demo")
+        Traceback (most recent call last):
+        ...
+        ValueError: demo: expected p in (0.0, 1.0), got 1
     """
     return check_real(value, name, owner, 0.0, 1.0)
 

@@ -2,27 +2,65 @@
 
 from __future__ import annotations
 
-__all__ = ["RelaxedLayer", "sum_event"]
+__all__ = ["RelaxedLayer", "VectorLayer", "append_context", "sum_event"]
 
 import itertools
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.core.checks import check_event_shape, check_finite, floating_input
+from pyro_relax.core.checks import check_event_shape, check_finite, check_size, floating_input
 from pyro_relax.core.switch import validation_enabled
 
 
 def sum_event(t: Tensor, event_dim: int) -> Tensor:
-    """Sum the rightmost ``event_dim`` dimensions of ``t`` (none if ``event_dim`` is 0)."""
+    """Sum the rightmost ``event_dim`` dimensions of ``t`` (none if ``event_dim`` is 0).
+
+    Example:
+        >>> import torch
+        >>> sum_event(torch.ones(2, 3, 4), 2)
+        tensor([12., 12.])
+    """
     if not 0 <= event_dim <= t.dim():
         raise ValueError(f"sum_event: expected 0 <= event_dim <= {t.dim()}, got {event_dim}")
     if event_dim == 0:
         return t
     return t.sum(dim=tuple(range(-event_dim, 0)))
+
+
+def append_context(h: Tensor, context: Tensor | None, context_dim: int, owner: str) -> Tensor:
+    """``h`` with ``context`` appended along the last dimension, batch shapes broadcast.
+
+    For the conditioners of layers built with ``context_dim > 0``; with
+    ``context_dim = 0``, ``h`` comes back as it is and a context is ignored.
+
+    Arguments:
+        h: the conditioner's input, ``batch_shape + (n,)``.
+        context: ``batch_shape + (context_dim,)``.
+        context_dim: the context size the layer was built with.
+        owner: the layer, for the message.
+
+    Raises:
+        ValueError: a missing context, or one of another last size.
+
+    Example:
+        >>> import torch
+        >>> append_context(torch.zeros(4, 3), torch.ones(2), 2, "demo").shape
+        torch.Size([4, 5])
+    """
+    if not context_dim:
+        return h
+    if context is None or context.shape[-1] != context_dim:
+        got = None if context is None else tuple(context.shape)
+        raise ValueError(f"{owner}: expected a context of last size {context_dim}, got {got}")
+    batch = torch.broadcast_shapes(h.shape[:-1], context.shape[:-1])
+    return torch.cat(
+        [h.expand(batch + h.shape[-1:]), context.expand(batch + context.shape[-1:])], -1
+    )
 
 
 class RelaxedLayer(nn.Module, ABC):
@@ -88,6 +126,7 @@ class RelaxedLayer(nn.Module, ABC):
     event_dim: int = 1
 
     def __init_subclass__(cls, **kwargs: object) -> None:
+        """Refuse a subclass whose class flags disagree (see the class docstring)."""
         super().__init_subclass__(**kwargs)
         if cls.bijective and (cls.stochastic_forward or cls.stochastic_inverse or not cls.exact):
             raise TypeError(f"{cls.__name__}: a bijective layer must be deterministic and exact")
@@ -161,32 +200,38 @@ class RelaxedLayer(nn.Module, ABC):
 
     def encode(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Map data ``x`` to the latent side; return ``(z, V)`` (see the class docstring)."""
-        x = self._validate(x, self.expected_data_shape(), "encode")
-        context = self._check_context(context)
-        if validation_enabled():
-            self.check_data(x)
-        if self._empty_batch(x):
-            return self._empty_result(x, self.latent_shape)
-        return self._checked_call(self._encode, x, context, "encode")
+        return self._map_side("encode", x, self.expected_data_shape(), context)
 
     def decode(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Map latent ``z`` to the data side; return ``(x, S)`` (see the class docstring)."""
         expected = self.expected_data_shape()
-        z = self._validate(z, None if expected is None else self.latent_shape(expected), "decode")
+        latent = None if expected is None else self.latent_shape(expected)
+        return self._map_side("decode", z, latent, context)
+
+    def _map_side(
+        self, side: str, t: Tensor, event_shape: torch.Size | None, context: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Validate the input of ``side`` (``"encode"`` or ``"decode"``) and run that direction."""
+        t = self._validate(t, event_shape, side)
         context = self._check_context(context)
+        encoding = side == "encode"
         if validation_enabled():
-            self.check_latent(z)
-        if self._empty_batch(z):
-            return self._empty_result(z, self.data_shape)
-        return self._checked_call(self._decode, z, context, "decode")
+            (self.check_data if encoding else self.check_latent)(t)
+        if self._empty_batch(t):
+            return self._empty_result(t, self.latent_shape if encoding else self.data_shape)
+        return self._checked_call(self._encode if encoding else self._decode, t, context, side)
 
     def _checked_call(
-        self, fn: object, t: Tensor, context: Tensor | None, side: str
+        self,
+        fn: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]],
+        t: Tensor,
+        context: Tensor | None,
+        side: str,
     ) -> tuple[Tensor, Tensor]:
         """Run ``_encode``/``_decode``; name the layer in torch's shape errors, refuse overflow."""
         name = f"{type(self).__name__}.{side}"
         try:
-            out, contribution = fn(t, context)  # type: ignore[operator]
+            out, contribution = fn(t, context)
         except (torch.OutOfMemoryError, NotImplementedError):
             raise
         except (RuntimeError, IndexError) as exc:
@@ -217,10 +262,12 @@ class RelaxedLayer(nn.Module, ABC):
     def _empty_batch(self, t: Tensor) -> bool:
         return math.prod(self._batch_shape(t, self.event_dim)) == 0
 
-    def _empty_result(self, t: Tensor, event_map: object) -> tuple[Tensor, Tensor]:
+    def _empty_result(
+        self, t: Tensor, event_map: Callable[[torch.Size], torch.Size]
+    ) -> tuple[Tensor, Tensor]:
         """The output of an empty batch: no computation (many torch ops refuse it)."""
         batch = self._batch_shape(t, self.event_dim)
-        event = torch.Size(event_map(t.shape[len(batch) :]))  # type: ignore[operator]
+        event = torch.Size(event_map(t.shape[len(batch) :]))
         return t.new_zeros(batch + event), t.new_zeros(batch)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -238,3 +285,45 @@ class RelaxedLayer(nn.Module, ABC):
     @staticmethod
     def _log_factorial(n: int) -> float:
         return math.lgamma(n + 1)
+
+
+class VectorLayer(RelaxedLayer):
+    """A :class:`RelaxedLayer` between data vectors ``(dim,)`` and latent vectors ``(latent_dim,)``.
+
+    It holds the two sizes and answers the shape questions of the contract
+    (:meth:`expected_data_shape`, :meth:`latent_shape`, :meth:`data_shape`);
+    a subclass provides ``_encode`` and ``_decode`` as for any layer.
+
+    Arguments:
+        dim: the data event size.
+        latent_dim: the latent event size (default ``dim``).
+        min_dim: the smallest ``dim`` the layer allows.
+    """
+
+    def __init__(self, dim: int, latent_dim: int | None = None, min_dim: int = 1) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.dim = check_size(dim, "dim", name, minimum=min_dim)
+        self.latent_dim = (
+            self.dim if latent_dim is None else check_size(latent_dim, "latent_dim", name)
+        )
+
+    def expected_data_shape(self) -> torch.Size:
+        """The data event ``(dim,)``."""
+        return torch.Size((self.dim,))
+
+    def _event(self, shape: torch.Size, size: int, side: str) -> None:
+        if tuple(shape) != (size,):
+            raise ValueError(
+                f"{type(self).__name__}: expected {side} event ({size},), got {tuple(shape)}"
+            )
+
+    def latent_shape(self, data_shape: torch.Size) -> torch.Size:
+        """``(latent_dim,)`` for the data event ``(dim,)``."""
+        self._event(data_shape, self.dim, "data")
+        return torch.Size((self.latent_dim,))
+
+    def data_shape(self, latent_shape: torch.Size) -> torch.Size:
+        """``(dim,)`` for the latent event ``(latent_dim,)``."""
+        self._event(latent_shape, self.latent_dim, "latent")
+        return torch.Size((self.dim,))

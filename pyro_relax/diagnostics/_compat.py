@@ -24,12 +24,30 @@ import inspect
 import warnings
 from collections.abc import Mapping
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
 
-__all__ = ["add_group", "as_numpy", "from_dict", "import_arviz", "psis_smooth"]
+if TYPE_CHECKING:  # the ArviZ types, for the annotations only (ArviZ loads lazily)
+    import numpy.typing as npt
+    from arviz import InferenceData
+    from xarray import Dataset, DataTree
+
+#: What the diagnostics take as numbers: a tensor (any device), an array or nested numbers.
+Numbers: TypeAlias = "torch.Tensor | npt.ArrayLike"
+#: ArviZ data: an ``InferenceData`` (ArviZ 0.2x) or a ``DataTree`` (ArviZ 1.x).
+ArvizData: TypeAlias = "InferenceData | DataTree"
+
+__all__ = [
+    "ArvizData",
+    "Numbers",
+    "add_group",
+    "as_numpy",
+    "from_dict",
+    "import_arviz",
+    "psis_smooth",
+]
 
 
 def import_arviz() -> ModuleType:
@@ -45,7 +63,7 @@ def import_arviz() -> ModuleType:
     return arviz
 
 
-def as_numpy(x: Any, name: str) -> np.ndarray:
+def as_numpy(x: Numbers, name: str) -> np.ndarray:
     """Convert a tensor, array or nested sequence of numbers to a numpy array.
 
     Floating tensors go to float64 on the host (bfloat16 has no numpy dtype); integer
@@ -83,7 +101,7 @@ def _from_dict_takes_mapping() -> bool:
     return bool(params) and params[0] != "posterior"
 
 
-def from_dict(groups: Mapping[str, Mapping[str, np.ndarray]], attrs: dict[str, Any]) -> Any:
+def from_dict(groups: Mapping[str, Mapping[str, np.ndarray]], attrs: dict[str, Any]) -> ArvizData:
     """Build ArviZ data from ``{group: {var: array (chain, draw, ...)}}`` on 0.2x or 1.x.
 
     Arguments:
@@ -101,7 +119,7 @@ def from_dict(groups: Mapping[str, Mapping[str, np.ndarray]], attrs: dict[str, A
     return az.from_dict(**groups, attrs=attrs)
 
 
-def add_group(data: Any, name: str, dataset: Any) -> Any:
+def add_group(data: ArvizData, name: str, dataset: Dataset) -> ArvizData:
     """Attach an ``xarray.Dataset`` as a new group ``name`` of ArviZ data.
 
     Arguments:

@@ -18,16 +18,42 @@ Where things go:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pyro_relax.diagnostics._compat import add_group, as_numpy, from_dict, import_arviz
+if TYPE_CHECKING:
+    from pyro.infer import MCMC
 
-__all__ = ["from_mcmc", "to_inference_data"]
+from pyro_relax.core.checks import check_size
+from pyro_relax.diagnostics._compat import (
+    ArvizData,
+    Numbers,
+    add_group,
+    as_numpy,
+    from_dict,
+    import_arviz,
+)
+
+__all__ = ["check_samples", "from_mcmc", "to_inference_data"]
 
 
-def _check_samples(samples: Any) -> dict[str, np.ndarray]:
+def check_samples(samples: object) -> dict[str, np.ndarray]:
+    """Check ``{name: draws}`` and return the draws as numpy arrays ``(n, *event)``.
+
+    Arguments:
+        samples: a non-empty mapping of str names to draws (tensors on any device,
+            arrays), all with the same number ``n`` of draws along axis 0.
+
+    Raises:
+        TypeError: not a non-empty mapping with str keys, or draws that are not numbers.
+        ValueError: scalar draws, NaN or inf entries, or different numbers of draws.
+
+    Example:
+        >>> import torch
+        >>> check_samples({"x": torch.zeros(5, 2)})["x"].shape
+        (5, 2)
+    """
     if not isinstance(samples, Mapping) or not samples:
         raise TypeError(
             f"samples must be a non-empty dict of name -> (n, *event) draws, "
@@ -54,12 +80,12 @@ def _split_chains(arr: np.ndarray, chains: int) -> np.ndarray:
 
 
 def to_inference_data(
-    samples: Mapping[str, Any],
+    samples: Mapping[str, Numbers],
     *,
-    log_weights: Any = None,
-    elbo_trace: Any = None,
+    log_weights: Numbers | None = None,
+    elbo_trace: Numbers | None = None,
     chains: int = 1,
-) -> Any:
+) -> ArvizData:
     """Pack draws (and optionally importance weights and an ELBO trace) for ArviZ.
 
     Arguments:
@@ -82,10 +108,9 @@ def to_inference_data(
         >>> idata["posterior"]["x"].shape
         (2, 50, 2)
     """
-    draws = _check_samples(samples)
+    draws = check_samples(samples)
     n = next(iter(draws.values())).shape[0]
-    if isinstance(chains, bool) or not isinstance(chains, int) or chains < 1:
-        raise ValueError(f"chains must be a positive int, got {chains!r}")
+    check_size(chains, "chains", "to_inference_data")
     if n % chains:
         raise ValueError(f"chains={chains} must divide the number of draws, got n={n}")
     groups: dict[str, dict[str, np.ndarray]] = {
@@ -114,7 +139,7 @@ def to_inference_data(
     return data
 
 
-def from_mcmc(mcmc: Any, *, log_likelihood: bool = False) -> Any:
+def from_mcmc(mcmc: MCMC, *, log_likelihood: bool = False) -> ArvizData:
     """Convert a finished ``pyro.infer.MCMC`` run to ArviZ data, chains kept apart.
 
     Uses ``arviz.from_pyro`` where ArviZ has it (0.2x: it also stores sampler

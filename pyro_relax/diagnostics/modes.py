@@ -18,11 +18,12 @@ from __future__ import annotations
 __all__ = ["forward_kl", "mode_coverage", "nearest_mode", "weighted_summary", "well_sides"]
 
 import math
-import numbers
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from pyro_relax.core.checks import check_size
 
 
 def _tensor(value: object, name: str, owner: str) -> Tensor:
@@ -115,8 +116,7 @@ def mode_coverage(
             f"mode_coverage: expected modes (n,) or (n, m) and log_w (n,), got "
             f"{tuple(modes.shape)} and {tuple(log_w.shape)}"
         )
-    if isinstance(n_modes, bool) or not isinstance(n_modes, numbers.Integral) or n_modes < 1:
-        raise ValueError(f"mode_coverage: expected an int n_modes >= 1, got {n_modes!r}")
+    check_size(n_modes, "n_modes", "mode_coverage")
     if bool(torch.isnan(log_w).any() | (log_w == math.inf).any()):
         raise ValueError("mode_coverage: expected log weights without NaN or +inf")
     if not bool(torch.isfinite(log_w).any()):

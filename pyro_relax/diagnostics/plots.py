@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pyro_relax.diagnostics._compat import as_numpy
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+from pyro_relax.diagnostics._compat import Numbers, as_numpy
 from pyro_relax.diagnostics.psis import khat_verdict
 
 __all__ = ["plot_elbo", "plot_khat", "plot_pairs"]
@@ -22,7 +27,7 @@ __all__ = ["plot_elbo", "plot_khat", "plot_pairs"]
 _VERDICT_COLORS = {"good": "tab:green", "acceptable": "tab:orange", "unreliable": "tab:red"}
 
 
-def _new_figure(width: float, height: float) -> Any:
+def _new_figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -31,13 +36,13 @@ def _new_figure(width: float, height: float) -> Any:
     return fig
 
 
-def _finish(fig: Any, path: str | os.PathLike[str] | None) -> Any:
+def _finish(fig: Figure, path: str | os.PathLike[str] | None) -> Figure:
     if path is not None:
         fig.savefig(os.fspath(path), dpi=100)
     return fig
 
 
-def plot_elbo(trace: Any, *, path: str | os.PathLike[str] | None = None) -> Any:
+def plot_elbo(trace: Numbers, *, path: str | os.PathLike[str] | None = None) -> Figure:
     """Plot an ELBO trace with its running mean.
 
     Arguments:
@@ -72,7 +77,7 @@ def plot_elbo(trace: Any, *, path: str | os.PathLike[str] | None = None) -> Any:
     return _finish(fig, path)
 
 
-def _components(samples: Mapping[str, Any], label: str) -> dict[str, np.ndarray]:
+def _components(samples: Mapping[str, Numbers], label: str) -> dict[str, np.ndarray]:
     if not isinstance(samples, Mapping) or not samples:
         raise TypeError(f"{label} must be a non-empty dict of draws, got {type(samples).__name__}")
     out: dict[str, np.ndarray] = {}
@@ -95,14 +100,20 @@ def _thin(x: np.ndarray, max_points: int) -> np.ndarray:
     return x[np.linspace(0, x.size - 1, max_points).astype(int)]
 
 
+def _scatter(ax: Axes, x: np.ndarray, y: np.ndarray, color: str, max_points: int) -> None:
+    ax.scatter(
+        _thin(x, max_points), _thin(y, max_points), s=2, alpha=0.3, color=color, rasterized=True
+    )
+
+
 def plot_pairs(
-    samples: Mapping[str, Any],
-    reference: Mapping[str, Any] | None = None,
+    samples: Mapping[str, Numbers],
+    reference: Mapping[str, Numbers] | None = None,
     *,
     max_components: int = 6,
     max_points: int = 2000,
     path: str | os.PathLike[str] | None = None,
-) -> Any:
+) -> Figure:
     """Scatter matrix of the first scalar components, with reference draws overlaid.
 
     Arguments:
@@ -145,10 +156,8 @@ def plot_pairs(
                     ax.hist(ref[xj], bins=bins, density=True, histtype="step", color="tab:orange")
             else:
                 if xj in ref and yi in ref:
-                    ax.scatter(_thin(ref[xj], max_points), _thin(ref[yi], max_points),
-                               s=2, alpha=0.3, color="tab:orange", rasterized=True)
-                ax.scatter(_thin(comps[xj], max_points), _thin(comps[yi], max_points),
-                           s=2, alpha=0.3, color="tab:blue", rasterized=True)
+                    _scatter(ax, ref[xj], ref[yi], "tab:orange", max_points)
+                _scatter(ax, comps[xj], comps[yi], "tab:blue", max_points)
             if i == k - 1:
                 ax.set_xlabel(xj)
             if j == 0 and i > 0:
@@ -158,15 +167,13 @@ def plot_pairs(
     return _finish(fig, path)
 
 
-def _legend_handles() -> list[Any]:
+def _legend_handles() -> list[Patch]:
     from matplotlib.patches import Patch
 
     return [Patch(color="tab:blue", label="samples"), Patch(color="tab:orange", label="reference")]
 
 
-def plot_khat(
-    khats: Mapping[str, Any], *, path: str | os.PathLike[str] | None = None
-) -> Any:
+def plot_khat(khats: Mapping[str, float], *, path: str | os.PathLike[str] | None = None) -> Figure:
     """Bar chart of Pareto k-hat values with the 0.5 and 0.7 thresholds.
 
     Bars are colored by :func:`~pyro_relax.diagnostics.psis.khat_verdict`; an

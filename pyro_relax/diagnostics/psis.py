@@ -12,15 +12,14 @@ instead of returning ``NaN``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from pyro_relax.diagnostics._compat import as_numpy, psis_smooth
+from pyro_relax.diagnostics._compat import Numbers, as_numpy, psis_smooth
 
 __all__ = [
     "MIN_IS_DRAWS",
     "MIN_PSIS_DRAWS",
+    "check_log_weights",
     "importance_ess",
     "importance_ess_fraction",
     "khat_verdict",
@@ -35,8 +34,23 @@ MIN_PSIS_DRAWS = 25
 """Fewest draws for PSIS: the Pareto fit uses the top ``n/5`` weights and needs at least 5."""
 
 
-def _check_log_weights(log_weights: Any, min_draws: int, fn: str) -> np.ndarray:
-    """Log weights as float64 ``(n, *batch)``; every message names ``fn``."""
+def check_log_weights(log_weights: Numbers, min_draws: int, fn: str) -> np.ndarray:
+    """Check log importance weights and return them as a float64 array ``(n, *batch)``.
+
+    Arguments:
+        log_weights: the log weights, draws along axis 0; finite or ``-inf``.
+        min_draws: the fewest draws the caller needs.
+        fn: the caller, named in every message.
+
+    Raises:
+        TypeError: for booleans or values that are not numbers.
+        ValueError: for a scalar, too few draws, an empty batch, NaN or ``+inf``
+            entries, or a batch column whose weights are all ``-inf``.
+
+    Example:
+        >>> check_log_weights([0.0, -1.0, -float("inf")], 2, "demo").shape
+        (3,)
+    """
     raw = as_numpy(log_weights, f"{fn}: log_weights")
     if raw.dtype.kind == "b":
         raise TypeError(f"{fn}: expected real log weights, got booleans")
@@ -77,7 +91,7 @@ def _smooth_column(lw: np.ndarray) -> tuple[np.ndarray, float]:
     return psis_smooth(lw)
 
 
-def psis_khat(log_weights: Any) -> tuple[np.ndarray, float | np.ndarray]:
+def psis_khat(log_weights: Numbers) -> tuple[np.ndarray, float | np.ndarray]:
     """Pareto-smooth log importance weights and estimate the tail shape k-hat.
 
     The largest weights are replaced by quantiles of a generalized Pareto fit
@@ -113,7 +127,7 @@ def psis_khat(log_weights: Any) -> tuple[np.ndarray, float | np.ndarray]:
         >>> smoothed.shape, khat < 0.5
         ((1000,), True)
     """
-    lw = _check_log_weights(log_weights, MIN_PSIS_DRAWS, "psis_khat")
+    lw = check_log_weights(log_weights, MIN_PSIS_DRAWS, "psis_khat")
     cols = lw.reshape(lw.shape[0], -1)
     out = np.empty_like(cols)
     khat = np.empty(cols.shape[1])
@@ -163,7 +177,7 @@ def _kish_ess(lw: np.ndarray) -> np.ndarray:
     return w.sum(axis=0) ** 2 / (w * w).sum(axis=0)
 
 
-def importance_ess(log_weights: Any) -> float | np.ndarray:
+def importance_ess(log_weights: Numbers) -> float | np.ndarray:
     """Kish effective sample size ``(sum w)^2 / sum w^2`` of importance weights.
 
     Computed from the log weights after subtracting the largest one, so weights of any
@@ -188,11 +202,11 @@ def importance_ess(log_weights: Any) -> float | np.ndarray:
         >>> importance_ess(torch.zeros(100))
         100.0
     """
-    lw = _check_log_weights(log_weights, MIN_IS_DRAWS, "importance_ess")
+    lw = check_log_weights(log_weights, MIN_IS_DRAWS, "importance_ess")
     return _scalar_or_array(_kish_ess(lw))
 
 
-def importance_ess_fraction(log_weights: Any) -> float | np.ndarray:
+def importance_ess_fraction(log_weights: Numbers) -> float | np.ndarray:
     """Kish ESS divided by the number of draws, in ``(0, 1]``.
 
     Arguments:
@@ -211,11 +225,11 @@ def importance_ess_fraction(log_weights: Any) -> float | np.ndarray:
         >>> importance_ess_fraction(np.r_[0.0, np.full(19, -np.inf)])
         0.05
     """
-    lw = _check_log_weights(log_weights, MIN_IS_DRAWS, "importance_ess_fraction")
+    lw = check_log_weights(log_weights, MIN_IS_DRAWS, "importance_ess_fraction")
     return _scalar_or_array(_kish_ess(lw) / lw.shape[0])
 
 
-def psis_expectation(values: Any, log_weights: Any) -> np.ndarray:
+def psis_expectation(values: Numbers, log_weights: Numbers) -> np.ndarray:
     """Self-normalized PSIS estimate of ``E_p[values]`` from draws of the proposal.
 
     Arguments:
@@ -246,7 +260,7 @@ def psis_expectation(values: Any, log_weights: Any) -> np.ndarray:
         >>> bool(abs(m2 - 1.0) < 0.15)
         True
     """
-    lw = _check_log_weights(log_weights, MIN_PSIS_DRAWS, "psis_expectation")
+    lw = check_log_weights(log_weights, MIN_PSIS_DRAWS, "psis_expectation")
     smoothed, _ = psis_khat(lw)
     vals = as_numpy(values, "psis_expectation: values").astype(np.float64)
     if vals.shape[: smoothed.ndim] != smoothed.shape:

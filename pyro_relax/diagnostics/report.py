@@ -28,8 +28,13 @@ _FIGURES = (
     ("pairs.png", "Pair plot", "The first components of the posterior draws, two by two"),
     ("khat.png", "PSIS k-hat", "The Pareto k-hat of the importance weights (fit runs only)"),
 )
-_COLORS = {"good": "#1b7f3b", "acceptable": "#b86e00", "unreliable": "#b3261e",
-           "mcmc": "#1f5fa8", "unknown": "#555555"}
+_COLORS = {
+    "good": "#1b7f3b",
+    "acceptable": "#b86e00",
+    "unreliable": "#b3261e",
+    "mcmc": "#1f5fa8",
+    "unknown": "#555555",
+}
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
 #verdict{color:#fff;padding:1rem 1.25rem;border-radius:.4rem;font-size:1.2rem}
@@ -43,7 +48,7 @@ img{max-width:100%;border:1px solid #ddd}
 """
 
 
-def _finite(value: Any) -> float | None:
+def _finite(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
@@ -86,15 +91,19 @@ def report_verdict(diagnostics: Mapping[str, Any]) -> tuple[str, str]:
         return "mcmc", text + (f"; {advice}" if advice else "")
     if khat is None:
         return "unknown", "unknown: no k-hat (fewer than 25 draws); raise --num-samples"
-    level = verdict if verdict in ("good", "acceptable", "unreliable") else (
-        "good" if khat < 0.5 else "acceptable" if khat < 0.7 else "unreliable")
+    level = (
+        verdict
+        if verdict in ("good", "acceptable", "unreliable")
+        else ("good" if khat < 0.5 else "acceptable" if khat < 0.7 else "unreliable")
+    )
     text = f"k-hat {khat:.2f} ({level})"
     if level == "good":
         return level, text + ": the importance-corrected posterior can be trusted"
     if level == "acceptable":
         return level, text + ": usable, but check the estimates you rely on"
-    return level, text + ": unreliable; " + (advice or "try --guide auto, a larger --budget "
-                                                       "or pyro-relax mcmc --kernel nuts")
+    return level, text + ": unreliable; " + (
+        advice or "try --guide auto, a larger --budget or pyro-relax mcmc --kernel nuts"
+    )
 
 
 def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
@@ -103,11 +112,13 @@ def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )
     attr = f' class="{cls}"' if cls else ""
-    return (f'<div class="wide"><table{attr}><thead><tr>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div>")
+    return (
+        f'<div class="wide"><table{attr}><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (dict, list)):
@@ -157,11 +168,15 @@ def _diagnostics_html(diagnostics: Mapping[str, Any]) -> str:
 def _figure_html(folder: Path, name: str, title: str, what: str) -> str:
     path = folder / name
     if not path.is_file():
-        return (f'<h2>{title}</h2><p class="note">{name} was not written by this run '
-                f"({what[0].lower() + what[1:]}).</p>")
+        return (
+            f'<h2>{title}</h2><p class="note">{name} was not written by this run '
+            f"({what[0].lower() + what[1:]}).</p>"
+        )
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f"<h2>{title}</h2><p>{html.escape(what)}.</p>"
-            f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">')
+    return (
+        f"<h2>{title}</h2><p>{html.escape(what)}.</p>"
+        f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+    )
 
 
 def write_report(
@@ -209,16 +224,19 @@ def write_report(
         except json.JSONDecodeError as err:
             raise ValueError(f"write_report: {source} is not valid JSON ({err})") from err
     if not isinstance(diagnostics, Mapping):
-        raise TypeError(f"write_report: expected diagnostics as a dict, "
-                        f"got {type(diagnostics).__name__}")
+        raise TypeError(
+            f"write_report: expected diagnostics as a dict, got {type(diagnostics).__name__}"
+        )
     target = folder / REPORT_NAME
     if target.exists() or target.is_symlink():
         if not overwrite:
             raise ValueError(f"write_report: {target} exists; pass overwrite=True to replace it")
         head = target.read_bytes()[:400].decode("utf-8", "replace") if target.is_file() else ""
         if _GENERATOR not in head:
-            raise ValueError(f"write_report: {target} exists and is not a pyro-relax report; "
-                             "refusing to replace it")
+            raise ValueError(
+                f"write_report: {target} exists and is not a pyro-relax report; "
+                "refusing to replace it"
+            )
     method = diagnostics.get("guide") or diagnostics.get("kernel") or "run"
     title = title or f"pyro-relax {method}: {folder.resolve().name}"
     level, text = report_verdict(diagnostics)
@@ -230,8 +248,10 @@ def write_report(
         f'<div id="verdict" data-level="{level}" style="background:{_COLORS[level]}">'
         f"<strong>Verdict:</strong> {html.escape(text)}</div>",
         f"<h1>{html.escape(title)}</h1>",
-        "<h2>Summary</h2>", _summary_html(folder / "summary.csv"),
-        "<h2>Diagnostics</h2>", _diagnostics_html(diagnostics),
+        "<h2>Summary</h2>",
+        _summary_html(folder / "summary.csv"),
+        "<h2>Diagnostics</h2>",
+        _diagnostics_html(diagnostics),
         *(_figure_html(folder, *fig) for fig in _FIGURES),
         "</body></html>",
     ]

@@ -22,13 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from pyro_relax.diagnostics._compat import add_group, as_numpy
-from pyro_relax.diagnostics.convert import _check_samples
+from pyro_relax.core.checks import check_size
+from pyro_relax.diagnostics._compat import ArvizData, Numbers, add_group, as_numpy
+from pyro_relax.diagnostics.convert import check_samples
 from pyro_relax.diagnostics.psis import MIN_PSIS_DRAWS, psis_khat
 
 
 def psis_resample(
-    samples: Mapping[str, Any], log_weights: Any, num_draws: int | None = None, seed: int = 0
+    samples: Mapping[str, Numbers],
+    log_weights: Numbers,
+    num_draws: int | None = None,
+    seed: int = 0,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """An equally weighted sample of the importance-corrected posterior.
 
@@ -55,7 +59,7 @@ def psis_resample(
         >>> abs(float(new["x"].std()) - 1.0) < 0.15, info["distinct_draws"] < 400
         (True, True)
     """
-    draws = _check_samples(samples)
+    draws = check_samples(samples)
     n = next(iter(draws.values())).shape[0]
     lw = as_numpy(log_weights, "psis_resample: log_weights").astype(np.float64)
     if lw.shape != (n,):
@@ -63,8 +67,7 @@ def psis_resample(
     if n < MIN_PSIS_DRAWS:
         raise ValueError(f"psis_resample: expected at least {MIN_PSIS_DRAWS} draws, got {n}")
     size = n if num_draws is None else num_draws
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
-        raise ValueError(f"psis_resample: expected num_draws >= 1, got {num_draws!r}")
+    size = check_size(size, "num_draws", "psis_resample")
     smoothed, khat = psis_khat(lw)
     w = np.exp(smoothed - np.max(smoothed))
     w = w / w.sum()
@@ -83,12 +86,12 @@ def psis_resample(
 
 
 def corrected_inference_data(
-    samples: Mapping[str, Any],
-    log_weights: Any,
+    samples: Mapping[str, Numbers],
+    log_weights: Numbers,
     *,
-    elbo_trace: Any = None,
+    elbo_trace: Numbers | None = None,
     seed: int = 0,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[ArvizData, dict[str, Any]]:
     """ArviZ data whose ``posterior`` is the PSIS-corrected sample; raw draws in ``guide_draws``.
 
     Arguments:
@@ -115,7 +118,7 @@ def corrected_inference_data(
 
     resampled, info = psis_resample(samples, log_weights, seed=seed)
     data = to_inference_data(resampled, elbo_trace=elbo_trace)
-    raw = _check_samples(samples)
+    raw = check_samples(samples)
     lw = as_numpy(log_weights, "log_weights").astype(np.float64)
     variables: dict[str, Any] = {}
     for name, arr in raw.items():

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pyro_relax.diagnostics._compat import import_arviz
+if TYPE_CHECKING:
+    import pandas as pd
+
+from pyro_relax.diagnostics._compat import ArvizData, Numbers, import_arviz
 from pyro_relax.diagnostics.convert import to_inference_data
 from pyro_relax.diagnostics.psis import (
     MIN_PSIS_DRAWS,
-    _check_log_weights,
+    check_log_weights,
     importance_ess,
     importance_ess_fraction,
     khat_verdict,
@@ -24,21 +27,21 @@ SUMMARY_COLUMNS = ("mean", "sd", "ess_bulk", "ess_tail", "r_hat")
 """Columns :func:`summarize` always returns (before any reference columns)."""
 
 
-def _event_shapes(data: Any) -> dict[str, tuple[int, ...]]:
+def _event_shapes(data: ArvizData) -> dict[str, tuple[int, ...]]:
     posterior = data["posterior"]
     return {str(name): tuple(posterior[name].shape[2:]) for name in posterior.data_vars}
 
 
-def _az_summary(data: Any, kind: str) -> Any:
+def _az_summary(data: ArvizData, kind: str) -> pd.DataFrame:
     return import_arviz().summary(data, kind=kind, round_to="none")
 
 
 def summarize(
-    idata_or_samples: Any,
-    reference: Mapping[str, Any] | None = None,
+    idata_or_samples: ArvizData | Mapping[str, Numbers],
+    reference: Mapping[str, Numbers] | None = None,
     *,
     chains: int = 1,
-) -> Any:
+) -> pd.DataFrame:
     """Mean, sd, bulk and tail ESS and R-hat of every scalar component, via ``az.summary``.
 
     The table is unweighted: for importance-weighted draws, resample first or use
@@ -109,7 +112,7 @@ def summarize(
     return table
 
 
-def _converted(draws: Mapping[str, Any], chains: int = 1) -> Any:
+def _converted(draws: Mapping[str, Numbers], chains: int = 1) -> ArvizData:
     """``to_inference_data`` with its errors renamed after :func:`summarize`."""
     for name, value in draws.items():
         try:
@@ -129,14 +132,14 @@ def _converted(draws: Mapping[str, Any], chains: int = 1) -> Any:
         raise type(exc)(f"summarize: {exc}") from exc
 
 
-def _has_posterior(data: Any) -> bool:
+def _has_posterior(data: object) -> bool:
     try:
         return "posterior" in data.children  # ArviZ 1.x DataTree
     except AttributeError:
         return False
 
 
-def weighted_report(log_weights: Any) -> dict[str, Any]:
+def weighted_report(log_weights: Numbers) -> dict[str, Any]:
     """One-look report on a set of log importance weights.
 
     Arguments:
@@ -158,7 +161,7 @@ def weighted_report(log_weights: Any) -> dict[str, Any]:
         >>> report["verdict"], report["ess"]
         ('good', 100.0)
     """
-    lw = _check_log_weights(log_weights, MIN_PSIS_DRAWS, "weighted_report")
+    lw = check_log_weights(log_weights, MIN_PSIS_DRAWS, "weighted_report")
     if lw.ndim != 1:
         raise ValueError(f"weighted_report: expected 1-D log_weights, got shape {lw.shape}")
     _, khat = psis_khat(lw)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 __all__ = ["DDPM", "DDPMSchedule"]
 
-import itertools
 import math
 
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.core import check_event_shape, check_finite
+from pyro_relax.core.checks import check_event_shape, check_finite, check_int
 from pyro_relax.core.switch import validation_enabled
-from pyro_relax.diffusion.guard import check_finite_result, check_model_dtype, model_dtype
+from pyro_relax.diffusion.guard import (
+    check_finite_result,
+    check_model_dtype,
+    check_network,
+    model_dtype,
+    module_anchor,
+    network_output,
+)
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -47,9 +53,7 @@ class DDPMSchedule(nn.Module):
         cosine_s: float = 0.008,
     ) -> None:
         super().__init__()
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"DDPMSchedule: expected num_steps >= 1, got {num_steps!r}")
-        n = num_steps
+        n = check_int(num_steps, "num_steps", "DDPMSchedule", minimum=1)
         if kind == "linear":
             if not 0 < beta_start <= beta_end < 1:
                 raise ValueError(
@@ -69,6 +73,7 @@ class DDPMSchedule(nn.Module):
         self.register_buffer("alpha_bars", torch.cumprod(1 - betas, 0))
 
     def extra_repr(self) -> str:
+        """The number of steps and the kind, shown by ``repr``."""
         return f"num_steps={self.num_steps}, kind={self.kind!r}"
 
 
@@ -107,16 +112,7 @@ class DDPM(nn.Module):
         variance: str = "beta",
     ) -> None:
         super().__init__()
-        if not isinstance(network, nn.Module):
-            raise TypeError(f"DDPM: expected an nn.Module network, got {type(network).__name__}")
-        net_dim = getattr(network, "dim", None)
-        dim = net_dim if dim is None else dim
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"DDPM: expected a positive int dim, got {dim!r}")
-        if isinstance(net_dim, int) and net_dim != dim:
-            raise ValueError(
-                f"DDPM: expected a network of dimension {dim}, got one of dimension {net_dim}"
-            )
+        dim = check_network(network, dim, "DDPM")
         if variance not in ("beta", "posterior"):
             raise ValueError(f"DDPM: expected variance 'beta' or 'posterior', got {variance!r}")
         self.network, self.dim, self.variance = network, dim, variance
@@ -124,21 +120,15 @@ class DDPM(nn.Module):
         self.num_steps = self.schedule.num_steps
 
     # ---- pieces ----------------------------------------------------------------------
-    def _like(self) -> Tensor:
-        ref = next(itertools.chain(self.parameters(), self.buffers()), None)
-        return ref if ref is not None else torch.empty(())
-
     def _coef(self, name: str, i: Tensor, like: Tensor) -> Tensor:
         return getattr(self.schedule, name)[i].to(like.dtype).unsqueeze(-1)
 
-    def _eps(self, x: Tensor, i: Tensor) -> Tensor:
-        out = self.network(x, i.to(x.dtype) / self.num_steps)
-        if out.shape != x.shape:
-            raise ValueError(
-                f"DDPM: expected the network to return shape {tuple(x.shape)}, "
-                f"got {tuple(out.shape)}"
-            )
-        return out
+    def unchecked_noise_prediction(self, x: Tensor, i: Tensor) -> Tensor:
+        """The network's noise prediction at integer steps ``i`` of shape ``x.shape[:-1]``.
+
+        No input checks: this is what the sampler loops call; see :meth:`noise_prediction`.
+        """
+        return network_output(self.network, x, i.to(x.dtype) / self.num_steps, "DDPM")
 
     def _sigma2(self, i: Tensor, like: Tensor) -> Tensor:
         beta = self._coef("betas", i, like)
@@ -171,7 +161,7 @@ class DDPM(nn.Module):
         """The network's noise prediction at integer steps ``i`` (broadcast to ``x.shape[:-1]``)."""
         self.check_input(x, "noise_prediction")
         i = self.check_steps(i, "noise_prediction").to(x.device).expand(x.shape[:-1])
-        return self._eps(x, i)
+        return self.unchecked_noise_prediction(x, i)
 
     def q_sample(self, x0: Tensor, i: Tensor, noise: Tensor | None = None) -> Tensor:
         """Draw ``x_i ~ q(x_i | x_0)``."""
@@ -183,7 +173,7 @@ class DDPM(nn.Module):
 
     def prior_sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """Draw ``x_N ~ N(0, I)`` of shape ``sample_shape + (dim,)``."""
-        like = self._like()
+        like = module_anchor(self)
         return torch.randn(
             torch.Size(sample_shape) + (self.dim,), device=like.device, dtype=like.dtype
         )
@@ -198,7 +188,7 @@ class DDPM(nn.Module):
         noise = torch.randn_like(x0)
         abar = self._coef("alpha_bars", i, x0)
         xt = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        loss = (self._eps(xt, i) - noise).square().sum(-1).mean()
+        loss = (self.unchecked_noise_prediction(xt, i) - noise).square().sum(-1).mean()
         return check_finite_result(loss, "DDPM.loss", "the loss")
 
     def _term(self, x0: Tensor, i: Tensor) -> Tensor:
@@ -206,7 +196,8 @@ class DDPM(nn.Module):
         abar, abar_prev = self._coef("alpha_bars", i, x0), self._coef("alpha_bars", i - 1, x0)
         beta = self._coef("betas", i, x0)
         xt = abar.sqrt() * x0 + (1 - abar).sqrt() * torch.randn_like(x0)
-        mean = (xt - beta / (1 - abar).sqrt() * self._eps(xt, i)) / (1 - beta).sqrt()
+        eps = self.unchecked_noise_prediction(xt, i)
+        mean = (xt - beta / (1 - abar).sqrt() * eps) / (1 - beta).sqrt()
         var = self._sigma2(i, x0)
         post_var = (1 - abar_prev) / (1 - abar) * beta
         post_mean = (abar_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - abar_prev) * xt) / (
@@ -231,13 +222,10 @@ class DDPM(nn.Module):
             the bound, of shape ``x0.shape[:-1]``.
         """
         self.check_input(x0, "elbo")
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"DDPM.elbo: expected chunk >= 1, got {chunk!r}")
+        check_int(chunk, "chunk", "DDPM.elbo", minimum=1)
         n, d = self.num_steps, self.dim
-        if num_terms is not None and (
-            isinstance(num_terms, bool) or not isinstance(num_terms, int) or num_terms < 1
-        ):
-            raise ValueError(f"DDPM.elbo: expected num_terms None or >= 1, got {num_terms!r}")
+        if num_terms is not None:
+            check_int(num_terms, "num_terms", "DDPM.elbo", minimum=1)
         abar_n = self.schedule.alpha_bars[n].to(x0.dtype)
         prior_kl = 0.5 * (
             abar_n * x0.square().sum(-1) + d * (1 - abar_n) - d - d * torch.log(1 - abar_n)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 __all__ = ["ddim", "ddpm_ancestral"]
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from pyro_relax.core.checks import check_real
 from pyro_relax.diffusion.ddpm import DDPM
 from pyro_relax.diffusion.guard import StepGuard
 from pyro_relax.diffusion.samplers import check_steps, sample_shape_of
@@ -50,7 +52,7 @@ def _ddpm_loop(
     for n, k in enumerate(bar, start=1):
         i = x.new_full(x.shape[:-1], seq[k], dtype=torch.long)
         abar, abar_prev = abars[seq[k]].to(x.dtype), abars[seq[k - 1]].to(x.dtype)
-        eps = ddpm._eps(x, i)
+        eps = ddpm.unchecked_noise_prediction(x, i)
         guard.watch(eps, n, seq[k] / ddpm.num_steps, "the noise prediction")
         beta = 1 - abar / abar_prev
         if eta is None:  # ancestral step of the respaced chain
@@ -113,8 +115,5 @@ def ddim(
         >>> ddim(ddpm, (3,), steps=5).shape
         torch.Size([3, 2])
     """
-    if isinstance(eta, bool) or not isinstance(eta, int | float):
-        raise TypeError(f"ddim: expected a float eta, got {type(eta).__name__}")
-    if not 0 <= eta < float("inf"):
-        raise ValueError(f"ddim: expected a finite eta >= 0, got {eta!r}")
-    return _ddpm_loop(ddpm, sample_shape, steps, float(eta), "ddim", x_T, progress)
+    eta = check_real(eta, "eta", "ddim", 0.0, math.inf, closed=True)
+    return _ddpm_loop(ddpm, sample_shape, steps, eta, "ddim", x_T, progress)

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.diffusion.guard import StepGuard, check_finite_result
+from pyro_relax.core.checks import check_int
+from pyro_relax.diffusion.guard import StepGuard, check_finite_result, network_output
 from pyro_relax.diffusion.samplers import reverse_euler
 from pyro_relax.diffusion.score_model import ScoreProcess
 from pyro_relax.diffusion.sde import SDE
@@ -25,8 +26,7 @@ def time_grid(num_steps: int, kind: str = "quadratic", T: float = 1.0) -> list[f
         >>> time_grid(2, "uniform")
         [0.0, 0.5, 1.0]
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"time_grid: expected num_steps >= 1, got {num_steps!r}")
+    check_int(num_steps, "num_steps", "time_grid", minimum=1)
     if kind == "uniform":
         return [T * k / num_steps for k in range(num_steps + 1)]
     if kind == "quadratic":
@@ -76,7 +76,7 @@ def _path_log_weight(
     d = process.dim
     x = x0
     t = x0.new_full(x0.shape[:-1], times[0])
-    f = process._forward_drift(x, t)
+    f = process.unchecked_forward_drift(x, t)
     g = process.sde.diffusion_sq(t).sqrt()
     log_w = x0.new_zeros(x0.shape[:-1])
     guard = StepGuard(name)
@@ -85,7 +85,7 @@ def _path_log_weight(
         noise = torch.randn_like(x)
         x_next = x + f * dt + (g * math.sqrt(dt)).unsqueeze(-1) * noise
         t_next = x0.new_full(x0.shape[:-1], times[i + 1])
-        f_next, s_next = process._drift_and_score(x_next, t_next)
+        f_next, s_next = process.unchecked_drift_and_score(x_next, t_next)
         g2_next = process.sde.diffusion_sq(t_next)
         g_next = g2_next.sqrt()
         back = f_next - g2_next.unsqueeze(-1) * s_next
@@ -185,22 +185,25 @@ class DiffFlow(ScoreProcess):
         """The number of steps of the discretization."""
         return len(self.times) - 1
 
-    def _forward_drift(self, x: Tensor, t: Tensor) -> Tensor:
+    def unchecked_forward_drift(self, x: Tensor, t: Tensor) -> Tensor:
+        """The SDE's linear drift plus the learned correction, without input checks."""
         if self.shared:
-            return self._drift_and_score(x, t)[0]
-        base = super()._forward_drift(x, t)
+            return self.unchecked_drift_and_score(x, t)[0]
+        base = super().unchecked_forward_drift(x, t)
         if self.drift_net is None:
             return base
-        return base + self._net(self.drift_net, x, t)
+        return base + network_output(self.drift_net, x, t, type(self).__name__)
 
-    def _score(self, x: Tensor, t: Tensor) -> Tensor:
+    def unchecked_score(self, x: Tensor, t: Tensor) -> Tensor:
+        """The learned score, without input checks."""
         if self.shared:
-            return self._drift_and_score(x, t)[1]
-        return super()._score(x, t)
+            return self.unchecked_drift_and_score(x, t)[1]
+        return super().unchecked_score(x, t)
 
-    def _drift_and_score(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def unchecked_drift_and_score(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(f(x, t), s(x, t))``, from one call of a shared network, without input checks."""
         if not self.shared:
-            return super()._drift_and_score(x, t)
+            return super().unchecked_drift_and_score(x, t)
         out = self.network(x, t)
         d = self.dim
         if out.shape != x.shape[:-1] + (2 * d,):
@@ -221,12 +224,7 @@ class DiffFlow(ScoreProcess):
         return self._weights(x0, num_particles).logsumexp(0) - math.log(num_particles)
 
     def _weights(self, x0: Tensor, num_particles: int) -> Tensor:
-        if (
-            isinstance(num_particles, bool)
-            or not isinstance(num_particles, int)
-            or num_particles < 1
-        ):
-            raise ValueError(f"DiffFlow: expected num_particles >= 1, got {num_particles!r}")
+        check_int(num_particles, "num_particles", "DiffFlow", minimum=1)
         self.check_input(x0, "elbo")
         return _path_log_weight(
             self, x0.expand((num_particles,) + x0.shape), self.times, "DiffFlow.elbo"

@@ -11,7 +11,7 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 
-from pyro_relax.core import check_finite
+from pyro_relax.core.checks import check_finite, check_int
 from pyro_relax.diffusion.ddpm import DDPM
 from pyro_relax.diffusion.ddpm_samplers import ddim, ddpm_ancestral
 from pyro_relax.diffusion.diffflow import DiffFlow
@@ -102,10 +102,8 @@ class DiffusionDistribution(TorchDistribution):
             raise ValueError(
                 f"DiffusionDistribution: expected log_prob in {lp_choices}, got {log_prob!r}"
             )
-        if steps is not None and (
-            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
-        ):
-            raise ValueError(f"DiffusionDistribution: expected steps >= 1 or None, got {steps!r}")
+        if steps is not None:
+            check_int(steps, "steps", "DiffusionDistribution", minimum=1)
         if sampler == "diffflow" and steps is not None:
             raise ValueError(
                 "DiffusionDistribution: DiffFlow's sampler runs on its own grid; "
@@ -155,6 +153,7 @@ class DiffusionDistribution(TorchDistribution):
         raise ValueError(f"DiffusionDistribution: {type(self.model).__name__} has no elbo")
 
     def __repr__(self) -> str:
+        """The model's class and size, the sampler and the log density method."""
         return (
             f"DiffusionDistribution({type(self.model).__name__}, dim={self.model.dim}, "
             f"sampler={self.sampler!r}, log_prob={self.log_prob_method!r})"

@@ -9,9 +9,22 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from pyro_relax.core.checks import check_int
 
-def _grad_input(x: Tensor) -> Tensor:
-    return x if x.requires_grad else x.detach().requires_grad_(True)
+
+def _field_at(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x, fn(x), zeros)`` with ``x`` requiring grad, ``fn(x)`` checked to keep its shape.
+
+    Call it under ``torch.enable_grad()``; the zeros (shape ``x.shape[:-1]``)
+    start the divergence sum.
+    """
+    x = x if x.requires_grad else x.detach().requires_grad_(True)
+    out = fn(x)
+    if out.shape != x.shape:
+        raise ValueError(
+            f"divergence: expected fn(x) of shape {tuple(x.shape)}, got {tuple(out.shape)}"
+        )
+    return x, out, x.new_zeros(x.shape[:-1])
 
 
 def exact_divergence(
@@ -36,13 +49,7 @@ def exact_divergence(
     """
     create_graph = torch.is_grad_enabled() if create_graph is None else create_graph
     with torch.enable_grad():
-        x = _grad_input(x)
-        out = fn(x)
-        if out.shape != x.shape:
-            raise ValueError(
-                f"divergence: expected fn(x) of shape {tuple(x.shape)}, got {tuple(out.shape)}"
-            )
-        div = x.new_zeros(x.shape[:-1])
+        x, out, div = _field_at(fn, x)
         for i in range(x.shape[-1]):
             (g,) = torch.autograd.grad(
                 out[..., i].sum(), x, create_graph=create_graph, retain_graph=True
@@ -83,8 +90,7 @@ def hutchinson_divergence(
         >>> d
         tensor([8., 8., 8.])
     """
-    if not isinstance(num_probes, int) or num_probes < 1:
-        raise ValueError(f"hutchinson_divergence: expected num_probes >= 1, got {num_probes!r}")
+    check_int(num_probes, "num_probes", "hutchinson_divergence", minimum=1)
     if noise not in ("rademacher", "gaussian"):
         raise ValueError(
             f"hutchinson_divergence: expected noise 'rademacher' or 'gaussian', got {noise!r}"
@@ -100,13 +106,7 @@ def hutchinson_divergence(
         if noise == "rademacher":
             probes = probes.sign()
     with torch.enable_grad():
-        x = _grad_input(x)
-        out = fn(x)
-        if out.shape != x.shape:
-            raise ValueError(
-                f"divergence: expected fn(x) of shape {tuple(x.shape)}, got {tuple(out.shape)}"
-            )
-        div = x.new_zeros(x.shape[:-1])
+        x, out, div = _field_at(fn, x)
         for k in range(probes.shape[0]):
             (g,) = torch.autograd.grad(
                 out, x, probes[k], create_graph=create_graph, retain_graph=True

@@ -9,13 +9,22 @@ raises a ``FloatingPointError`` naming the first bad step and its time. With
 
 from __future__ import annotations
 
-__all__ = ["StepGuard", "check_finite_result", "check_model_dtype", "model_dtype"]
+__all__ = [
+    "StepGuard",
+    "check_finite_result",
+    "check_model_dtype",
+    "check_network",
+    "model_dtype",
+    "module_anchor",
+    "network_output",
+]
 
 import itertools
 
 import torch
 from torch import Tensor, nn
 
+from pyro_relax.core.checks import check_size
 from pyro_relax.core.switch import validation_enabled
 
 
@@ -158,3 +167,75 @@ def model_dtype(module: nn.Module) -> torch.dtype | None:
         if t.is_floating_point():
             return t.dtype
     return None
+
+
+def module_anchor(module: nn.Module) -> Tensor:
+    """A tensor with the device and dtype of ``module`` (its first parameter or buffer).
+
+    A module without any gives an empty float tensor of the default dtype on the CPU.
+
+    Example:
+        >>> import torch
+        >>> module_anchor(torch.nn.Linear(2, 2).double()).dtype
+        torch.float64
+    """
+    ref = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return ref if ref is not None else torch.empty(())
+
+
+def network_output(network: nn.Module, x: Tensor, t: Tensor, name: str) -> Tensor:
+    """``network(x, t)``, checked to have the shape of ``x``.
+
+    Arguments:
+        network: a network ``(x, t) -> tensor shaped like x``.
+        x: the input of shape ``batch_shape + (dim,)``.
+        t: the time (or scaled step) argument.
+        name: the model, for the message.
+
+    Raises:
+        ValueError: the output has another shape.
+
+    Example:
+        >>> import torch
+        >>> from pyro_relax.nn.score import ScoreMLP
+        >>> network_output(ScoreMLP(2, hidden=(4,)), torch.zeros(3, 2), torch.zeros(3), "f").shape
+        torch.Size([3, 2])
+    """
+    out = network(x, t)
+    if out.shape != x.shape:
+        raise ValueError(
+            f"{name}: expected the network to return shape {tuple(x.shape)}, got {tuple(out.shape)}"
+        )
+    return out
+
+
+def check_network(network: object, dim: int | None, name: str) -> int:
+    """Check a model's ``network`` and return its event size ``dim`` (default ``network.dim``).
+
+    Arguments:
+        network: the model's network, an ``nn.Module``.
+        dim: the event size, or ``None`` to take the network's ``dim`` attribute.
+        name: the model, for the messages.
+
+    Returns:
+        the event size.
+
+    Raises:
+        TypeError: ``network`` is not an ``nn.Module``.
+        ValueError: no positive int ``dim``, or one that disagrees with ``network.dim``.
+
+    Example:
+        >>> from pyro_relax.nn.score import ScoreMLP
+        >>> check_network(ScoreMLP(3, hidden=(4,)), None, "demo")
+        3
+    """
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"{name}: expected an nn.Module network, got {type(network).__name__}")
+    net_dim = getattr(network, "dim", None)
+    dim = net_dim if dim is None else dim
+    dim = check_size(dim, "dim", name)
+    if isinstance(net_dim, int) and net_dim != dim:
+        raise ValueError(
+            f"{name}: expected a network of dimension {dim}, got one of dimension {net_dim}"
+        )
+    return dim

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from pyro_relax.core import check_finite
+from pyro_relax.core.checks import check_finite, check_int, check_positive
 from pyro_relax.diffusion.divergence import exact_divergence, hutchinson_divergence
 from pyro_relax.diffusion.guard import StepGuard, check_finite_result
 
@@ -40,7 +40,7 @@ _ADAPTIVE_METHODS = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
 
 
 def ode_options(method: str, steps: int | None, name: str) -> dict[str, Any] | None:
-    """torchdiffeq options: exactly ``steps`` uniform steps for a fixed-step method."""
+    """Options for ``torchdiffeq.odeint``: ``steps`` uniform steps for a fixed-step method."""
     if not isinstance(method, str):
         raise TypeError(f"{name}: expected a torchdiffeq method name, got {type(method).__name__}")
     if method not in _FIXED_METHODS + _ADAPTIVE_METHODS:
@@ -49,12 +49,9 @@ def ode_options(method: str, steps: int | None, name: str) -> dict[str, Any] | N
         )
     if method not in _FIXED_METHODS:
         return None
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(
-            f"{name}: expected steps >= 1 for the fixed-step method {method!r}, got {steps!r}"
-        )
+    check_int(steps, "steps", f"{name} (fixed-step method {method!r})", minimum=1)
 
-    def grid(func: Any, y0: Tensor, t: Tensor) -> Tensor:
+    def grid(func: object, y0: Tensor, t: Tensor) -> Tensor:
         return torch.linspace(float(t[0]), float(t[-1]), steps + 1, device=t.device, dtype=t.dtype)
 
     return {"grid_constructor": grid}
@@ -63,14 +60,14 @@ def ode_options(method: str, steps: int | None, name: str) -> dict[str, Any] | N
 def solve_guarded(
     guard: StepGuard,
     func: Callable[..., Any],
-    y0: Any,
+    y0: Tensor | tuple[Tensor, ...],
     times: Tensor,
     method: str,
     rtol: float,
     atol: float,
     options: dict[str, Any] | None,
     hint: str,
-) -> Any:
+) -> Tensor | tuple[Tensor, ...]:
     """``torchdiffeq.odeint`` whose failures name the entry point (``guard.name``).
 
     A non-finite network output recorded by ``guard`` is raised as a
@@ -96,8 +93,7 @@ def solve_guarded(
         FloatingPointError: if the network returned NaN or inf or the solver failed.
     """
     for label, tol in (("rtol", rtol), ("atol", atol)):
-        if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol > 0:
-            raise ValueError(f"{guard.name}: expected {label} > 0, got {tol!r}")
+        check_positive(tol, label, guard.name)
     try:
         out = odeint(func, y0, times, method=method, rtol=rtol, atol=atol, options=options)
     except AssertionError as err:
@@ -177,8 +173,7 @@ def ode_log_prob(
     if not 0.0 <= t_min < process.sde.T:
         raise ValueError(f"ode_log_prob: expected t_min in [0, {process.sde.T:g}), got {t_min}")
     process.check_t_floor(t_min, "ode_log_prob")
-    if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
-        raise ValueError(f"ode_log_prob: expected num_probes >= 1, got {num_probes!r}")
+    check_int(num_probes, "num_probes", "ode_log_prob", minimum=1)
     if divergence == "auto":
         divergence = "exact" if process.dim <= 10 else "hutchinson"
     if divergence not in ("exact", "hutchinson"):
@@ -201,7 +196,7 @@ def ode_log_prob(
         tt = t.expand(y.shape[:-1])
 
         def drift(z: Tensor) -> Tensor:
-            return process._ode_drift(z, tt)
+            return process.unchecked_ode_drift(z, tt)
 
         if probes is None:
             v, div = exact_divergence(drift, y, create_graph)

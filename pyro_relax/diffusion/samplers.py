@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from pyro_relax.core.checks import check_int, check_positive
 from pyro_relax.diffusion.guard import StepGuard
 from pyro_relax.diffusion.likelihood import ode_options, solve_guarded
 from pyro_relax.diffusion.score_model import ScoreProcess
@@ -26,9 +27,12 @@ _HINT = "check the network, or take more steps or a larger t_min"
 
 
 def check_steps(steps: int, name: str) -> None:
-    """Raise a ``ValueError`` unless ``steps`` is a positive int."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"{name}: expected steps >= 1, got {steps!r}")
+    """Raise a ``TypeError`` or ``ValueError`` unless ``steps`` is a positive int.
+
+    Example:
+        >>> check_steps(10, "demo")
+    """
+    check_int(steps, "steps", name, minimum=1)
 
 
 def sample_shape_of(sample_shape: Sequence[int] | torch.Size, name: str) -> torch.Size:
@@ -149,7 +153,7 @@ def reverse_euler(
     for n, k in enumerate(tqdm(range(last, 0, -1), disable=not progress, desc=name), start=1):
         dt = grid[k] - grid[k - 1]
         t = x.new_full(x.shape[:-1], grid[k])
-        drift = process._reverse_drift(x, t)
+        drift = process.unchecked_reverse_drift(x, t)
         guard.watch(drift, n, grid[k], "the score (reverse drift)")
         x = x - drift * dt
         if k > 1 or not denoise:
@@ -203,16 +207,8 @@ def predictor_corrector(
     """
     shape = sample_shape_of(sample_shape, "predictor_corrector")
     grid = _grid(process, steps, t_min, None, "predictor_corrector")
-    if (
-        isinstance(corrector_steps, bool)
-        or not isinstance(corrector_steps, int)
-        or corrector_steps < 0
-    ):
-        raise ValueError(
-            f"predictor_corrector: expected corrector_steps >= 0, got {corrector_steps!r}"
-        )
-    if not snr > 0:
-        raise ValueError(f"predictor_corrector: expected snr > 0, got {snr!r}")
+    check_int(corrector_steps, "corrector_steps", "predictor_corrector", minimum=0)
+    check_positive(snr, "snr", "predictor_corrector")
     x = _start(process, shape, x_T, "predictor_corrector")
     guard = StepGuard("predictor_corrector")
     bar = tqdm(range(steps, 0, -1), disable=not progress, desc="predictor_corrector")
@@ -222,13 +218,13 @@ def predictor_corrector(
         # VP's alpha = 1 - beta dt is negative for coarse grids: no corrector move there
         alpha = process.sde.corrector_alpha(t, dt).clamp_min(0.0).unsqueeze(-1)
         for _ in range(corrector_steps):
-            s = process._score(x, t)
+            s = process.unchecked_score(x, t)
             guard.watch(s, n, grid[k], "the score (corrector)")
             z = torch.randn_like(x)
             ratio = z.norm(dim=-1).mean() / s.norm(dim=-1).mean().clamp_min(1e-30)
             eps = 2 * alpha * (snr * ratio).square()
             x = x + eps * s + (2 * eps).sqrt() * z
-        drift = process._reverse_drift(x, t)
+        drift = process.unchecked_reverse_drift(x, t)
         guard.watch(drift, n, grid[k], "the score (reverse drift)")
         x = x - drift * dt
         if k > 1 or not denoise:
@@ -259,10 +255,12 @@ def probability_flow(
     Example:
         >>> import torch
         >>> from pyro_relax.diffusion import GaussianScore, ScoreModel, VPSDE
-        >>> sde = VPSDE()
-        >>> m = ScoreModel(sde, GaussianScore(sde, torch.zeros(2), torch.eye(2)), 2, "score")
-        >>> probability_flow(m, (4,), steps=20).shape
-        torch.Size([4, 2])
+        >>> net = GaussianScore(VPSDE(), torch.zeros(2), torch.eye(2))
+        >>> m = ScoreModel(net.sde, net, 2, "score")
+        >>> x_T = torch.randn(4, 2)
+        >>> first, again = (probability_flow(m, x_T=x_T, steps=5) for _ in range(2))
+        >>> torch.equal(first, again)
+        True
     """
     shape = sample_shape_of(sample_shape, "probability_flow")
     check_steps(steps, "probability_flow")
@@ -277,7 +275,7 @@ def probability_flow(
     def func(t: Tensor, y: Tensor) -> Tensor:
         bar.update(1)
         calls[0] += 1
-        v = process._ode_drift(y, t.expand(y.shape[:-1]))
+        v = process.unchecked_ode_drift(y, t.expand(y.shape[:-1]))
         guard.watch(v, calls[0], t, "the score (ODE velocity; steps count evaluations)")
         return v
 

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 __all__ = ["ScoreModel", "ScoreProcess"]
 
-import itertools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from pyro_relax.core.checks import check_int
 from pyro_relax.core.switch import validation_enabled
+from pyro_relax.diffusion import guard
 from pyro_relax.diffusion.divergence import exact_divergence, hutchinson_divergence
-from pyro_relax.diffusion.guard import check_finite_result, check_model_dtype, model_dtype
 from pyro_relax.diffusion.sde import SDE, as_time, check_time
 
 _PARAMETERIZATIONS = ("noise", "score")
+_WHAT = {
+    "score": "the score",
+    "forward_drift": "the drift",
+    "reverse_drift": "the drift",
+    "ode_drift": "the velocity",
+}
 
 
 class ScoreProcess(nn.Module):
@@ -25,8 +32,10 @@ class ScoreProcess(nn.Module):
     :class:`~pyro_relax.diffusion.DiffFlow` (``f`` learned too). It defines the
     reverse SDE ``dx = [f - g^2 s] dt + g dW`` and the probability-flow ODE
     ``dx/dt = f - g^2 s / 2`` that the samplers and :func:`ode_log_prob` use.
-    Subclasses may override :meth:`_forward_drift`; the underscore methods
-    skip input checks and are what sampler loops call.
+    Subclasses may override the ``unchecked_*`` methods (:meth:`unchecked_score`,
+    :meth:`unchecked_forward_drift`, :meth:`unchecked_drift_and_score`): they
+    skip the input checks and are what the sampler loops call; the checked
+    public methods (:meth:`score`, :meth:`forward_drift`, ...) go through them.
 
     Arguments:
         sde: the noise process (its ``g``, prior and, for the ``"noise"``
@@ -57,16 +66,7 @@ class ScoreProcess(nn.Module):
         name = type(self).__name__
         if not isinstance(sde, SDE):
             raise TypeError(f"{name}: expected an SDE, got {type(sde).__name__}")
-        if not isinstance(network, nn.Module):
-            raise TypeError(f"{name}: expected an nn.Module network, got {type(network).__name__}")
-        net_dim = getattr(network, "dim", None)
-        dim = net_dim if dim is None else dim
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"{name}: expected a positive int dim, got {dim!r}")
-        if isinstance(net_dim, int) and net_dim != dim:
-            raise ValueError(
-                f"{name}: expected a network of dimension {dim}, got one of dimension {net_dim}"
-            )
+        dim = guard.check_network(network, dim, name)
         if parameterization not in _PARAMETERIZATIONS:
             raise ValueError(
                 f"{name}: expected parameterization in {_PARAMETERIZATIONS}, "
@@ -98,19 +98,6 @@ class ScoreProcess(nn.Module):
             )
 
     # ---- unchecked pieces (sampler loops) -------------------------------------------
-    def _like(self) -> Tensor:
-        ref = next(itertools.chain(self.parameters(), self.buffers()), None)
-        return ref if ref is not None else torch.empty(())
-
-    def _net(self, net: nn.Module, x: Tensor, t: Tensor) -> Tensor:
-        out = net(x, t)
-        if out.shape != x.shape:
-            raise ValueError(
-                f"{type(self).__name__}: expected the network to return shape {tuple(x.shape)}, "
-                f"got {tuple(out.shape)}"
-            )
-        return out
-
     def _as_score(self, out: Tensor, t: Tensor) -> Tensor:
         """The score from a network output, by the parameterization."""
         if self.parameterization == "score":
@@ -118,29 +105,33 @@ class ScoreProcess(nn.Module):
         _, std = self.sde.marginal_coefs(t)
         return -out / std.unsqueeze(-1)
 
-    def _score(self, x: Tensor, t: Tensor) -> Tensor:
-        return self._as_score(self._net(self.network, x, t), t)
+    def unchecked_score(self, x: Tensor, t: Tensor) -> Tensor:
+        """The score ``s(x, t)`` without input checks; ``t`` has shape ``x.shape[:-1]``."""
+        return self._as_score(guard.network_output(self.network, x, t, type(self).__name__), t)
 
-    def _forward_drift(self, x: Tensor, t: Tensor) -> Tensor:
+    def unchecked_forward_drift(self, x: Tensor, t: Tensor) -> Tensor:
+        """The forward drift ``f(x, t)`` without input checks (here the SDE's linear drift)."""
         return self.sde.drift_coef(t).unsqueeze(-1) * x
 
-    def _drift_and_score(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def unchecked_drift_and_score(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(f(x, t), s(x, t))`` together (one network call where a subclass can share one)."""
-        return self._forward_drift(x, t), self._score(x, t)
+        return self.unchecked_forward_drift(x, t), self.unchecked_score(x, t)
 
-    def _reverse_drift(self, x: Tensor, t: Tensor) -> Tensor:
-        f, s = self._drift_and_score(x, t)
+    def unchecked_reverse_drift(self, x: Tensor, t: Tensor) -> Tensor:
+        """The reverse-SDE drift ``f - g^2 s`` without input checks."""
+        f, s = self.unchecked_drift_and_score(x, t)
         return f - self.sde.diffusion_sq(t).unsqueeze(-1) * s
 
-    def _ode_drift(self, x: Tensor, t: Tensor) -> Tensor:
-        f, s = self._drift_and_score(x, t)
+    def unchecked_ode_drift(self, x: Tensor, t: Tensor) -> Tensor:
+        """The probability-flow ODE velocity ``f - g^2 s / 2`` without input checks."""
+        f, s = self.unchecked_drift_and_score(x, t)
         return f - 0.5 * self.sde.diffusion_sq(t).unsqueeze(-1) * s
 
     # ---- checked public versions ----------------------------------------------------
     def check_input(self, x: Tensor, name: str) -> None:
         """Check that ``x`` is a finite tensor of the model's dtype with event shape ``(dim,)``."""
         label = f"{type(self).__name__}.{name}"
-        check_model_dtype(x, model_dtype(self.network), label)
+        guard.check_model_dtype(x, guard.model_dtype(self.network), label)
         self.sde.check_input(x, self.dim, label)
 
     def _checked(self, x: Tensor, t: Tensor | float, name: str) -> Tensor:
@@ -164,29 +155,33 @@ class ScoreProcess(nn.Module):
                 f"got shape {tuple(t.shape)}"
             ) from None
 
+    def _evaluate(
+        self, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor | float, name: str
+    ) -> Tensor:
+        """``fn(x, t)`` after the input checks of the entry point ``name``, checked finite."""
+        out = fn(x, self._checked(x, t, name))
+        return guard.check_finite_result(out, f"{type(self).__name__}.{name}", _WHAT[name])
+
     def score(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The score ``s(x, t) ~ grad log p_t(x)``; ``t`` broadcasts to ``x.shape[:-1]``."""
-        out = self._score(x, self._checked(x, t, "score"))
-        return check_finite_result(out, f"{type(self).__name__}.score", "the score")
+        return self._evaluate(self.unchecked_score, x, t, "score")
 
     def forward_drift(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The forward drift ``f(x, t)``."""
-        out = self._forward_drift(x, self._checked(x, t, "forward_drift"))
-        return check_finite_result(out, f"{type(self).__name__}.forward_drift", "the drift")
+        return self._evaluate(self.unchecked_forward_drift, x, t, "forward_drift")
 
     def reverse_drift(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The reverse-SDE drift ``f - g^2 s`` (to be integrated backwards in time)."""
-        out = self._reverse_drift(x, self._checked(x, t, "reverse_drift"))
-        return check_finite_result(out, f"{type(self).__name__}.reverse_drift", "the drift")
+        return self._evaluate(self.unchecked_reverse_drift, x, t, "reverse_drift")
 
     def ode_drift(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The probability-flow ODE velocity ``f - g^2 s / 2``."""
-        out = self._ode_drift(x, self._checked(x, t, "ode_drift"))
-        return check_finite_result(out, f"{type(self).__name__}.ode_drift", "the velocity")
+        return self._evaluate(self.unchecked_ode_drift, x, t, "ode_drift")
 
     def prior_sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """Draw ``sample_shape + (dim,)`` from the prior at ``T``."""
-        return self.sde.prior_sample(torch.Size(sample_shape) + (self.dim,), self._like())
+        shape = torch.Size(sample_shape) + (self.dim,)
+        return self.sde.prior_sample(shape, guard.module_anchor(self))
 
 
 class ScoreModel(ScoreProcess):
@@ -228,13 +223,13 @@ class ScoreModel(ScoreProcess):
         z = torch.randn_like(x0)
         a, std = self.sde.marginal_coefs(t)
         xt = a.unsqueeze(-1) * x0 + std.unsqueeze(-1) * z
-        s = self._score(xt, t)
+        s = self.unchecked_score(xt, t)
         if likelihood_weighting:
             g2 = self.sde.diffusion_sq(t)
             per = g2 * (s + z / std.unsqueeze(-1)).square().sum(-1)
         else:
             per = (std.unsqueeze(-1) * s + z).square().sum(-1)
-        return check_finite_result(0.5 * per.mean(), "ScoreModel.loss", "the loss")
+        return guard.check_finite_result(0.5 * per.mean(), "ScoreModel.loss", "the loss")
 
     def elbo(
         self, x0: Tensor, num_times: int = 1, t_min: float | None = None, divergence: str = "auto"
@@ -258,8 +253,7 @@ class ScoreModel(ScoreProcess):
             the bound, of shape ``batch_shape``.
         """
         self.check_input(x0, "elbo")
-        if isinstance(num_times, bool) or not isinstance(num_times, int) or num_times < 1:
-            raise ValueError(f"ScoreModel.elbo: expected num_times >= 1, got {num_times!r}")
+        check_int(num_times, "num_times", "ScoreModel.elbo", minimum=1)
         t_lo = self.t_min if t_min is None else float(t_min)
         if not 0.0 <= t_lo < self.sde.T:
             raise ValueError(f"ScoreModel.elbo: expected t_min in [0, {self.sde.T:g}), got {t_lo}")
@@ -275,7 +269,7 @@ class ScoreModel(ScoreProcess):
         g2 = self.sde.diffusion_sq(t)
 
         def g2_score(x: Tensor) -> Tensor:
-            return g2.unsqueeze(-1) * self._score(x, t)
+            return g2.unsqueeze(-1) * self.unchecked_score(x, t)
 
         graph = torch.is_grad_enabled() and (
             x0.requires_grad or any(p.requires_grad for p in self.parameters())
@@ -298,7 +292,7 @@ class ScoreModel(ScoreProcess):
             + self.dim * math.log(2 * math.pi * s2)
         )
         out = e_log_prior - span * integrand.mean(0)
-        return check_finite_result(out, "ScoreModel.elbo", "the bound")
+        return guard.check_finite_result(out, "ScoreModel.elbo", "the bound")
 
     def _marginal_draw(self, x0: Tensor, t: Tensor) -> Tensor:
         a, std = self.sde.marginal_coefs(t)

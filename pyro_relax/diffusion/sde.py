@@ -179,20 +179,25 @@ class VPSDE(SDE):
         """``B(t) = int_0^t beta(u) du``."""
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t.square()
 
-    def drift_coef(self, t: Tensor) -> Tensor:  # noqa: D102
+    def drift_coef(self, t: Tensor) -> Tensor:
+        """``c(t)``: see :meth:`SDE.drift_coef`."""
         return -0.5 * self.beta(t)
 
-    def diffusion_sq(self, t: Tensor) -> Tensor:  # noqa: D102
+    def diffusion_sq(self, t: Tensor) -> Tensor:
+        """``g(t)^2``: see :meth:`SDE.diffusion_sq`."""
         return self.beta(t)
 
-    def marginal_coefs(self, t: Tensor) -> tuple[Tensor, Tensor]:  # noqa: D102
+    def marginal_coefs(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(a(t), s(t))``: see :meth:`SDE.marginal_coefs`."""
         b = self.integral(t)
         return torch.exp(-0.5 * b), (-torch.expm1(-b)).sqrt()
 
-    def corrector_alpha(self, t: Tensor, dt: float) -> Tensor:  # noqa: D102
+    def corrector_alpha(self, t: Tensor, dt: float) -> Tensor:
+        """The corrector scale: see :meth:`SDE.corrector_alpha`."""
         return 1.0 - self.beta(t) * dt
 
     def __repr__(self) -> str:
+        """The SDE's class and parameters."""
         return f"VPSDE(beta_min={self.beta_min:g}, beta_max={self.beta_max:g})"
 
 
@@ -209,17 +214,21 @@ class SubVPSDE(VPSDE):
         True
     """
 
-    def diffusion_sq(self, t: Tensor) -> Tensor:  # noqa: D102
+    def diffusion_sq(self, t: Tensor) -> Tensor:
+        """``g(t)^2``: see :meth:`SDE.diffusion_sq`."""
         return self.beta(t) * -torch.expm1(-2.0 * self.integral(t))
 
-    def marginal_coefs(self, t: Tensor) -> tuple[Tensor, Tensor]:  # noqa: D102
+    def marginal_coefs(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(a(t), s(t))``: see :meth:`SDE.marginal_coefs`."""
         b = self.integral(t)
         return torch.exp(-0.5 * b), -torch.expm1(-b)
 
-    def corrector_alpha(self, t: Tensor, dt: float) -> Tensor:  # noqa: D102
+    def corrector_alpha(self, t: Tensor, dt: float) -> Tensor:
+        """The corrector scale: see :meth:`SDE.corrector_alpha`."""
         return torch.ones_like(t)
 
     def __repr__(self) -> str:
+        """The SDE's class and parameters."""
         return f"SubVPSDE(beta_min={self.beta_min:g}, beta_max={self.beta_max:g})"
 
 
@@ -254,15 +263,19 @@ class VESDE(SDE):
         """``sigma(t)``."""
         return self.sigma_min * torch.exp(t * self._log_ratio)
 
-    def drift_coef(self, t: Tensor) -> Tensor:  # noqa: D102
+    def drift_coef(self, t: Tensor) -> Tensor:
+        """``c(t)``: see :meth:`SDE.drift_coef`."""
         return torch.zeros_like(t)
 
-    def diffusion_sq(self, t: Tensor) -> Tensor:  # noqa: D102
+    def diffusion_sq(self, t: Tensor) -> Tensor:
+        """``g(t)^2``: see :meth:`SDE.diffusion_sq`."""
         return 2.0 * self._log_ratio * self.sigma(t).square()
 
-    def marginal_coefs(self, t: Tensor) -> tuple[Tensor, Tensor]:  # noqa: D102
+    def marginal_coefs(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(a(t), s(t))``: see :meth:`SDE.marginal_coefs`."""
         var = self.sigma_min**2 * torch.expm1(2.0 * t * self._log_ratio)
         return torch.ones_like(t), var.sqrt()
 
     def __repr__(self) -> str:
+        """The SDE's class and parameters."""
         return f"VESDE(sigma_min={self.sigma_min:g}, sigma_max={self.sigma_max:g})"

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from pyro_relax.core import RelaxedLayer, sum_event
+from pyro_relax.core import RelaxedLayer, check_size, sum_event
 from pyro_relax.nn.mlp import MLP
 
 
@@ -48,10 +48,9 @@ class AbsSurjection(RelaxedLayer):
         self, dim: int | None = None, hidden: Sequence[int] = (64,), event_dim: int = 1
     ) -> None:
         super().__init__()
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
-            raise ValueError(f"AbsSurjection: expected a positive int dim or None, got {dim!r}")
-        if isinstance(event_dim, bool) or not isinstance(event_dim, int) or event_dim < 1:
-            raise ValueError(f"AbsSurjection: expected an int event_dim >= 1, got {event_dim!r}")
+        if dim is not None:
+            check_size(dim, "dim (or None)", "AbsSurjection")
+        check_size(event_dim, "event_dim", "AbsSurjection")
         if dim is not None and event_dim != 1:
             raise ValueError(f"AbsSurjection: the learned sign needs event_dim 1, got {event_dim}")
         self.dim = dim
@@ -59,9 +58,11 @@ class AbsSurjection(RelaxedLayer):
         self.classifier = None if dim is None else MLP(dim, dim, hidden, zero_last=True)
 
     def expected_data_shape(self) -> torch.Size | None:
+        """``(dim,)`` for the learned sign, ``None`` (any shape) for the fair one."""
         return None if self.dim is None else torch.Size((self.dim,))
 
     def check_latent(self, z: Tensor) -> None:
+        """Raise a ``ValueError`` for negative entries (the latent side is ``|x|``)."""
         if bool((z < 0).any()):
             raise ValueError("AbsSurjection.decode: expected non-negative z, got negative entries")
 
@@ -87,4 +88,5 @@ class AbsSurjection(RelaxedLayer):
         return x, -sum_event(v, self.event_dim)
 
     def extra_repr(self) -> str:
+        """The kind of sign model (and its size)."""
         return "fair sign" if self.dim is None else f"dim={self.dim}, learned sign"

@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.core import RelaxedLayer, check_event_shape, check_finite
+from pyro_relax.core import VectorLayer, check_event_shape, check_finite, check_size
 from pyro_relax.nn.mlp import MLP
 
 
@@ -48,10 +48,9 @@ class ConditionalNormal(nn.Module):
         context_dim: int = 0,
     ) -> None:
         super().__init__()
-        for name, v, low in (("in_features", in_features, 0), ("out_features", out_features, 1),
-                             ("context_dim", context_dim, 0)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise ValueError(f"ConditionalNormal: expected an int {name} >= {low}, got {v!r}")
+        check_size(in_features, "in_features", "ConditionalNormal", minimum=0)
+        check_size(out_features, "out_features", "ConditionalNormal")
+        check_size(context_dim, "context_dim", "ConditionalNormal", minimum=0)
         if in_features + context_dim == 0:
             raise ValueError("ConditionalNormal: expected in_features + context_dim >= 1, got 0")
         self.in_features = in_features
@@ -95,10 +94,11 @@ class ConditionalNormal(nn.Module):
         return self._log_density(value, loc, log_scale)
 
     def extra_repr(self) -> str:
+        """The input, context and output sizes."""
         return f"{self.in_features} (+{self.context_dim} context) -> {self.out_features}"
 
 
-class AugmentSurjection(RelaxedLayer):
+class AugmentSurjection(VectorLayer):
     r"""Append ``extra`` dimensions of learned noise: ``z = cat(x, e)``, ``e ~ q(e | x)``.
 
     Generative surjection (Nielsen et al. 2020, "augmentation", also Huang et al.
@@ -142,31 +142,9 @@ class AugmentSurjection(RelaxedLayer):
     def __init__(
         self, dim: int, extra: int, hidden: Sequence[int] = (64,), context_dim: int = 0
     ) -> None:
-        super().__init__()
-        for name, v in (("dim", dim), ("extra", extra)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"AugmentSurjection: expected a positive int {name}, got {v!r}")
-        self.dim = dim
-        self.extra = extra
+        self.extra = check_size(extra, "extra", "AugmentSurjection")
+        super().__init__(dim, dim + self.extra)
         self.encoder = ConditionalNormal(dim, extra, hidden, context_dim)
-
-    def expected_data_shape(self) -> torch.Size:
-        return torch.Size((self.dim,))
-
-    def latent_shape(self, data_shape: torch.Size) -> torch.Size:
-        if tuple(data_shape) != (self.dim,):
-            raise ValueError(
-                f"AugmentSurjection: expected data shape ({self.dim},), got {tuple(data_shape)}"
-            )
-        return torch.Size((self.dim + self.extra,))
-
-    def data_shape(self, latent_shape: torch.Size) -> torch.Size:
-        want = (self.dim + self.extra,)
-        if tuple(latent_shape) != want:
-            raise ValueError(
-                f"AugmentSurjection: expected latent shape {want}, got {tuple(latent_shape)}"
-            )
-        return torch.Size((self.dim,))
 
     def _encode(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         e, log_q = self.encoder.rsample(x, context)
@@ -179,4 +157,5 @@ class AugmentSurjection(RelaxedLayer):
         return x.expand(log_q.shape + x.shape[-1:]), log_q
 
     def extra_repr(self) -> str:
+        """The data size, the number of appended dimensions and the context size."""
         return f"dim={self.dim}, extra={self.extra}, context_dim={self.encoder.context_dim}"

@@ -11,13 +11,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from pyro_relax.core import RelaxedLayer
+from pyro_relax.core import RelaxedLayer, check_size
 from pyro_relax.surjections.augment import ConditionalNormal
-
-
-def _check_num_bins(num_bins: int, name: str) -> None:
-    if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 1:
-        raise ValueError(f"{name}: expected a positive int num_bins, got {num_bins!r}")
 
 
 class _Dequantization(RelaxedLayer):
@@ -31,17 +26,23 @@ class _Dequantization(RelaxedLayer):
     def check_data(self, x: Tensor) -> None:
         name = f"{type(self).__name__}.encode"
         if x.is_floating_point() and bool((x != torch.floor(x)).any()):
-            raise ValueError(f"{name}: expected integer values in {{0, ..., {self.num_bins - 1}}}, "
-                             "got non-integer entries")
+            raise ValueError(
+                f"{name}: expected integer values in {{0, ..., {self.num_bins - 1}}}, "
+                "got non-integer entries"
+            )
         if bool(((x < 0) | (x > self.num_bins - 1)).any()):
             lo, hi = float(x.min()), float(x.max())
-            raise ValueError(f"{name}: expected integers in [0, {self.num_bins - 1}], "
-                             f"got values in [{lo:g}, {hi:g}]")
+            raise ValueError(
+                f"{name}: expected integers in [0, {self.num_bins - 1}], "
+                f"got values in [{lo:g}, {hi:g}]"
+            )
 
     def check_latent(self, z: Tensor) -> None:
         if bool(((z < 0) | (z > 1)).any()):
-            raise ValueError(f"{type(self).__name__}.decode: expected latent values in [0, 1], "
-                             f"got values in [{float(z.min()):g}, {float(z.max()):g}]")
+            raise ValueError(
+                f"{type(self).__name__}.decode: expected latent values in [0, 1], "
+                f"got values in [{float(z.min()):g}, {float(z.max()):g}]"
+            )
 
     def _margin(self, t: Tensor) -> float:
         # Rounding (x + u) / K * K errs by at most 1.5 K eps (three roundings of
@@ -87,11 +88,8 @@ class UniformDequantization(_Dequantization):
 
     def __init__(self, num_bins: int = 256, event_dim: int = 1) -> None:
         super().__init__()
-        _check_num_bins(num_bins, "UniformDequantization")
-        if not isinstance(event_dim, int) or isinstance(event_dim, bool) or event_dim < 1:
-            raise ValueError(
-                f"UniformDequantization: expected an int event_dim >= 1, got {event_dim!r}"
-            )
+        check_size(num_bins, "num_bins", "UniformDequantization")
+        check_size(event_dim, "event_dim", "UniformDequantization")
         self.num_bins = num_bins
         self.event_dim = event_dim
 
@@ -111,6 +109,7 @@ class UniformDequantization(_Dequantization):
         return x, self._log_k_per_event(z)
 
     def extra_repr(self) -> str:
+        """The number of bins and of event dimensions."""
         return f"num_bins={self.num_bins}, event_dim={self.event_dim}"
 
 
@@ -152,14 +151,14 @@ class VariationalDequantization(_Dequantization):
         self, dim: int, num_bins: int, hidden: Sequence[int] = (64,), context_dim: int = 0
     ) -> None:
         super().__init__()
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"VariationalDequantization: expected a positive int dim, got {dim!r}")
-        _check_num_bins(num_bins, "VariationalDequantization")
+        check_size(dim, "dim", "VariationalDequantization")
+        check_size(num_bins, "num_bins", "VariationalDequantization")
         self.dim = dim
         self.num_bins = num_bins
         self.noise = ConditionalNormal(dim, dim, hidden, context_dim)
 
     def expected_data_shape(self) -> torch.Size:
+        """The data event ``(dim,)``."""
         return torch.Size((self.dim,))
 
     def _features(self, x: Tensor) -> Tensor:
@@ -188,4 +187,5 @@ class VariationalDequantization(_Dequantization):
         return x.expand(log_q.shape + x.shape[-1:]), log_q + self.dim * math.log(self.num_bins)
 
     def extra_repr(self) -> str:
+        """The size, the number of bins and the context size."""
         return f"dim={self.dim}, num_bins={self.num_bins}, context_dim={self.noise.context_dim}"

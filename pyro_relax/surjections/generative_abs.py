@@ -10,11 +10,11 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from pyro_relax.core import RelaxedLayer, sum_event
+from pyro_relax.core import VectorLayer, sum_event
 from pyro_relax.nn.mlp import MLP
 
 
-class GenerativeAbs(RelaxedLayer):
+class GenerativeAbs(VectorLayer):
     r"""Generative ``x = |z|``; the density direction samples a sign, ``z = s x``.
 
     The generative-surjection counterpart of :class:`~pyro_relax.surjections.abs.AbsSurjection`
@@ -53,19 +53,16 @@ class GenerativeAbs(RelaxedLayer):
     exact = False
 
     def __init__(self, dim: int, hidden: Sequence[int] = (64,)) -> None:
-        super().__init__()
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"GenerativeAbs: expected a positive int dim, got {dim!r}")
-        self.dim = dim
+        super().__init__(dim)
         self.classifier = MLP(dim, dim, tuple(hidden), zero_last=True)
 
-    def expected_data_shape(self) -> torch.Size:
-        return torch.Size((self.dim,))
-
     def check_data(self, x: Tensor) -> None:
+        """Raise a ``ValueError`` for negative entries (the data side is ``|z|``)."""
         if bool((x < 0).any()):
-            raise ValueError(f"GenerativeAbs.encode: expected non-negative input, got "
-                             f"{int((x < 0).sum())} negative entries (min {float(x.min()):g})")
+            raise ValueError(
+                f"GenerativeAbs.encode: expected non-negative input, got "
+                f"{int((x < 0).sum())} negative entries (min {float(x.min()):g})"
+            )
 
     def _sign_log_probs(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Elementwise ``log q(+ | x)`` and ``log q(- | x)``."""
@@ -85,6 +82,3 @@ class GenerativeAbs(RelaxedLayer):
         log_pos, log_neg = self._sign_log_probs(x)
         log_q = torch.where(torch.signbit(z), log_neg, log_pos)  # -0.0 from encode is "-"
         return x, sum_event(log_q, 1)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pyro_relax.core import RelaxedLayer
+from pyro_relax.core import VectorLayer
 from pyro_relax.nn.mlp import MLP
 
 
@@ -38,7 +38,7 @@ def plackett_luce_log_prob(scores: Tensor, perm: Tensor) -> Tensor:
     return (s - tail).sum(-1)
 
 
-class GenerativeSort(RelaxedLayer):
+class GenerativeSort(VectorLayer):
     r"""Generative ``x = sort(z)``; the density direction samples an order, ``z = x[perm]``.
 
     The generative-surjection counterpart of sorting (Nielsen et al. 2020):
@@ -61,8 +61,7 @@ class GenerativeSort(RelaxedLayer):
         hidden: hidden sizes of the score network.
 
     References:
-        Nielsen, Jaini, Hoogeboom, Winther, Welling. SurVAE Flows: Surjections to
-        Bridge the Gap between VAEs and Flows. NeurIPS 2020 (arXiv 2007.02731).
+        Nielsen et al., SurVAE Flows, NeurIPS 2020 (arXiv 2007.02731).
         Plackett. The analysis of permutations. Applied Statistics, 1975.
         Kool, van Hoof, Welling. Stochastic beams and where to find them. ICML 2019.
 
@@ -81,20 +80,17 @@ class GenerativeSort(RelaxedLayer):
     exact = False
 
     def __init__(self, dim: int, hidden: Sequence[int] = (64,)) -> None:
-        super().__init__()
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"GenerativeSort: expected a positive int dim, got {dim!r}")
-        self.dim = dim
+        super().__init__(dim)
         self.scorer = MLP(dim, dim, tuple(hidden), zero_last=True)
 
-    def expected_data_shape(self) -> torch.Size:
-        return torch.Size((self.dim,))
-
     def check_data(self, x: Tensor) -> None:
+        """Raise a ``ValueError`` for vectors not sorted in ascending order."""
         bad = x[..., 1:] < x[..., :-1]
         if bool(bad.any()):
-            raise ValueError("GenerativeSort.encode: expected vectors sorted in ascending order, "
-                             f"got {int(bad.any(-1).sum())} unsorted vectors")
+            raise ValueError(
+                "GenerativeSort.encode: expected vectors sorted in ascending order, "
+                f"got {int(bad.any(-1).sum())} unsorted vectors"
+            )
 
     def _encode(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         scores = self.scorer(x)
@@ -108,6 +104,3 @@ class GenerativeSort(RelaxedLayer):
         x, order = z.sort(dim=-1)  # x_k = z_{order_k}
         perm = torch.argsort(order, dim=-1)  # z_i = x_{perm_i}
         return x, plackett_luce_log_prob(self.scorer(x), perm)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["MaxSurjection"]
+__all__ = [
+    "MaxSurjection",
+    "decode_max",
+    "max_contribution",
+    "merge_max",
+    "sample_index",
+    "split_max",
+]
 
 import math
 from collections.abc import Sequence
@@ -10,16 +17,22 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pyro_relax.core import RelaxedLayer
+from pyro_relax.core import VectorLayer, append_context, check_size
 from pyro_relax.nn.mlp import MLP
 
 
-def _split_max(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def split_max(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Split the last dimension into ``(max, log gaps of the others, argmax)``.
 
     Returns ``m`` of shape ``batch + (1,)``, ``g = log(m - r)`` of shape
     ``batch + (D - 1,)`` for the other entries ``r`` in their original relative
     order, and the argmax ``k`` of shape ``batch + (1,)``.
+
+    Example:
+        >>> import torch
+        >>> m, g, k = split_max(torch.tensor([0.0, 2.0, 1.0]))
+        >>> m, g.exp(), k
+        (tensor([2.]), tensor([2., 1.]), tensor([1]))
     """
     d = x.shape[-1]
     m, k = torch.max(x, dim=-1, keepdim=True)
@@ -29,8 +42,15 @@ def _split_max(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return m, torch.log(m - r), k
 
 
-def _merge_max(m: Tensor, g: Tensor, k: Tensor) -> Tensor:
-    """Inverse of :func:`_split_max` for a given argmax ``k``: put ``m`` back at ``k``."""
+def merge_max(m: Tensor, g: Tensor, k: Tensor) -> Tensor:
+    """Inverse of :func:`split_max` for a given argmax ``k``: put ``m`` back at ``k``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([0.0, 2.0, 1.0])
+        >>> merge_max(*split_max(x))
+        tensor([0., 2., 1.])
+    """
     d = g.shape[-1] + 1
     src = torch.cat([m, m - torch.exp(g)], dim=-1)  # (m, r_0, ..., r_{D-2})
     i = torch.arange(d, device=g.device)
@@ -40,13 +60,59 @@ def _merge_max(m: Tensor, g: Tensor, k: Tensor) -> Tensor:
     return torch.gather(src, -1, index)
 
 
-def _sample_index(log_probs: Tensor) -> Tensor:
-    """One draw of a categorical per row by the Gumbel-max trick (keeps the last dim as 1)."""
+def sample_index(log_probs: Tensor) -> Tensor:
+    """One draw of a categorical per row by the Gumbel-max trick (keeps the last dim as 1).
+
+    Example:
+        >>> import torch
+        >>> sample_index(torch.tensor([[0.0, -float("inf")]]))
+        tensor([[0]])
+    """
     u = torch.rand_like(log_probs).clamp_min(torch.finfo(log_probs.dtype).tiny)
     return torch.argmax(log_probs - torch.log(-torch.log(u)), dim=-1, keepdim=True)
 
 
-class MaxSurjection(RelaxedLayer):
+def max_contribution(log_probs: Tensor, k: Tensor, g: Tensor) -> Tensor:
+    """``log p(k | z) - sum_j g_j``: the contribution of the max surjection, per row.
+
+    Arguments:
+        log_probs: ``log p(position | z)``, shape ``batch + (D,)``.
+        k: the position of the maximum, ``batch + (1,)`` (broadcast to ``log_probs``).
+        g: the log gaps, ``batch + (D - 1,)``.
+
+    Example:
+        >>> import math, torch
+        >>> lp = torch.full((3,), -math.log(3))
+        >>> round(float(max_contribution(lp, torch.tensor([1]), torch.zeros(2))), 4)
+        -1.0986
+    """
+    k = k.expand(log_probs.shape[:-1] + (1,))
+    return torch.gather(log_probs, -1, k).squeeze(-1) - g.sum(-1)
+
+
+def decode_max(log_probs: Tensor, m: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """Draw the position of the maximum and rebuild the rows; return ``(x, V)``.
+
+    Arguments:
+        log_probs: ``log p(position | z)``, shape ``batch + (D,)``.
+        m: the maxima, ``batch + (1,)``.
+        g: the log gaps, ``batch + (D - 1,)``.
+
+    Returns:
+        the rows ``x`` (``batch + (D,)``) and the contribution ``V`` of the
+        pair (``batch``); the decoder's path weight is ``-V``.
+
+    Example:
+        >>> import torch
+        >>> x, v = decode_max(torch.zeros(2), torch.tensor([1.0]), torch.zeros(1))
+        >>> sorted(x.tolist()), float(v)
+        ([0.0, 1.0], 0.0)
+    """
+    k = sample_index(log_probs.detach())
+    return merge_max(m, g, k), max_contribution(log_probs, k, g)
+
+
+class MaxSurjection(VectorLayer):
     r"""Max surjection with a learned decoder for the rest: ``x -> (max, log gaps)``.
 
     For ``x`` in ``R^D`` with argmax ``k`` and maximum ``m = x_k``, ``encode``
@@ -97,59 +163,37 @@ class MaxSurjection(RelaxedLayer):
         context_dim: int = 0,
         learned: bool = True,
     ) -> None:
-        super().__init__()
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 2:
-            raise ValueError(f"MaxSurjection: expected an int dim >= 2, got {dim!r}")
-        if not isinstance(context_dim, int) or isinstance(context_dim, bool) or context_dim < 0:
-            raise ValueError(
-                f"MaxSurjection: expected an int context_dim >= 0, got {context_dim!r}"
-            )
+        super().__init__(dim, min_dim=2)
+        context_dim = check_size(context_dim, "context_dim", "MaxSurjection", minimum=0)
         if context_dim and not learned:
             raise ValueError(
                 f"MaxSurjection: a context needs the learned classifier, got "
                 f"context_dim={context_dim} with learned=False"
             )
-        self.dim = dim
         self.context_dim = context_dim
         self.learned = bool(learned)
         self.classifier = MLP(dim + context_dim, dim, hidden, zero_last=True) if learned else None
-
-    def expected_data_shape(self) -> torch.Size:
-        return torch.Size((self.dim,))
 
     def _log_probs(self, z: Tensor, context: Tensor | None) -> Tensor:
         """``log p(k | z)`` for every ``k``, shape ``batch + (D,)``."""
         if self.classifier is None:
             return torch.full_like(z, -math.log(self.dim))
-        if self.context_dim:
-            if context is None or context.shape[-1] != self.context_dim:
-                got = None if context is None else tuple(context.shape)
-                raise ValueError(
-                    f"MaxSurjection: expected a context of last size {self.context_dim}, got {got}"
-                )
-            batch = torch.broadcast_shapes(z.shape[:-1], context.shape[:-1])
-            z = torch.cat(
-                [z.expand(batch + z.shape[-1:]), context.expand(batch + context.shape[-1:])], -1
-            )
-        return torch.log_softmax(self.classifier(z), dim=-1)
+        h = append_context(z, context, self.context_dim, "MaxSurjection")
+        return torch.log_softmax(self.classifier(h), dim=-1)
 
     def _encode(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        m, g, k = _split_max(x)
+        m, g, k = split_max(x)
         z = torch.cat([m, g], dim=-1)
-        log_probs = self._log_probs(z, context)
-        log_pk = torch.gather(log_probs, -1, k.expand(log_probs.shape[:-1] + (1,))).squeeze(-1)
-        return z, log_pk - g.sum(-1)
+        return z, max_contribution(self._log_probs(z, context), k, g)
 
     def _decode(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         log_probs = self._log_probs(z, context)
-        k = _sample_index(log_probs.detach())
-        log_pk = torch.gather(log_probs, -1, k).squeeze(-1)
         z = z.expand(log_probs.shape)
-        m, g = z[..., :1], z[..., 1:]
-        x = _merge_max(m, g, k)
-        return x, -(log_pk - g.sum(-1))
+        x, v = decode_max(log_probs, z[..., :1], z[..., 1:])
+        return x, -v
 
     def extra_repr(self) -> str:
+        """The size, the kind of position model and the context size."""
         kind = "learned position" if self.learned else "uniform position"
         ctx = f", context_dim={self.context_dim}" if self.context_dim else ""
         return f"dim={self.dim}, {kind}{ctx}"

@@ -9,8 +9,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.core import RelaxedLayer, sum_event
-from pyro_relax.surjections.max import _merge_max, _sample_index, _split_max
+from pyro_relax.core import RelaxedLayer, check_size, sum_event
+from pyro_relax.surjections.max import decode_max, max_contribution, split_max
 
 
 class MaxPool2dSurjection(RelaxedLayer):
@@ -37,8 +37,7 @@ class MaxPool2dSurjection(RelaxedLayer):
         learned: learn ``p(position | pooled maxima)``; ``False`` for ``1/4``.
 
     References:
-        Nielsen, Jaini, Hoogeboom, Winther, Welling. SurVAE Flows: Surjections to
-        Bridge the Gap between VAEs and Flows. NeurIPS 2020 (arXiv 2007.02731).
+        Nielsen et al., SurVAE Flows, NeurIPS 2020 (as :class:`MaxSurjection`).
 
     Example:
         >>> import torch
@@ -59,8 +58,7 @@ class MaxPool2dSurjection(RelaxedLayer):
     def __init__(self, channels: int, hidden: int = 16, learned: bool = True) -> None:
         super().__init__()
         for name, v in (("channels", channels), ("hidden", hidden)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"MaxPool2dSurjection: expected a positive int {name}, got {v!r}")
+            check_size(v, name, "MaxPool2dSurjection")
         self.channels = channels
         self.learned = bool(learned)
         self.net: nn.Module | None = None
@@ -72,10 +70,12 @@ class MaxPool2dSurjection(RelaxedLayer):
 
     # -- shapes ---------------------------------------------------------------
     def latent_shape(self, data_shape: torch.Size) -> torch.Size:
+        """``(4C, H/2, W/2)`` for the image event ``(C, H, W)``."""
         c, h, w = self._check_data_event(tuple(data_shape))
         return torch.Size((4 * c, h // 2, w // 2))
 
     def data_shape(self, latent_shape: torch.Size) -> torch.Size:
+        """``(C, H, W)`` for the latent event ``(4C, H/2, W/2)``."""
         c4, h, w = self._check_latent_event(tuple(latent_shape))
         return torch.Size((c4 // 4, 2 * h, 2 * w))
 
@@ -123,24 +123,21 @@ class MaxPool2dSurjection(RelaxedLayer):
 
     def _encode(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         self._check_data_event(tuple(x.shape[-3:]))
-        m, g, k = _split_max(self._to_blocks(x))  # (..., C, h, w, 1 | 3 | 1)
+        m, g, k = split_max(self._to_blocks(x))  # (..., C, h, w, 1 | 3 | 1)
         m = m.squeeze(-1)
-        log_pk = torch.gather(self._log_probs(m), -1, k).squeeze(-1)
         gaps = g.movedim(-1, -4).flatten(-4, -3)  # (..., 3C, h, w)
         z = torch.cat([m, gaps], dim=-3)
-        return z, sum_event(log_pk - g.sum(-1), 3)
+        return z, sum_event(max_contribution(self._log_probs(m), k, g), 3)
 
     def _decode(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         self._check_latent_event(tuple(z.shape[-3:]))
         c = self.channels
         m = z[..., :c, :, :]
         g = z[..., c:, :, :].unflatten(-3, (3, c)).movedim(-4, -1)  # (..., C, h, w, 3)
-        log_probs = self._log_probs(m)
-        k = _sample_index(log_probs.detach())
-        log_pk = torch.gather(log_probs, -1, k).squeeze(-1)
-        x = self._from_blocks(_merge_max(m.unsqueeze(-1), g, k))
-        return x, -sum_event(log_pk - g.sum(-1), 3)
+        blocks, v = decode_max(self._log_probs(m), m.unsqueeze(-1), g)
+        return self._from_blocks(blocks), -sum_event(v, 3)
 
     def extra_repr(self) -> str:
+        """The number of channels and the kind of position model."""
         kind = "learned position" if self.learned else "uniform position"
         return f"channels={self.channels}, {kind}"

@@ -7,7 +7,7 @@ __all__ = ["StochasticPermutation"]
 import torch
 from torch import Tensor
 
-from pyro_relax.core import RelaxedLayer
+from pyro_relax.core import RelaxedLayer, check_size
 
 
 class StochasticPermutation(RelaxedLayer):
@@ -29,8 +29,7 @@ class StochasticPermutation(RelaxedLayer):
         event_dim: number of event dimensions; the last one is permuted.
 
     References:
-        Nielsen, Jaini, Hoogeboom, Winther, Welling. SurVAE Flows: Surjections to
-        Bridge the Gap between VAEs and Flows. NeurIPS 2020 (arXiv 2007.02731).
+        Nielsen et al., SurVAE Flows, NeurIPS 2020 (arXiv 2007.02731), section 3.
 
     Example:
         >>> import torch
@@ -47,11 +46,7 @@ class StochasticPermutation(RelaxedLayer):
 
     def __init__(self, event_dim: int = 1) -> None:
         super().__init__()
-        if not isinstance(event_dim, int) or isinstance(event_dim, bool) or event_dim < 1:
-            raise ValueError(
-                f"StochasticPermutation: expected an int event_dim >= 1, got {event_dim!r}"
-            )
-        self.event_dim = event_dim
+        self.event_dim = check_size(event_dim, "event_dim", "StochasticPermutation")
 
     def _shuffle(self, t: Tensor) -> tuple[Tensor, Tensor]:
         batch = self._batch_shape(t, self.event_dim)
@@ -67,4 +62,5 @@ class StochasticPermutation(RelaxedLayer):
         return self._shuffle(z)
 
     def extra_repr(self) -> str:
+        """The number of event dimensions."""
         return f"event_dim={self.event_dim}"

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import softplus
 
-from pyro_relax.core import RelaxedLayer
+from pyro_relax.core import VectorLayer, append_context, check_size
 from pyro_relax.nn.mlp import MLP
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -19,7 +19,7 @@ _SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_ONE) = 1
 _MIN_SCALE = 1e-4
 
 
-class SliceSurjection(RelaxedLayer):
+class SliceSurjection(VectorLayer):
     r"""``z = x[..., :keep]``; decoding draws the dropped entries from ``p(x_drop | x_keep)``.
 
     Inference surjection (Nielsen et al. 2020): the dropped ``D - keep``
@@ -61,40 +61,17 @@ class SliceSurjection(RelaxedLayer):
     def __init__(
         self, dim: int, keep: int, hidden: Sequence[int] = (64,), context_dim: int = 0
     ) -> None:
-        super().__init__()
-        for name, v in (("dim", dim), ("keep", keep)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise ValueError(f"SliceSurjection: expected an int {name}, got {v!r}")
-        if keep < 1 or keep >= dim:
+        check_size(dim, "dim", "SliceSurjection", minimum=2)
+        check_size(keep, "keep", "SliceSurjection")
+        if keep >= dim:
             raise ValueError(
                 f"SliceSurjection: expected 1 <= keep < dim, got keep={keep} with dim={dim} "
                 "(a slice keeping more dimensions than exist, or none, is not a surjection)"
             )
-        if not isinstance(context_dim, int) or isinstance(context_dim, bool) or context_dim < 0:
-            raise ValueError(
-                f"SliceSurjection: expected an int context_dim >= 0, got {context_dim!r}"
-            )
-        self.dim = dim
+        super().__init__(dim, keep)
         self.keep = keep
-        self.context_dim = context_dim
+        self.context_dim = check_size(context_dim, "context_dim", "SliceSurjection", minimum=0)
         self.decoder = MLP(keep + context_dim, 2 * (dim - keep), hidden, zero_last=True)
-
-    def expected_data_shape(self) -> torch.Size:
-        return torch.Size((self.dim,))
-
-    def latent_shape(self, data_shape: torch.Size) -> torch.Size:
-        if tuple(data_shape) != (self.dim,):
-            raise ValueError(
-                f"SliceSurjection: expected data event ({self.dim},), got {tuple(data_shape)}"
-            )
-        return torch.Size((self.keep,))
-
-    def data_shape(self, latent_shape: torch.Size) -> torch.Size:
-        if tuple(latent_shape) != (self.keep,):
-            raise ValueError(
-                f"SliceSurjection: expected latent event ({self.keep},), got {tuple(latent_shape)}"
-            )
-        return torch.Size((self.dim,))
 
     def decoder_params(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Location and scale of ``p(x_drop | z)``.
@@ -106,18 +83,8 @@ class SliceSurjection(RelaxedLayer):
         Returns:
             ``(loc, scale)``, each of shape ``batch + (dim - keep,)``.
         """
-        if self.context_dim:
-            if context is None or context.shape[-1] != self.context_dim:
-                got = None if context is None else tuple(context.shape)
-                raise ValueError(
-                    f"SliceSurjection: expected a context of last size {self.context_dim}, "
-                    f"got {got}"
-                )
-            batch = torch.broadcast_shapes(z.shape[:-1], context.shape[:-1])
-            z = torch.cat(
-                [z.expand(batch + z.shape[-1:]), context.expand(batch + context.shape[-1:])], -1
-            )
-        loc, raw = self.decoder(z).chunk(2, dim=-1)
+        h = append_context(z, context, self.context_dim, "SliceSurjection")
+        loc, raw = self.decoder(h).chunk(2, dim=-1)
         return loc, softplus(raw + _SOFTPLUS_ONE) + _MIN_SCALE
 
     @staticmethod
@@ -137,5 +104,6 @@ class SliceSurjection(RelaxedLayer):
         return x, -self._normal_log_prob(x_drop, loc, scale)
 
     def extra_repr(self) -> str:
+        """The sizes of the data, of the kept part and of the context."""
         ctx = f", context_dim={self.context_dim}" if self.context_dim else ""
         return f"dim={self.dim}, keep={self.keep}{ctx}"

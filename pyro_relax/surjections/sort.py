@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from pyro_relax.core import RelaxedLayer
+from pyro_relax.core import RelaxedLayer, check_size
 
 
 class SortSurjection(RelaxedLayer):
@@ -49,9 +49,7 @@ class SortSurjection(RelaxedLayer):
 
     def __init__(self, event_dim: int = 1) -> None:
         super().__init__()
-        if not isinstance(event_dim, int) or isinstance(event_dim, bool) or event_dim < 1:
-            raise ValueError(f"SortSurjection: expected an int event_dim >= 1, got {event_dim!r}")
-        self.event_dim = event_dim
+        self.event_dim = check_size(event_dim, "event_dim", "SortSurjection")
 
     def _log_p(self, t: Tensor) -> Tensor:
         """``-(rows) log D!`` with the batch shape of ``t``."""
@@ -61,6 +59,7 @@ class SortSurjection(RelaxedLayer):
         return t.new_full(self._batch_shape(t, self.event_dim), value)
 
     def check_latent(self, z: Tensor) -> None:
+        """Raise a ``ValueError`` unless ``z`` is sorted along the last dimension."""
         if z.shape[-1] > 1 and not bool((z[..., 1:] >= z[..., :-1]).all()):
             raise ValueError(
                 "SortSurjection.decode: expected z sorted ascending along the last dimension, "
@@ -78,4 +77,5 @@ class SortSurjection(RelaxedLayer):
         return x, -self._log_p(z)
 
     def extra_repr(self) -> str:
+        """The number of event dimensions."""
         return f"event_dim={self.event_dim}"

@@ -13,7 +13,6 @@ __all__ = [
     "get_target",
 ]
 
-from typing import Any
 
 from pyro_relax.targets.banana import Banana
 from pyro_relax.targets.base import Target
@@ -32,7 +31,7 @@ TARGETS: dict[str, type[Target]] = {
 }
 
 
-def get_target(name: str, **kwargs: Any) -> Target:
+def get_target(name: str, **kwargs: object) -> Target:
     """Build a registered target by name.
 
     Arguments:

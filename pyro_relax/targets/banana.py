@@ -10,7 +10,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from pyro_relax.targets.base import Target, _integer, _positive, _real
+from pyro_relax.core.checks import check_int, check_positive, check_real
+from pyro_relax.targets.base import Target
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -56,12 +57,10 @@ class Banana(Target):
         self, dim: int = 2, sigma1: float = 2.0, sigma2: float = 1.0, b: float = 0.5
     ) -> None:
         name = type(self).__name__
-        super().__init__(_integer(dim, "dim", name, 2))
-        s1, s2 = _positive(sigma1, "sigma1", name), _positive(sigma2, "sigma2", name)
-        b_ = _real(b, "b", name)
-        dtype = torch.get_default_dtype()
-        for key, value in (("sigma1", s1), ("sigma2", s2), ("b", b_)):
-            self.register_buffer(key, torch.tensor(value, dtype=dtype))
+        super().__init__(check_int(dim, "dim", name, minimum=2))
+        s1, s2 = check_positive(sigma1, "sigma1", name), check_positive(sigma2, "sigma2", name)
+        b_ = check_real(b, "b", name)
+        self.register_constants(sigma1=s1, sigma2=s2, b=b_)
         self._params = (s1, s2, b_)
         self._log_Z = 0.0
 

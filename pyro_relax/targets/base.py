@@ -4,7 +4,6 @@ from __future__ import annotations
 
 __all__ = ["Target"]
 
-import math
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -13,34 +12,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.core.switch import validation_enabled
-
-
-def _real(value: object, name: str, owner: str) -> float:
-    """Return ``value`` as a finite float, or raise ``TypeError``/``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{owner}: expected a real number for {name}, got {type(value).__name__}")
-    out = float(value)
-    if not math.isfinite(out):
-        raise ValueError(f"{owner}: expected a finite {name}, got {value!r}")
-    return out
-
-
-def _positive(value: object, name: str, owner: str) -> float:
-    """Return ``value`` as a finite positive float, or raise."""
-    out = _real(value, name, owner)
-    if out <= 0.0:
-        raise ValueError(f"{owner}: expected {name} > 0, got {value!r}")
-    return out
-
-
-def _integer(value: object, name: str, owner: str, minimum: int) -> int:
-    """Return ``value`` as an int at least ``minimum``, or raise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{owner}: expected an int for {name}, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise ValueError(f"{owner}: expected {name} >= {minimum}, got {value!r}")
-    return int(value)
+from pyro_relax.core.checks import check_event_shape, check_finite, check_int
 
 
 class Target(nn.Module, ABC):
@@ -81,7 +53,7 @@ class Target(nn.Module, ABC):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.dim = _integer(dim, "dim", type(self).__name__, 1)
+        self.dim = check_int(dim, "dim", type(self).__name__, minimum=1)
         # Carries the module's device and dtype for samples.
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
@@ -95,23 +67,41 @@ class Target(nn.Module, ABC):
         """The log normalizer ``log int exp(log_prob(x)) dx`` (float64 accuracy)."""
         return self._log_Z
 
-    def _check(self, x: Tensor, method: str) -> None:
+    def register_constants(self, **values: float) -> None:
+        """Register each float of ``values`` as a 0-dim buffer in the default dtype.
+
+        Buffers move and cast with the module (``.to(device)``, ``.double()``);
+        :meth:`_log_prob` reads them with ``.to(x.dtype)``.
+
+        Example:
+            >>> from pyro_relax.targets import NealFunnel
+            >>> target = NealFunnel()
+            >>> target.register_constants(tilt=0.5)
+            >>> float(target.tilt)
+            0.5
+        """
+        dtype = torch.get_default_dtype()
+        for key, value in values.items():
+            self.register_buffer(key, torch.tensor(value, dtype=dtype))
+
+    def check_points(self, x: object, method: str) -> None:
+        """Raise unless ``x`` is a finite floating tensor of event shape ``(dim,)``.
+
+        Arguments:
+            x: the input of ``method``.
+            method: the entry point, named in the messages.
+
+        Raises:
+            TypeError: ``x`` is not a floating-point tensor.
+            ValueError: another event shape, or NaN or inf entries.
+        """
         name = f"{type(self).__name__}.{method}"
         if not isinstance(x, Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
-        if x.dim() < 1 or x.shape[-1] != self.dim:
-            got = tuple(x.shape[-1:])
-            raise ValueError(
-                f"{name}: expected event shape ({self.dim},), got {got} "
-                f"(input shape {tuple(x.shape)})"
-            )
-        if validation_enabled() and x.device.type != "meta":
-            finite = torch.isfinite(x)
-            if not bool(finite.all()):
-                n_bad = int((~finite).sum())
-                raise ValueError(f"{name}: expected finite values, got {n_bad} NaN or inf entries")
+        check_event_shape(x, (self.dim,), name)
+        check_finite(x, name)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """The unnormalized log density.
@@ -122,7 +112,7 @@ class Target(nn.Module, ABC):
         Returns:
             A tensor of shape ``batch_shape`` in the dtype of ``x``.
         """
-        self._check(x, "log_prob")
+        self.check_points(x, "log_prob")
         out = self._log_prob(x)
         if not isinstance(out, Tensor) or out.shape != x.shape[:-1] or out.dtype != x.dtype:
             got = (

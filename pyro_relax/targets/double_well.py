@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_relax.core.switch import validation_enabled
-from pyro_relax.targets.base import Target, _integer, _positive, _real
+from pyro_relax.core.checks import check_finite, check_int, check_positive, check_real
+from pyro_relax.targets.base import Target
 
 
 def _quartic_grid(a: float, b: float, c: float, n: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -101,12 +101,10 @@ class DoubleWell(Target):
     ) -> None:
         super().__init__(2)
         name = type(self).__name__
-        a_, d_ = _positive(a, "a", name), _positive(d, "d", name)
-        b_, c_ = _real(b, "b", name), _real(c, "c", name)
-        n = _integer(n_grid, "n_grid", name, 3)
-        dtype = torch.get_default_dtype()
-        for key, value in (("a", a_), ("b", b_), ("c", c_), ("d", d_)):
-            self.register_buffer(key, torch.tensor(value, dtype=dtype))
+        a_, d_ = check_positive(a, "a", name), check_positive(d, "d", name)
+        b_, c_ = check_real(b, "b", name), check_real(c, "c", name)
+        n = check_int(n_grid, "n_grid", name, minimum=3)
+        self.register_constants(a=a_, b=b_, c=c_, d=d_)
         grid, cdf, log_z1 = _quartic_grid(a_, b_, c_, n)
         # Kept in float64 (until the module is cast) so the inverse CDF stays fine.
         self.register_buffer("_grid", torch.from_numpy(grid))
@@ -124,9 +122,22 @@ class DoubleWell(Target):
         a, b, c = (t.to(x1.dtype) for t in (self.a, self.b, self.c))
         return a / 4 * x1**4 - b / 2 * x1**2 + c * x1
 
-    def _log_prob(self, x: Tensor) -> Tensor:
+    def energy(self, x: Tensor) -> Tensor:
+        """The energy ``u(x) = -log_prob(x)`` of points ``batch + (2,)``, without input checks.
+
+        For callers that have checked ``x`` already (:class:`ManyWell` applies
+        it to all its pairs at once).
+
+        Example:
+            >>> import torch
+            >>> float(DoubleWell().energy(torch.zeros(2)))
+            0.0
+        """
         x1, x2 = x[..., 0], x[..., 1]
-        return -self._u1(x1) - self.d.to(x.dtype) / 2 * x2**2
+        return self._u1(x1) + self.d.to(x.dtype) / 2 * x2**2
+
+    def _log_prob(self, x: Tensor) -> Tensor:
+        return -self.energy(x)
 
     def free_energy_x1(self, x1: Tensor) -> Tensor:
         """The exact free energy ``-log p(x_1)`` of the ``x_1`` marginal (in units of kT).
@@ -141,8 +152,7 @@ class DoubleWell(Target):
         if not isinstance(x1, Tensor) or not x1.is_floating_point():
             got = x1.dtype if isinstance(x1, Tensor) else type(x1).__name__
             raise TypeError(f"{name}: expected a floating-point tensor, got {got}")
-        if validation_enabled() and x1.device.type != "meta" and not bool(x1.isfinite().all()):
-            raise ValueError(f"{name}: expected finite values, got NaN or inf entries")
+        check_finite(x1, name)
         return self._u1(x1) + self._log_Z_x1
 
     def _sample_x1(self, sample_shape: torch.Size) -> Tensor:

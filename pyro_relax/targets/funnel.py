@@ -10,7 +10,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from pyro_relax.targets.base import Target, _integer, _positive
+from pyro_relax.core.checks import check_int, check_positive
+from pyro_relax.targets.base import Target
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -46,9 +47,9 @@ class NealFunnel(Target):
     scale: Tensor
 
     def __init__(self, dim: int = 10, scale: float = 3.0) -> None:
-        super().__init__(_integer(dim, "dim", type(self).__name__, 2))
-        s = _positive(scale, "scale", type(self).__name__)
-        self.register_buffer("scale", torch.tensor(s, dtype=torch.get_default_dtype()))
+        super().__init__(check_int(dim, "dim", type(self).__name__, minimum=2))
+        s = check_positive(scale, "scale", type(self).__name__)
+        self.register_constants(scale=s)
         self._scale = s
         self._log_Z = 0.0
 

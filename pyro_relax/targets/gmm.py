@@ -10,7 +10,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from pyro_relax.targets.base import Target, _integer, _positive
+from pyro_relax.core.checks import check_int, check_positive
+from pyro_relax.targets.base import Target
 
 
 class GaussianMixture40(Target):
@@ -64,16 +65,15 @@ class GaussianMixture40(Target):
     ) -> None:
         super().__init__(2)
         name = type(self).__name__
-        k = _integer(n_modes, "n_modes", name, 1)
-        half_width = _positive(loc_scale, "loc_scale", name)
-        s = _positive(scale, "scale", name)
-        seed_ = _integer(seed, "seed", name, 0)
+        k = check_int(n_modes, "n_modes", name, minimum=1)
+        half_width = check_positive(loc_scale, "loc_scale", name)
+        s = check_positive(scale, "scale", name)
+        seed_ = check_int(seed, "seed", name, minimum=0)
         generator = torch.Generator(device="cpu").manual_seed(seed_)
         unit = torch.rand((k, 2), generator=generator, dtype=torch.float64)
         locs = (2.0 * unit - 1.0) * half_width
-        dtype = torch.get_default_dtype()
-        self.register_buffer("locs", locs.to(dtype))
-        self.register_buffer("scale", torch.tensor(s, dtype=dtype))
+        self.register_buffer("locs", locs.to(torch.get_default_dtype()))
+        self.register_constants(scale=s)
         self._config = (k, half_width, s, seed_)
         self._log_Z = 0.0
 

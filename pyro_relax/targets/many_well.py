@@ -9,7 +9,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from pyro_relax.targets.base import Target, _integer
+from pyro_relax.core.checks import check_int
+from pyro_relax.targets.base import Target
 from pyro_relax.targets.double_well import DoubleWell
 
 
@@ -21,22 +22,18 @@ class ManyWell(Target):
     density has ``2^(dim/2)`` modes. ``log_Z = (dim / 2) * DoubleWell.log_Z``;
     exact samples by sampling every pair.
 
-    The default coefficients are those of :class:`DoubleWell` (the SNF
-    double well). FAB's many-well target uses ``log p = -x_1^4 + 6 x_1^2 +
-    x_1 / 2 - x_2^2 / 2`` per pair, i.e. ``a=4, b=12, c=-0.5, d=1``;
-    :meth:`fab` builds that one.
+    The coefficients of every well and their defaults are those of
+    :class:`DoubleWell` (the SNF double well). FAB's many-well target uses
+    ``log p = -x_1^4 + 6 x_1^2 + x_1 / 2 - x_2^2 / 2`` per pair, i.e.
+    ``a=4, b=12, c=-0.5, d=1``; :meth:`fab` builds that one.
 
     Arguments:
         dim: the even total dimension.
-        a: quartic coefficient of every well, > 0.
-        b: quadratic coefficient.
-        c: linear tilt.
-        d: precision of the Gaussian coordinates, > 0.
+        **coefficients: ``a``, ``b``, ``c``, ``d`` (and ``n_grid``) of every
+            well, passed to :class:`DoubleWell`.
 
     References:
-        Midgley, Stimper, Simm, Schoelkopf and Hernandez-Lobato, "Flow
-        Annealed Importance Sampling Bootstrap", ICLR 2023 (arXiv 2208.01893),
-        section 4.2.
+        The FAB paper of :class:`GaussianMixture40` (Midgley et al., ICLR 2023), section 4.2.
 
     Example:
         >>> import torch
@@ -49,20 +46,13 @@ class ManyWell(Target):
 
     has_exact_samples: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        dim: int = 32,
-        a: float = 1.0,
-        b: float = 6.0,
-        c: float = 1.0,
-        d: float = 1.0,
-    ) -> None:
-        dim = _integer(dim, "dim", type(self).__name__, 2)
+    def __init__(self, dim: int = 32, **coefficients: float) -> None:
+        dim = check_int(dim, "dim", type(self).__name__, minimum=2)
         if dim % 2:
             raise ValueError(f"{type(self).__name__}: expected an even dim, got {dim}")
         super().__init__(dim)
         self.n_wells = dim // 2
-        self.well = DoubleWell(a=a, b=b, c=c, d=d)
+        self.well = DoubleWell(**coefficients)
         self._log_Z = self.n_wells * self.well.log_Z
 
     @classmethod
@@ -72,10 +62,10 @@ class ManyWell(Target):
 
     def _log_prob(self, x: Tensor) -> Tensor:
         pairs = x.reshape(x.shape[:-1] + (self.n_wells, 2))
-        return self.well._log_prob(pairs).sum(-1)
+        return -self.well.energy(pairs).sum(-1)
 
     def _sample(self, sample_shape: torch.Size) -> Tensor:
-        pairs = self.well._sample(sample_shape + (self.n_wells,))
+        pairs = self.well.sample(sample_shape + (self.n_wells,))
         return pairs.reshape(sample_shape + (self.dim,))
 
     def extra_repr(self) -> str:

@@ -38,10 +38,14 @@ __all__ = [
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TypeVar
 
 import torch
 from hypothesis import HealthCheck, settings
+
+from pyro_relax.core.checks import check_size
+
+_T = TypeVar("_T")
 
 #: The exception types a clean failure may raise.
 CLEAN_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError)
@@ -77,8 +81,7 @@ def fuzz_settings(max_examples: int = 10, slow_examples: int = SLOW_EXAMPLES) ->
         ValueError: if a count is not a positive int.
     """
     for name, n in (("max_examples", max_examples), ("slow_examples", slow_examples)):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"fuzz_settings: expected {name} a positive int, got {n!r}")
+        check_size(n, name, "fuzz_settings")
     return settings(
         derandomize=True,
         deadline=None,
@@ -87,12 +90,12 @@ def fuzz_settings(max_examples: int = 10, slow_examples: int = SLOW_EXAMPLES) ->
     )
 
 
-def _walk(value: Any, path: str) -> list[tuple[str, Any]]:
+def _walk(value: object, path: str) -> list[tuple[str, object]]:
     """Every leaf of a nested result, with a readable path."""
     if isinstance(value, torch.Tensor | float | int | bool) or value is None:
         return [(path, value)]
     if isinstance(value, Mapping):
-        out: list[tuple[str, Any]] = []
+        out: list[tuple[str, object]] = []
         for k, v in value.items():
             out.extend(_walk(v, f"{path}[{k!r}]"))
         return out
@@ -105,7 +108,7 @@ def _walk(value: Any, path: str) -> list[tuple[str, Any]]:
     return [(path, value)]
 
 
-def assert_finite(value: Any, entry_point: str = "result") -> None:
+def assert_finite(value: object, entry_point: str = "result") -> None:
     """Raise ``AssertionError`` if any floating tensor or float inside ``value`` is NaN or inf.
 
     Arguments:
@@ -130,7 +133,7 @@ def assert_finite(value: Any, entry_point: str = "result") -> None:
             raise AssertionError(f"{path}: silent non-finite result {leaf}")
 
 
-def _check_shape(leaf: Any, want: Sequence[int] | torch.Size | None, path: str) -> None:
+def _check_shape(leaf: object, want: Sequence[int] | torch.Size | None, path: str) -> None:
     if want is None:
         return
     if not isinstance(leaf, torch.Tensor):
@@ -140,15 +143,15 @@ def _check_shape(leaf: Any, want: Sequence[int] | torch.Size | None, path: str) 
 
 
 def assert_clean_failure(
-    call: Callable[[], Any],
+    call: Callable[[], _T],
     entry_point: str | Sequence[str],
     *,
     shape: Sequence[int] | torch.Size | None = None,
     shapes: Sequence[Sequence[int] | torch.Size | None] | None = None,
-    check: Callable[[Any], None] | None = None,
+    check: Callable[[_T], None] | None = None,
     finite: bool = True,
     errors: tuple[type[BaseException], ...] = CLEAN_ERRORS,
-) -> Any:
+) -> _T | BaseException:
     """Run ``call()``; it must either succeed cleanly or fail cleanly.
 
     Arguments:
@@ -225,8 +228,8 @@ def assert_clean_failure(
 
 
 def check_rejects_or_finite(
-    fn: Callable[..., Any], *args: Any, name: str | Sequence[str], **kwargs: Any
-) -> Any:
+    fn: Callable[..., _T], *args: object, name: str | Sequence[str], **kwargs: object
+) -> _T | BaseException:
     """``assert_clean_failure(lambda: fn(*args, **kwargs), name)``: the short form.
 
     Arguments:

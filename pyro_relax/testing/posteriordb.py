@@ -53,6 +53,17 @@ def _is_db(path: Path) -> bool:
     return path.is_dir() and all((path / name).is_dir() for name in POSTERIOR_NAMES)
 
 
+def _checked_db(raw: str | os.PathLike[str], described: str | None) -> Path:
+    """``raw`` resolved, or ``FileNotFoundError`` naming it (as ``described``) if no database."""
+    found = Path(raw).expanduser().resolve()
+    if not _is_db(found):
+        raise FileNotFoundError(
+            f"find_posteriordb: {described or found} does not hold the posterior folders "
+            f"{POSTERIOR_NAMES}"
+        )
+    return found
+
+
 def find_posteriordb(path: str | os.PathLike[str] | None = None) -> Path:
     """Locate the folder that holds the posteriordb posteriors of :data:`POSTERIOR_NAMES`.
 
@@ -78,22 +89,10 @@ def find_posteriordb(path: str | os.PathLike[str] | None = None) -> Path:
     if path is not None:
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"find_posteriordb: expected a path, got {type(path).__name__}")
-        explicit = Path(path).expanduser().resolve()
-        if not _is_db(explicit):
-            raise FileNotFoundError(
-                f"find_posteriordb: {explicit} does not hold the posterior folders "
-                f"{POSTERIOR_NAMES}"
-            )
-        return explicit
+        return _checked_db(path, None)
     env = os.environ.get(ENV_VAR)
     if env:
-        from_env = Path(env).expanduser().resolve()
-        if not _is_db(from_env):
-            raise FileNotFoundError(
-                f"find_posteriordb: ${ENV_VAR}={env} does not hold the posterior folders "
-                f"{POSTERIOR_NAMES}"
-            )
-        return from_env
+        return _checked_db(env, f"${ENV_VAR}={env}")
     tried = [
         (_REPO_ROOT / ".." / "shared" / "posteriordb").resolve(),
         (Path.cwd() / ".." / "shared" / "posteriordb").resolve(),
@@ -116,7 +115,7 @@ def _check_name(name: str) -> None:
 
 
 @functools.lru_cache(maxsize=32)
-def _read_zipped_json(folder: Path, prefix: str) -> Any:
+def _read_zipped_json(folder: Path, prefix: str) -> dict[str, Any] | list[Any]:
     files = sorted(folder.glob(f"{prefix}*.json.zip"))
     if len(files) != 1:
         raise FileNotFoundError(f"expected one {prefix}*.json.zip in {folder}, found {len(files)}")

@@ -141,22 +141,21 @@ def bad_inputs(
 
 
 def bad_tensors(
-    event_shape: Sequence[int],
-    dtype: torch.dtype = torch.float32,
-    *,
-    kinds: Sequence[str] = BAD_KINDS,
-    max_batch_dims: int = 2,
-    device: torch.device | str = "cpu",
+    event_shape: Sequence[int], dtype: torch.dtype = torch.float32, **options: object
 ) -> st.SearchStrategy[torch.Tensor]:
     """Bad tensors for an entry point that expects ``event_shape`` and ``dtype``.
 
     The same as :func:`bad_inputs` without the kind label (the kind is shown
     by ``hypothesis.note`` when a test fails).
 
+    Arguments:
+        event_shape: the event shape the entry point expects.
+        dtype: the floating dtype it expects.
+        **options: the keyword options of :func:`bad_inputs` (``kinds``,
+            ``max_batch_dims``, ``device``).
+
     Example:
         >>> from hypothesis import given
         >>> strategy = bad_tensors((2,), kinds=("nan", "int"))
     """
-    return bad_inputs(
-        event_shape, dtype, kinds=kinds, max_batch_dims=max_batch_dims, device=device
-    ).map(lambda kt: kt[1])
+    return bad_inputs(event_shape, dtype, **options).map(lambda kt: kt[1])
