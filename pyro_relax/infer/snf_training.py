@@ -315,13 +315,14 @@ class SNFTrainer:
 
     def _reschedule(self, step: int) -> None:
         """Point the cosine schedule at the given ``steps`` and ``lr`` from ``step`` on."""
-        self.scheduler.T_max = self.steps
-        self.scheduler.base_lrs = [self.lr for _ in self.optimizer.param_groups]
         lr_now = 0.5 * self.lr * (1.0 + math.cos(math.pi * step / self.steps))
         for group in self.optimizer.param_groups:
             group["initial_lr"] = self.lr
             group["lr"] = lr_now
-        self.scheduler._last_lr = [lr_now for _ in self.optimizer.param_groups]
+        state = self.scheduler.state_dict()  # through the scheduler's public state
+        n = len(self.optimizer.param_groups)
+        state.update(T_max=self.steps, base_lrs=[self.lr] * n, _last_lr=[lr_now] * n)
+        self.scheduler.load_state_dict(state)
 
     def save(self) -> None:
         """Write the checkpoint file (no-op without a ``checkpoint`` path)."""

@@ -295,7 +295,10 @@ class RNGStateMixin:
 def finite_or_raise(module: L.LightningModule, loss: Tensor, owner: str) -> None:
     """Raise on every worker together when any worker's loss is NaN or inf."""
     bad = (~torch.isfinite(loss.detach())).to(loss.dtype)
-    trainer = module._trainer  # None outside a fit (the property would raise)
+    try:
+        trainer = module.trainer
+    except RuntimeError:  # not attached to a Trainer (outside a fit)
+        trainer = None
     if trainer is not None and trainer.world_size > 1:
         bad = trainer.strategy.reduce(bad, reduce_op="max")
     if bool(bad):

@@ -37,18 +37,22 @@ The model's density in unconstrained space is in
 from __future__ import annotations
 
 __all__ = [
+    "DTYPES",
     "RelaxedGuideMixin",
+    "check_dtype",
     "check_flow_config",
     "check_init_gaussian",
     "check_init_scale",
     "check_model",
     "check_num_samples",
+    "default_dtype",
 ]
 
 import math
 import numbers
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pyro.distributions as dist
@@ -56,13 +60,46 @@ import torch
 from pyro.poutine.runtime import get_plates
 from torch import Tensor
 
-from pyro_relax.core import check_finite
+from pyro_relax.core import check_finite, check_int
 from pyro_relax.diagnostics.psis import importance_ess, khat_verdict, psis_khat
 from pyro_relax.infer.guides.potential import PotentialMixin, plate_nesting
 from pyro_relax.stochastic.snf import log_Z_from_log_weights
 
 _QUANTILE_SAMPLES = 1000
 _FLOW_KINDS = ("spline", "affine", "iaf")
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+"""The dtypes a fit may run in, by name."""
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Run a block with ``dtype`` as torch's default dtype (restored afterwards).
+
+    Example:
+        >>> with default_dtype(torch.float64):
+        ...     torch.zeros(1).dtype
+        torch.float64
+    """
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def check_dtype(dtype: object, owner: str) -> torch.dtype:
+    """``"float32"``/``"float64"`` or a floating ``torch.dtype`` as a ``torch.dtype``.
+
+    Example:
+        >>> check_dtype("float64", "fit")
+        torch.float64
+    """
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    raise ValueError(f"{owner}: expected dtype 'float32' or 'float64', got {dtype!r}")
 
 
 def check_num_samples(n: object, name: str, minimum: int = 1) -> int:
@@ -72,11 +109,7 @@ def check_num_samples(n: object, name: str, minimum: int = 1) -> int:
         >>> check_num_samples(5, "f")
         5
     """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{name}: expected an int num_samples, got {type(n).__name__}")
-    if n < minimum:
-        raise ValueError(f"{name}: expected num_samples >= {minimum}, got {n}")
-    return int(n)
+    return check_int(n, "num_samples", name, minimum)
 
 
 def check_model(model: object, owner: str) -> None:
@@ -207,6 +240,14 @@ class RelaxedGuideMixin(PotentialMixin):
         """Draw ``(z, log_q)`` of shapes ``sample_shape + (latent_dim,)`` and ``sample_shape``."""
 
     # -- Pyro plumbing -------------------------------------------------------
+    def setup(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401 - the model's arguments
+        """Trace the model with these arguments and build the guide's modules, without drawing.
+
+        What the guide's first call does; the modules are made in torch's
+        default dtype.
+        """
+        self._setup_prototype(*args, **kwargs)
+
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
         super()._setup_prototype(*args, **kwargs)  # type: ignore[misc]
         self._model_args = (args, kwargs)

@@ -109,7 +109,7 @@ def strong_wolfe(
     def fallback() -> tuple[LineSearchResult | None, int]:
         if best is None:
             return None, evals
-        return best._replace(num_evals=evals), evals
+        return LineSearchResult(best.step, best.x, best.f, best.g, evals), evals
 
     def zoom(lo: float, f_lo: float, d_lo: float, hi: float, f_hi: float) -> tuple:
         while evals < max_evals:
