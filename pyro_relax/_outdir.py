@@ -30,7 +30,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pandas import DataFrame
+    from torch import Tensor
 
 MARKER = ".pyro-relax-run.json"
 _SIGNALS = tuple(
@@ -47,7 +51,7 @@ class Interrupted(BaseException):
         self.written = written
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
+def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
@@ -232,11 +236,11 @@ def write_results(
     diagnostics: dict[str, Any],
     *,
     chains: int = 1,
-    log_w: Any = None,
+    log_w: Tensor | None = None,
     elbo: list[float] | None = None,
-    mcmc: Any = None,
+    mcmc: object = None,
     seed: int = 0,
-) -> Any:
+) -> DataFrame:
     """Write posterior.nc, summary.csv, diagnostics.json, the plots and report.html into ``tmp``.
 
     Returns the summary table (a ``pandas.DataFrame``).
@@ -286,7 +290,7 @@ def write_results(
     return table
 
 
-def _json(value: Any) -> Any:
+def _json(value: object) -> float | str:
     """JSON for what ``json`` cannot write itself (numpy scalars, dtypes, ...)."""
     try:
         return float(value)

@@ -17,7 +17,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -26,10 +26,16 @@ from pyro_relax.density_fit.data import BUILTIN, load_data, split_data
 from pyro_relax.density_fit.flows import FLOWS, build_flow, save_density_model
 from pyro_relax.distributions.flow import Flow
 
+if TYPE_CHECKING:  # lightning is imported only when a fit runs
+    from pyro_relax.lightning import DensityModule
 
-def add_density_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``density`` subcommand (its own options; the CLI adds --out, --force,
-    --device, --seed and --no-progress as for ``fit``) and return its parser."""
+
+def add_density_parser(subparsers: Any) -> argparse.ArgumentParser:  # noqa: ANN401 - no public type
+    """Add the ``density`` subcommand with its own options and return its parser.
+
+    The CLI adds ``--out``, ``--force``, ``--device``, ``--seed`` and
+    ``--no-progress`` as for ``fit``.
+    """
     p = subparsers.add_parser("density", help="fit a flow to data (.npy, .csv or a built-in set)")
     p.add_argument("data", help=f"a .npy or .csv file (points x columns) or one of {BUILTIN}")
     p.add_argument("--flow", choices=list(FLOWS), default="spline",
@@ -158,7 +164,8 @@ def run_density(args: argparse.Namespace, out_dir: str | os.PathLike[str]) -> di
 
 
 @torch.no_grad()
-def _metrics(module: Any, train: Tensor, val: Tensor, test: Tensor, config: dict[str, Any],
+def _metrics(module: DensityModule, train: Tensor, val: Tensor, test: Tensor,
+             config: dict[str, Any],
              args: argparse.Namespace, seconds: float, log_csv: Path, best: str) -> dict[str, Any]:
     module.eval()
     d, per_bit = train.shape[1], train.shape[1] * math.log(2.0)

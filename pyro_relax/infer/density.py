@@ -84,8 +84,10 @@ def fit_density(
 def evaluate_nll(
     flow: Flow, data: Tensor, num_particles: int = 100, batch_size: int = 1024
 ) -> float:
-    """Mean negative log-likelihood in nats: exact for exact stacks, else the
-    importance-weighted estimate with ``num_particles`` (an upper bound on the NLL).
+    """Mean negative log-likelihood in nats (exact stacks), else its importance-weighted bound.
+
+    For a stack with bound layers the estimate uses ``num_particles``
+    importance samples per point (an upper bound on the NLL).
 
     Example:
         >>> import torch

@@ -43,7 +43,7 @@ def fit_fab_guide(
     seed: int = 0,
     progress: bool = True,
     dtype: str | torch.dtype = "float64",
-    **trainer_kwargs: Any,
+    **trainer_kwargs: Any,  # noqa: ANN401 - FABTrainer options
 ) -> tuple[AutoFlowGuide, dict[str, Any]]:
     """Build an affine-coupling :class:`AutoFlowGuide` for ``model`` and train its flow by FAB.
 

@@ -361,7 +361,7 @@ class SNFTrainer:
         return self.history
 
 
-def train_snf(snf: StochasticNormalizingFlow, steps: int, **kwargs: Any) -> dict[str, list[float]]:
+def train_snf(snf: StochasticNormalizingFlow, steps: int, **kwargs: Any) -> dict[str, list[float]]:  # noqa: ANN401
     """Shortcut for ``SNFTrainer(snf, steps, **kwargs).run()``.
 
     Example:

@@ -14,7 +14,7 @@ __all__ = [
 ]
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -159,8 +159,8 @@ class StepSampler(DistributedSampler):
         kwargs: ``num_replicas``, ``rank``, ``shuffle``, ``seed`` of ``DistributedSampler``.
     """
 
-    def __init__(self, dataset: Dataset, global_step: Any, local_batch: int,
-                 **kwargs: Any) -> None:
+    def __init__(self, dataset: Dataset, global_step: Callable[[], int], local_batch: int,
+                 **kwargs: Any) -> None:  # noqa: ANN401 - DataLoader's options
         super().__init__(dataset, drop_last=True, **kwargs)
         self.global_step, self.local_batch = global_step, local_batch
         self.steps_per_epoch = max(1, self.num_samples // local_batch)
@@ -169,7 +169,7 @@ class StepSampler(DistributedSampler):
     def set_epoch(self, epoch: int) -> None:
         """Ignored: the epoch follows the optimizer step."""
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[object]:
         step = int(self.global_step())
         self.epoch, self._skip = divmod(step, self.steps_per_epoch)
         items = list(super().__iter__())
@@ -241,8 +241,11 @@ class ShardedData(L.LightningDataModule):
 
 
 def _own_generator(seed: int) -> torch.Generator:
-    """A generator for a DataLoader's base seed, so creating an iterator draws nothing from
-    torch's global RNG (which the modules' noise uses and checkpoints carry)."""
+    """A generator for a DataLoader's base seed, seeded with ``seed``.
+
+    Creating an iterator then draws nothing from torch's global RNG (which the
+    modules' noise uses and checkpoints carry).
+    """
     return torch.Generator().manual_seed(seed)
 
 
@@ -286,7 +289,7 @@ class RNGStateMixin:
                              f"with as many, got {world}")
         self._pending_rng = states[rank].to(torch.uint8)
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
         if self._pending_rng is not None:
             torch.set_rng_state(self._pending_rng)
             self._pending_rng = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = ["DensityModule"]
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -16,7 +17,7 @@ from pyro_relax.distributions.flow import Flow
 from pyro_relax.lightning._trainer import RNGStateMixin, finite_or_raise
 
 
-def _first(batch: Any) -> Tensor:
+def _first(batch: Tensor | Sequence[Tensor]) -> Tensor:
     return batch[0] if isinstance(batch, list | tuple) else batch
 
 
@@ -63,7 +64,8 @@ class DensityModule(RNGStateMixin, L.LightningModule):
         self.bits_per_dim = bool(bits_per_dim)
         self.history: list[float] = []  # this worker's training losses, one per step
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:  # noqa: ANN401
+        """The mean negative log-likelihood (bound) of the batch."""
         x = _first(batch)
         with validation(False):  # checked once by whoever built the data
             loss = -self.flow.log_prob(x).mean()
@@ -80,7 +82,8 @@ class DensityModule(RNGStateMixin, L.LightningModule):
             lp = d.log_prob(x) if d.exact else d.log_prob_iw(x, self.num_particles)
         return -lp
 
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:  # noqa: ANN401
+        """The validation NLL of the batch (logged as ``val_nll``)."""
         x = _first(batch)
         nll = self.nll(x).mean()
         self.log("val_nll", nll, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
@@ -91,4 +94,5 @@ class DensityModule(RNGStateMixin, L.LightningModule):
         return nll
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam on the flow's parameters."""
         return torch.optim.Adam(self.flow.parameters(), lr=self.lr)

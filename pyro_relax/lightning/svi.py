@@ -57,9 +57,11 @@ class IndexedDataset(Dataset):
         self.size = lengths.pop() if tensors else int(size)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
+        """The number of items (the plate's size)."""
         return self.size
 
     def __getitem__(self, i: int) -> tuple[Tensor, ...]:
+        """The index ``i`` as a tensor, then ``t[i]`` of every tensor."""
         return (torch.tensor(i),) + tuple(t[i] for t in self.tensors)
 
 
@@ -116,7 +118,8 @@ class SVIModule(RNGStateMixin, L.LightningModule):
         if attach is not None:
             attach(self.model)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:  # noqa: ANN401
+        """The ELBO loss of the batch's subsample."""
         loss = self.loss_fn(*batch)
         finite_or_raise(self, loss, "SVIModule")
         self.log("train_loss", loss, on_step=True, on_epoch=False, sync_dist=True,
@@ -125,6 +128,7 @@ class SVIModule(RNGStateMixin, L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam on the model's and the guide's parameters."""
         return torch.optim.Adam(self.loss_fn.parameters(), lr=self.lr)
 
 

@@ -86,6 +86,7 @@ class PrioritizedBuffer:
         self.head = 0  # the next slot to write: the oldest entry once full
 
     def __len__(self) -> int:
+        """The number of stored samples."""
         return self.size
 
     @property

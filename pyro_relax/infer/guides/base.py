@@ -206,6 +206,7 @@ class RelaxedGuideMixin(PotentialMixin):
         self._vectorize: bool | None = None
 
     def __getstate__(self) -> dict[str, Any]:
+        """The pickled state, without the model and its arguments."""
         # like AutoGuide: the model (often a local function) and its data are not pickled
         state = dict(super().__getstate__())  # type: ignore[misc]
         state["_raw_model"] = (None,)
@@ -248,14 +249,14 @@ class RelaxedGuideMixin(PotentialMixin):
         """
         self._setup_prototype(*args, **kwargs)
 
-    def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
+    def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
         super()._setup_prototype(*args, **kwargs)  # type: ignore[misc]
         self._model_args = (args, kwargs)
         self._max_plate_nesting = plate_nesting(self._raw_model[0], args, kwargs)
         self._vectorize = None
         self._build(self._init_loc())
 
-    def get_posterior(self, *args: Any, **kwargs: Any) -> dist.Delta:
+    def get_posterior(self, *args: Any, **kwargs: Any) -> dist.Delta:  # noqa: ANN401
         """Draw a path sample and return it as a Delta carrying its log-density estimate.
 
         The sample has one draw per element of the enclosing vectorized plates
@@ -268,7 +269,7 @@ class RelaxedGuideMixin(PotentialMixin):
 
     # -- the common API --------------------------------------------------------
     def sample_unconstrained(
-        self, num_samples: int, *args: Any, **kwargs: Any
+        self, num_samples: int, *args: Any, **kwargs: Any  # noqa: ANN401 - the model's arguments
     ) -> tuple[Tensor, Tensor]:
         """Draw unconstrained latents and their path log-density estimates (no gradients).
 
@@ -280,16 +281,12 @@ class RelaxedGuideMixin(PotentialMixin):
         Returns:
             ``(z, log_q)`` of shapes ``(n, latent_dim)`` and ``(n,)``.
         """
-        n = check_num_samples(num_samples, f"{type(self).__name__}.sample_unconstrained")
-        self._ensure_setup(args, kwargs)
-        if args or kwargs:
-            self._model_args = (args, kwargs)
         with torch.no_grad():
-            z, log_q = self._draw(torch.Size([n]))
+            z, log_q = self._draw_for(num_samples, "sample_unconstrained", args, kwargs)
         return z.detach(), log_q.detach()
 
     def rsample_unconstrained(
-        self, num_samples: int, *args: Any, **kwargs: Any
+        self, num_samples: int, *args: Any, **kwargs: Any  # noqa: ANN401 - the model's arguments
     ) -> tuple[Tensor, Tensor]:
         """Reparametrized draws and their path log-density estimates (with gradients).
 
@@ -299,14 +296,20 @@ class RelaxedGuideMixin(PotentialMixin):
         Returns:
             ``(z, log_q)`` of shapes ``(n, latent_dim)`` and ``(n,)``.
         """
-        n = check_num_samples(num_samples, f"{type(self).__name__}.rsample_unconstrained")
+        return self._draw_for(num_samples, "rsample_unconstrained", args, kwargs)
+
+    def _draw_for(
+        self, num_samples: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Tensor, Tensor]:
+        """Check ``num_samples``, set up with (and remember) the model's arguments, draw."""
+        n = check_num_samples(num_samples, f"{type(self).__name__}.{method}")
         self._ensure_setup(args, kwargs)
         if args or kwargs:
             self._model_args = (args, kwargs)
         return self._draw(torch.Size([n]))
 
     def importance_weights(
-        self, num_samples: int, *args: Any, **kwargs: Any
+        self, num_samples: int, *args: Any, **kwargs: Any  # noqa: ANN401 - the model's arguments
     ) -> tuple[dict[str, Tensor], Tensor]:
         """Draws from the guide and their log importance weights (no gradients).
 
@@ -324,7 +327,7 @@ class RelaxedGuideMixin(PotentialMixin):
         return samples, log_w
 
     def importance_diagnostics(
-        self, num_samples: int = 1000, *args: Any, **kwargs: Any
+        self, num_samples: int = 1000, *args: Any, **kwargs: Any  # noqa: ANN401
     ) -> dict[str, Any]:
         """PSIS k-hat, its verdict, IS effective sample size, ``log Z`` and ELBO estimates.
 
@@ -359,7 +362,7 @@ class RelaxedGuideMixin(PotentialMixin):
 
     @torch.no_grad()
     def quantiles(
-        self, quantiles: Sequence[float] | Tensor, *args: Any, **kwargs: Any
+        self, quantiles: Sequence[float] | Tensor, *args: Any, **kwargs: Any  # noqa: ANN401
     ) -> dict[str, Tensor]:
         """Posterior quantiles of each latent site, estimated from 1000 guide draws.
 
@@ -374,6 +377,6 @@ class RelaxedGuideMixin(PotentialMixin):
         return {k: torch.quantile(v, q, dim=0) for k, v in samples.items()}
 
     @torch.no_grad()
-    def median(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:  # noqa: ANN401
         """Posterior median of each latent site, estimated from 1000 guide draws."""
         return {k: v[0] for k, v in self.quantiles([0.5], *args, **kwargs).items()}

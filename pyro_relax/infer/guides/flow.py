@@ -85,6 +85,7 @@ class LocScaleTransform(TransformModule):
         return (x - self.loc) * torch.exp(-self.log_scale)
 
     def log_abs_det_jacobian(self, z: Tensor, x: Tensor | None) -> Tensor:
+        """``sum(log_scale)`` for every row of ``z``."""
         return self.log_scale.sum(-1).expand(z.shape[:-1])
 
 
@@ -156,7 +157,7 @@ def build_flow_layers(
 
 
 def make_flow(
-    layers: list[RelaxedLayer], latent_dim: int, owner: str, cls: type = Flow, **kwargs: Any
+    layers: list[RelaxedLayer], latent_dim: int, owner: str, cls: type = Flow, **kwargs: Any  # noqa: ANN401
 ) -> Flow:
     """A ``Flow`` whose base shape is read back from the layers; checks the event shape."""
     shape = torch.Size([latent_dim])
@@ -312,7 +313,7 @@ class AutoFlowGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
         loc = self.flow._zero.new_zeros(self.latent_dim)
         return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
 
-    def get_transform(self, *args: Any, **kwargs: Any) -> Transform:
+    def get_transform(self, *args: Any, **kwargs: Any) -> Transform:  # noqa: ANN401
         """The transform from ``N(0, I)`` to the guide's unconstrained latent (bijective stacks).
 
         Raises:

@@ -29,6 +29,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.transforms import biject_to
+from pyro.infer.autoguide import AutoContinuous
 from pyro.poutine.runtime import get_plates
 from torch import Tensor
 
@@ -124,7 +125,7 @@ class PotentialMixin:
     def _args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict]:
         return (args, kwargs) if args or kwargs else self._model_args
 
-    def log_joint_unconstrained(self, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    def log_joint_unconstrained(self, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:  # noqa: ANN401
         """``log p(x, T(z)) + log|det dT/dz|``: minus the potential energy at ``z``.
 
         Differentiable in ``z``. Vectorized over any batch shape (see the
@@ -315,7 +316,7 @@ class ModelPotential(PotentialMixin):
 
     def __init__(
         self,
-        guide: Any,
+        guide: AutoContinuous,
         model: Callable[..., Any],
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,

@@ -328,8 +328,10 @@ class AutoSNFGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
     def tune_step_sizes(
         self, rounds: int = 10, batch_size: int = 256, target_accept: float = 0.7
     ) -> list[float]:
-        """Tune the Metropolis-adjusted blocks' step sizes by a pilot run (see
-        :func:`~pyro_relax.stochastic.pullback.tune_step_sizes`); returns them."""
+        """Tune the Metropolis-adjusted blocks' step sizes by a pilot run; return them.
+
+        See :func:`~pyro_relax.stochastic.pullback.tune_step_sizes`.
+        """
         if self.prototype_trace is None:
             raise RuntimeError(f"{type(self).__name__}.tune_step_sizes: run the guide once first")
         return tune_step_sizes(self.snf, rounds=rounds, batch_size=batch_size,

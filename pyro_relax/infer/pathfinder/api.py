@@ -17,7 +17,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -145,7 +144,9 @@ class _Counted:
         return _evaluate(self.log_p, z, _NAME)
 
 
-def _starts(init: Any, num_paths: int, radius: float, generator: Any) -> Tensor:
+def _starts(
+    init: object, num_paths: int, radius: float, generator: torch.Generator | None
+) -> Tensor:
     if not isinstance(init, Tensor):
         raise TypeError(f"{_NAME}: expected init to be a torch.Tensor, got {type(init).__name__}")
     if not init.dtype.is_floating_point:

@@ -171,6 +171,7 @@ class LBFGSHistory:
         self.skipped = 0
 
     def __len__(self) -> int:
+        """The number of kept ``(s, y)`` pairs."""
         return len(self.s)
 
     def update(self, s: Tensor, y: Tensor) -> bool:

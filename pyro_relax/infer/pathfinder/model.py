@@ -50,7 +50,7 @@ def pathfinder_for_model(
     init_radius: float = 2.0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
-    **kwargs: Any,
+    **kwargs: Any,  # noqa: ANN401 - pathfinder options
 ) -> PathfinderResult:
     """Run :func:`~pyro_relax.infer.pathfinder.pathfinder` on a Pyro model's posterior.
 
