@@ -21,7 +21,7 @@ so the ESS and ``log Z`` it reports are the unbiased ones.
 
 from __future__ import annotations
 
-__all__ = ["FABTrainer", "fab_loss"]  # fab_loss: at home in pyro_relax.train.fab_loss
+__all__ = ["FABTrainer", "fab_loss"]  # fab_loss: at home in pyro_relax.train.fab_losses
 
 import math
 import numbers
@@ -44,7 +44,7 @@ from pyro_relax.train.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from pyro_relax.train.fab_loss import buffer_loss, fab_loss, relative_ess
+from pyro_relax.train.fab_losses import buffer_loss, fab_loss, relative_ess
 
 _OWNER = "FABTrainer"
 
