@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pyro_relax.core.checks import check_int
 from pyro_relax.core.switch import validation
 from pyro_relax.distributions.flow import Flow
 
@@ -55,10 +56,8 @@ def fit_density(
     """
     if not isinstance(flow, Flow):
         raise TypeError(f"fit_density: expected a pyro_relax Flow, got {type(flow).__name__}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"fit_density: expected steps >= 1, got {steps!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"fit_density: expected batch_size >= 1, got {batch_size!r}")
+    check_int(steps, "steps", "fit_density", 1)
+    check_int(batch_size, "batch_size", "fit_density", 1)
     flow(None)._check_value(data)  # one validation of the whole data set
     torch.manual_seed(seed)
     opt = torch.optim.Adam(flow.parameters(), lr=lr)

@@ -25,6 +25,8 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from pyro_relax.core.checks import check_int
+
 ACCELERATORS = ("cpu", "gpu")
 STRATEGIES = {
     "auto": "one process (or Lightning's choice for the devices)",
@@ -120,8 +122,7 @@ def make_trainer(
     check_strategy(strategy)
     for name, v in (("max_steps", max_steps), ("checkpoint_every_n_epochs",
                     checkpoint_every_n_epochs), ("val_every_n_epochs", val_every_n_epochs)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"make_trainer: expected {name} a positive int, got {v!r}")
+        check_int(v, name, "make_trainer", 1)
     chosen: Any = strategy
     if strategy in ("ddp", "ddp_spawn"):
         backend = "nccl" if accelerator == "gpu" else "gloo"
@@ -201,8 +202,7 @@ class ShardedData(L.LightningDataModule):
     def __init__(self, train: Dataset, val: Dataset | None = None, *, batch_size: int = 256,
                  shuffle: bool = True, seed: int = 0) -> None:
         super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"ShardedData: expected a positive int batch_size, got {batch_size!r}")
+        check_int(batch_size, "batch_size", "ShardedData", 1)
         n = len(train)  # type: ignore[arg-type]
         if n < batch_size:
             raise ValueError(f"ShardedData: expected at least batch_size={batch_size} training "

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from pyro_relax.core.checks import check_int
 from pyro_relax.core.switch import validation
 from pyro_relax.distributions.flow import Flow
 from pyro_relax.lightning._trainer import RNGStateMixin, finite_or_raise
@@ -56,9 +57,7 @@ class DensityModule(RNGStateMixin, L.LightningModule):
             raise TypeError(f"DensityModule: expected a pyro_relax Flow, got {type(flow).__name__}")
         if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"DensityModule: expected a positive finite lr, got {lr!r}")
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) \
-                or num_particles < 1:
-            raise ValueError(f"DensityModule: expected num_particles >= 1, got {num_particles!r}")
+        check_int(num_particles, "num_particles", "DensityModule", 1)
         self.flow = flow
         self.lr, self.num_particles, self.seed = float(lr), num_particles, int(seed)
         self.bits_per_dim = bool(bits_per_dim)

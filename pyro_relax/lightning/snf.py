@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from pyro_relax.core.checks import check_int
 from pyro_relax.core.switch import validation
 from pyro_relax.infer.snf_training import mixed_kl_loss
 from pyro_relax.lightning._trainer import RNGStateMixin, finite_or_raise
@@ -45,8 +46,7 @@ class StepData(L.LightningDataModule):
     def __init__(self, batch_size: int = 256, steps_per_epoch: int = 100) -> None:
         super().__init__()
         for name, v in (("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"StepData: expected a positive int {name}, got {v!r}")
+            check_int(v, name, "StepData", 1)
         self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
 
     def train_dataloader(self) -> DataLoader:

@@ -49,7 +49,6 @@ __all__ = [
 ]
 
 import math
-import numbers
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -60,7 +59,7 @@ import torch
 from pyro.poutine.runtime import get_plates
 from torch import Tensor
 
-from pyro_relax.core import check_finite, check_int
+from pyro_relax.core import check_finite, check_int, check_positive
 from pyro_relax.diagnostics.psis import importance_ess, khat_verdict, psis_khat
 from pyro_relax.infer.guides.potential import PotentialMixin, plate_nesting
 from pyro_relax.stochastic.snf import log_Z_from_log_weights
@@ -120,12 +119,7 @@ def check_model(model: object, owner: str) -> None:
 
 def check_init_scale(init_scale: object, owner: str) -> float:
     """Return ``init_scale`` as a positive finite float or raise ``ValueError``."""
-    if isinstance(init_scale, bool) or not isinstance(init_scale, numbers.Real):
-        raise TypeError(f"{owner}: expected a float init_scale, got {type(init_scale).__name__}")
-    value = float(init_scale)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{owner}: expected init_scale > 0 (finite), got {init_scale!r}")
-    return value
+    return check_positive(init_scale, "init_scale", owner)
 
 
 def check_init_gaussian(value: object, owner: str) -> tuple[Tensor, Tensor] | None:
@@ -154,8 +148,7 @@ def check_init_gaussian(value: object, owner: str) -> tuple[Tensor, Tensor] | No
 def check_flow_config(owner: str, num_layers: object, hidden: object, kind: object) -> None:
     """Validate the default-stack options of a flow guide."""
     for name, v in (("num_layers", num_layers), ("hidden", hidden)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{owner}: expected an int {name} >= 1, got {v!r}")
+        check_int(v, name, owner, 1)
     if kind not in _FLOW_KINDS:
         raise ValueError(f"{owner}: expected kind in {_FLOW_KINDS}, got {kind!r}")
 

@@ -156,8 +156,7 @@ def run_mcmc(
         ("warmup_steps", warmup_steps, 0),
         ("num_chains", num_chains, 1),
     ):
-        if not isinstance(v, int) or v < lowest:
-            raise ValueError(f"run_mcmc: expected an int {name} >= {lowest}, got {v!r}")
+        check_int(v, name, "run_mcmc", lowest)
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {list(KERNELS)}")
     method = KERNELS[kernel]
