@@ -12,11 +12,13 @@ Used only by :mod:`pyro_relax.cli`, the one place that writes files. A run
    the new one renamed into place, and only then the old one deleted, with
    SIGINT/SIGTERM held back meanwhile; or, on failure, removes the temporary
    folder and the parents it made (:meth:`Output.discard`).
+
+:func:`write_results` writes what ``fit`` and ``mcmc`` put into that temporary folder.
 """
 
 from __future__ import annotations
 
-__all__ = ["MARKER", "Interrupted", "Output", "check_out"]
+__all__ = ["MARKER", "Interrupted", "Output", "check_out", "signals_raise", "write_results"]
 
 import json
 import os
@@ -28,7 +30,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pandas import DataFrame
+    from torch import Tensor
 
 MARKER = ".pyro-relax-run.json"
 _SIGNALS = tuple(
@@ -45,7 +51,7 @@ class Interrupted(BaseException):
         self.written = written
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
+def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
@@ -221,3 +227,72 @@ class Output:
         except BaseException:
             self.discard()
             raise
+
+
+# -- what a run writes -----------------------------------------------------------
+def write_results(
+    tmp: Path,
+    samples: dict[str, Any],
+    diagnostics: dict[str, Any],
+    *,
+    chains: int = 1,
+    log_w: Tensor | None = None,
+    elbo: list[float] | None = None,
+    mcmc: object = None,
+    seed: int = 0,
+) -> DataFrame:
+    """Write posterior.nc, summary.csv, diagnostics.json, the plots and report.html into ``tmp``.
+
+    Returns the summary table (a ``pandas.DataFrame``).
+
+    With log weights (a guide's draws), the ``posterior`` group and the summary
+    hold the PSIS-corrected posterior (resampled, equally weighted) and the raw
+    draws with their weights go into the group ``guide_draws``.
+    """
+    import numpy as np
+
+    from pyro_relax.diagnostics import (
+        plot_elbo,
+        plot_khat,
+        plot_pairs,
+        summarize,
+        to_inference_data,
+    )
+    from pyro_relax.diagnostics.report import write_report
+    from pyro_relax.diagnostics.resample import corrected_inference_data
+
+    flat = {
+        k: v.detach().cpu().reshape((-1,) + tuple(v.shape[2 if mcmc else 1 :])).numpy()
+        for k, v in samples.items()
+    }
+    lw = None if log_w is None else log_w.detach().cpu().double().numpy()
+    if lw is not None and lw.shape[0] >= 25:
+        idata, info = corrected_inference_data(flat, lw, elbo_trace=elbo, seed=seed)
+        diagnostics["posterior"] = {"corrected_by": "PSIS resampling", **info}
+        shown = {k: np.asarray(idata["posterior"][k]).reshape((-1,) + v.shape[1:])
+                 for k, v in flat.items()}
+    else:
+        idata = to_inference_data(flat, log_weights=lw, elbo_trace=elbo, chains=chains)
+        shown = flat
+    idata.to_netcdf(str(tmp / "posterior.nc"))
+    table = summarize(idata)
+    table.to_csv(tmp / "summary.csv")
+    diagnostics["min_ess_bulk"] = float(np.nanmin(table["ess_bulk"]))
+    if chains > 1:
+        diagnostics["max_r_hat"] = float(np.nanmax(table["r_hat"]))
+    (tmp / "diagnostics.json").write_text(json.dumps(diagnostics, indent=2, default=_json) + "\n")
+    plot_pairs(shown, path=tmp / "pairs.png")
+    if elbo:
+        plot_elbo(elbo, path=tmp / "elbo.png")
+    if "khat" in diagnostics:
+        plot_khat({diagnostics.get("guide", "guide"): diagnostics["khat"]}, path=tmp / "khat.png")
+    write_report(tmp, diagnostics)  # report.html: verdict, summary, diagnostics, plots
+    return table
+
+
+def _json(value: object) -> float | str:
+    """JSON for what ``json`` cannot write itself (numpy scalars, dtypes, ...)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)

@@ -1,10 +1,13 @@
 """The ``pyro-relax`` command: the only home of argument parsing and file output.
 
     pyro-relax demo
-    pyro-relax fit MODEL.py[:name] --guide {normal,iaf,flow,flow-ais,snf,diffusion} --steps N \
-        --num-samples M --out DIR
-    pyro-relax mcmc MODEL.py[:name] --kernel {nuts,mala,flow-imh,ais-imh,neutra} \
-        --num-samples M --out DIR
+    pyro-relax fit MODEL.py[:name] --guide NAME --steps N --num-samples M --out DIR
+    pyro-relax mcmc MODEL.py[:name] --kernel NAME --num-samples M --out DIR
+    pyro-relax density DATA --flow NAME --out DIR
+
+The names and their help come from the method tables
+:data:`~pyro_relax.infer.runner.GUIDES`, :data:`~pyro_relax.infer.runner.KERNELS`
+and :data:`~pyro_relax.density_fit.FLOWS`.
 
 Everything that can be checked (counts, ``--out``, the device, the model file and
 one trial run of the model) is checked before fitting. Outputs are written to a
@@ -23,7 +26,6 @@ __all__ = ["load_model", "main"]
 import argparse
 import importlib.util
 import inspect
-import json
 import math
 import os
 import signal
@@ -33,7 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyro_relax._outdir import Interrupted, Output, check_out, signals_raise
+from pyro_relax._outdir import Interrupted, Output, check_out, signals_raise, write_results
 from pyro_relax.infer.runner import DTYPES, GUIDES, KERNELS
 
 # Errors reported as one line and exit code 1 (OSError covers missing files,
@@ -118,72 +120,6 @@ def _prepare(args: argparse.Namespace) -> tuple[Callable[[], Any], Output]:
     return model, Output(target, record, force=args.force)
 
 
-def _write_results(
-    tmp: Path,
-    samples: dict[str, Any],
-    diagnostics: dict[str, Any],
-    *,
-    chains: int = 1,
-    log_w: Any = None,
-    elbo: list[float] | None = None,
-    mcmc: Any = None,
-    seed: int = 0,
-) -> Any:
-    """Write posterior.nc, summary.csv, diagnostics.json and the plots; return the summary.
-
-    With log weights (a guide's draws), the ``posterior`` group and the summary
-    hold the PSIS-corrected posterior (resampled, equally weighted) and the raw
-    draws with their weights go into the group ``guide_draws``.
-    """
-    import numpy as np
-
-    from pyro_relax.diagnostics import (
-        plot_elbo,
-        plot_khat,
-        plot_pairs,
-        summarize,
-        to_inference_data,
-    )
-    from pyro_relax.diagnostics.report import write_report
-    from pyro_relax.diagnostics.resample import corrected_inference_data
-
-    flat = {
-        k: v.detach().cpu().reshape((-1,) + tuple(v.shape[2 if mcmc else 1 :])).numpy()
-        for k, v in samples.items()
-    }
-    lw = None if log_w is None else log_w.detach().cpu().double().numpy()
-    if lw is not None and lw.shape[0] >= 25:
-        idata, info = corrected_inference_data(flat, lw, elbo_trace=elbo, seed=seed)
-        diagnostics["posterior"] = {"corrected_by": "PSIS resampling", **info}
-        shown = {k: np.asarray(idata["posterior"][k]).reshape((-1,) + v.shape[1:])
-                 for k, v in flat.items()}
-    else:
-        idata = to_inference_data(flat, log_weights=lw, elbo_trace=elbo, chains=chains)
-        shown = flat
-    idata.to_netcdf(str(tmp / "posterior.nc"))
-    table = summarize(idata)
-    table.to_csv(tmp / "summary.csv")
-    diagnostics["min_ess_bulk"] = float(np.nanmin(table["ess_bulk"]))
-    if chains > 1:
-        diagnostics["max_r_hat"] = float(np.nanmax(table["r_hat"]))
-    (tmp / "diagnostics.json").write_text(json.dumps(diagnostics, indent=2, default=_json) + "\n")
-    plot_pairs(shown, path=tmp / "pairs.png")
-    if elbo:
-        plot_elbo(elbo, path=tmp / "elbo.png")
-    if "khat" in diagnostics:
-        plot_khat({diagnostics.get("guide", "guide"): diagnostics["khat"]}, path=tmp / "khat.png")
-    write_report(tmp, diagnostics)  # report.html: verdict, summary, diagnostics, plots
-    return table
-
-
-def _json(value: Any) -> Any:
-    """JSON for what ``json`` cannot write itself (numpy scalars, dtypes, ...)."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
-
-
 def _setup_device(device: str) -> None:
     import torch
 
@@ -204,7 +140,7 @@ def _fit(args: argparse.Namespace) -> int:
     from pyro_relax.infer.runner import fit_guide, guide_draws
 
     model, output = _prepare(args)
-    steps = args.steps if args.steps is not None else (5000 if args.guide == "auto" else 2000)
+    steps = args.steps if args.steps is not None else GUIDES[args.guide].default_steps
     with output.writing() as tmp:
         fit = fit_guide(
             model, args.guide, steps=steps, lr=args.lr, seed=args.seed, progress=args.progress,
@@ -223,7 +159,7 @@ def _fit(args: argparse.Namespace) -> int:
         }
         if args.num_samples >= 25 and fit.extra.get("method") != "neutra":
             diag.update(weighted_report(log_w))
-        table = _write_results(tmp, samples, diag, log_w=log_w, elbo=fit.elbo, seed=args.seed)
+        table = write_results(tmp, samples, diag, log_w=log_w, elbo=fit.elbo, seed=args.seed)
     print(table[["mean", "sd", "ess_bulk"]].to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"\nfinal ELBO {fit.elbo[-1]:.3f}; wrote {args.out}/ (the posterior is PSIS-corrected)")
     print(_verdict_line(diag))
@@ -262,7 +198,7 @@ def _mcmc(args: argparse.Namespace) -> int:
             guide_steps=args.guide_steps,
         )
         diag = {"kernel": args.kernel, "seconds": res.seconds, **res.extra}
-        table = _write_results(tmp, res.samples, diag, chains=args.chains, mcmc=res.mcmc)
+        table = write_results(tmp, res.samples, diag, chains=args.chains, mcmc=res.mcmc)
     print(table[["mean", "sd", "ess_bulk", "r_hat"]].to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"\n{args.kernel}: {res.seconds:.1f} s; wrote {args.out}/")
     return 0
@@ -336,11 +272,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     fit = sub.add_parser("fit", help="fit a guide to a Pyro model file")
-    fit.add_argument(
-        "model", help="MODEL.py[:name], a zero-argument Pyro model (default name: model)"
-    )
-    fit.add_argument("--guide", choices=list(GUIDES), default="auto",
-                     help="; ".join(f"{k}: {v}" for k, v in GUIDES.items()))
+    mc = sub.add_parser("mcmc", help="run an MCMC kernel on a Pyro model file")
+    for s, option, table, default in ((fit, "--guide", GUIDES, "auto"),
+                                      (mc, "--kernel", KERNELS, "nuts")):
+        s.add_argument("model", help="MODEL.py[:name], a zero-argument Pyro model "
+                                     "(default name: model)")
+        s.add_argument(option, choices=list(table), default=default,
+                       help="; ".join(f"{k}: {m.description}" for k, m in table.items()))
     fit.add_argument("--particles", type=int, default=8, help="ELBO particles per step")
     fit.add_argument("--steps", type=int, default=None,
                      help="SVI steps (default 2000; for auto the most, default 5000)")
@@ -352,12 +290,6 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--num-samples", type=int, default=1000)
     fit.set_defaults(func=_fit)
 
-    mc = sub.add_parser("mcmc", help="run an MCMC kernel on a Pyro model file")
-    mc.add_argument(
-        "model", help="MODEL.py[:name], a zero-argument Pyro model (default name: model)"
-    )
-    mc.add_argument("--kernel", choices=list(KERNELS), default="nuts",
-                    help="; ".join(f"{k}: {v}" for k, v in KERNELS.items()))
     mc.add_argument("--num-samples", type=int, default=1000)
     mc.add_argument("--warmup", type=int, default=500)
     mc.add_argument("--chains", type=int, default=1)

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import torch
+from torch import Tensor
 
 
 def density_demo(steps: int = 600, seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
@@ -51,8 +52,10 @@ def density_demo(steps: int = 600, seed: int = 0, progress: bool = False) -> lis
 def inference_demo(
     seed: int = 0, progress: bool = False, guide_steps: int = 1000
 ) -> list[dict[str, Any]]:
-    """Centered eight schools (a funnel): Pyro NUTS against our flow guide, that flow with
-    annealed importance sampling, and the flow-IMH kernel.
+    """Centered eight schools (a funnel): Pyro NUTS against our guides and kernels.
+
+    The methods: Pyro NUTS, our flow guide, that flow with annealed importance
+    sampling, and the flow-IMH kernel.
 
     Returns one row per method: wall time, posterior mean and sd of ``mu`` and
     ``log tau``, bulk ESS per second of the hardest parameter, and k-hat where
@@ -67,14 +70,14 @@ def inference_demo(
 
     rows = []
 
-    def moments(values: Any, log_w: Any) -> tuple[float, float]:
+    def moments(values: Tensor, log_w: Tensor | None) -> tuple[float, float]:
         if log_w is None:
             return float(values.mean()), float(values.std())
         mean = float(psis_expectation(values, log_w))
         return mean, float(np.sqrt(max(float(psis_expectation(values**2, log_w)) - mean**2, 0)))
 
     def row(
-        name: str, samples: dict, seconds: float, log_w: Any = None, **extra: Any
+        name: str, samples: dict, seconds: float, log_w: Tensor | None = None, **extra: object
     ) -> None:
         # samples are grouped by chain: (chains, draws, ...); IS draws come with log_w
         flat = {k: v.reshape((-1,) + v.shape[2:]).numpy() for k, v in samples.items()}
@@ -120,7 +123,7 @@ def inference_demo(
     return rows
 
 
-def _divergences(mcmc: Any) -> int:
+def _divergences(mcmc: object) -> int:
     try:
         return int(sum(len(v) for v in mcmc.diagnostics()["divergences"].values()))
     except (KeyError, TypeError, AttributeError):

@@ -176,9 +176,9 @@ def test_no_finite_point_is_a_clear_error():
 
 
 def test_mala_is_preconditioned_by_pathfinder():
-    from pyro_relax.infer.runner import _pathfinder_preconditioner, run_mcmc
+    from pyro_relax.infer.runner import pathfinder_preconditioner, run_mcmc
 
-    loc, var = _pathfinder_preconditioner(badly_scaled_gaussian, 0)
+    loc, var = pathfinder_preconditioner(badly_scaled_gaussian, 0)
     # a Gaussian posterior: Pathfinder's (exact-Hessian) Gaussian is the posterior itself
     np.testing.assert_allclose(loc["x"].double().numpy(), MEAN, atol=1e-3)
     np.testing.assert_allclose(var["x"].double().numpy(), np.diag(COV), rtol=1e-3)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pyro_relax.core.checks import check_int
 from pyro_relax.core.switch import validation
 from pyro_relax.distributions.flow import Flow
 
@@ -55,10 +56,8 @@ def fit_density(
     """
     if not isinstance(flow, Flow):
         raise TypeError(f"fit_density: expected a pyro_relax Flow, got {type(flow).__name__}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"fit_density: expected steps >= 1, got {steps!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"fit_density: expected batch_size >= 1, got {batch_size!r}")
+    check_int(steps, "steps", "fit_density", 1)
+    check_int(batch_size, "batch_size", "fit_density", 1)
     flow(None)._check_value(data)  # one validation of the whole data set
     torch.manual_seed(seed)
     opt = torch.optim.Adam(flow.parameters(), lr=lr)
@@ -84,8 +83,10 @@ def fit_density(
 def evaluate_nll(
     flow: Flow, data: Tensor, num_particles: int = 100, batch_size: int = 1024
 ) -> float:
-    """Mean negative log-likelihood in nats: exact for exact stacks, else the
-    importance-weighted estimate with ``num_particles`` (an upper bound on the NLL).
+    """Mean negative log-likelihood in nats (exact stacks), else its importance-weighted bound.
+
+    For a stack with bound layers the estimate uses ``num_particles``
+    importance samples per point (an upper bound on the NLL).
 
     Example:
         >>> import torch

@@ -20,10 +20,10 @@ from typing import Any
 
 import pyro
 import torch
-from torch import Tensor
 
+from pyro_relax.infer.guides.base import check_dtype, default_dtype
 from pyro_relax.infer.guides.flow import AutoFlowGuide
-from pyro_relax.infer.runner import check_continuous_model, check_dtype, default_dtype
+from pyro_relax.infer.guides.layout import check_continuous_model
 from pyro_relax.train.fab import FABTrainer
 
 
@@ -43,7 +43,7 @@ def fit_fab_guide(
     seed: int = 0,
     progress: bool = True,
     dtype: str | torch.dtype = "float64",
-    **trainer_kwargs: Any,
+    **trainer_kwargs: Any,  # noqa: ANN401 - FABTrainer options
 ) -> tuple[AutoFlowGuide, dict[str, Any]]:
     """Build an affine-coupling :class:`AutoFlowGuide` for ``model`` and train its flow by FAB.
 
@@ -96,14 +96,9 @@ def fit_fab_guide(
         )
         guide()  # trace the model: latent_dim and the flow exist from here on
 
-        def potential(z: Tensor) -> Tensor:
-            # unchecked: AIS proposals may leave the finite range; such chains are rejected
-            args, kwargs = guide._args((), {})
-            return guide._log_joint(z, args, kwargs)
-
         trainer = FABTrainer(
             guide.flow,
-            potential,
+            guide.log_joint,  # unchecked: AIS proposals may leave the finite range (rejected)
             steps,
             batch_size=batch_size,
             levels=levels,

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from pyro.infer.autoguide import AutoContinuous
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -56,7 +57,7 @@ class LoopStats:
     notes: list[str] = field(default_factory=list)
 
 
-def particle_draw(guide: Any, n: int) -> tuple[Tensor, Tensor]:
+def particle_draw(guide: AutoContinuous, n: int) -> tuple[Tensor, Tensor]:
     """``n`` reparametrized draws ``z`` and ``log q(z)`` from a set-up ``AutoContinuous`` guide."""
     if isinstance(guide, RelaxedGuideMixin):
         return guide.rsample_unconstrained(n)
@@ -72,7 +73,7 @@ def _lower_lr(optim: torch.optim.Optimizer, factor: float) -> float:
 
 
 def fit_particles(
-    guide: Any,
+    guide: AutoContinuous,
     model: Callable[[], Any],
     steps: int,
     lr: float,

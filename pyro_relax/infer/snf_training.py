@@ -5,17 +5,22 @@ from __future__ import annotations
 __all__ = ["SNFTrainer", "forward_kl_loss", "mixed_kl_loss", "reverse_kl_loss", "train_snf"]
 
 import math
-import numbers
 import os
-import tempfile
 from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from pyro_relax.core.checks import check_int, check_real
 from pyro_relax.stochastic.annealing import check_log_density_output
 from pyro_relax.stochastic.snf import StochasticNormalizingFlow
+from pyro_relax.train.checkpoint import (
+    check_state_parts,
+    config_differences,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 
 def reverse_kl_loss(snf: StochasticNormalizingFlow, n: int) -> Tensor:
@@ -75,17 +80,14 @@ def mixed_kl_loss(
 
 
 def _check_count(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"SNFTrainer: expected an int {name} >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(value, name, "SNFTrainer", minimum)
 
 
 def _check_weight(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"SNFTrainer: expected a float {name}, got {type(value).__name__}")
-    if not math.isfinite(float(value)) or value < 0:
+    out = check_real(value, name, "SNFTrainer")
+    if out < 0:
         raise ValueError(f"SNFTrainer: expected a finite {name} >= 0, got {value!r}")
-    return float(value)
+    return out
 
 
 class SNFTrainer:
@@ -192,7 +194,8 @@ class SNFTrainer:
         self.history: dict[str, list[float]] = {"loss": []}
         self._rng: Tensor | None = None
         if self.checkpoint is not None and os.path.exists(self.checkpoint):
-            self.load_state_dict(self._read(self.checkpoint), source=self.checkpoint)
+            state = read_checkpoint(self.checkpoint, "SNFTrainer")
+            self.load_state_dict(state, source=self.checkpoint)
 
     def _probe_target(self, like: Tensor) -> None:
         """Check once that the target returns the batch shape (on two points at the origin)."""
@@ -218,24 +221,6 @@ class SNFTrainer:
             "data_shape": None if self.data is None else list(self.data.shape),
         }
 
-    @staticmethod
-    def _read(path: str) -> dict[str, Any]:
-        """Load a checkpoint file safely (``weights_only=True``), naming the file on failure."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # truncated, corrupted, foreign or unsafe pickles
-            raise ValueError(
-                f"SNFTrainer: cannot read the checkpoint {path!r} ({type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else 'no details'}); expected a file "
-                f"written by SNFTrainer.save (move it away to start afresh)"
-            ) from err
-        if not isinstance(state, dict):
-            raise ValueError(
-                f"SNFTrainer: the checkpoint {path!r} is not a trainer checkpoint "
-                f"(expected a dict, got {type(state).__name__})"
-            )
-        return state
-
     # -- state ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: model, optimizer, scheduler, RNG, step, history, config."""
@@ -248,16 +233,6 @@ class SNFTrainer:
             "step": self.step,
             "history": self.history,
         }
-
-    def _config_differences(self, saved: object) -> list[str]:
-        if not isinstance(saved, dict):
-            return [f"config: saved {saved!r}, given {self.config}"]
-        given = self.config
-        return [
-            f"{key}: saved {saved.get(key, '(none)')!r}, given {given.get(key, '(none)')!r}"
-            for key in sorted(set(given) | set(saved))
-            if saved.get(key, "(none)") != given.get(key, "(none)")
-        ]
 
     def load_state_dict(self, state: dict[str, Any], source: str = "the state dict") -> None:
         """Restore a :meth:`state_dict` (the RNG state is applied when :meth:`run` continues).
@@ -276,13 +251,13 @@ class SNFTrainer:
         )
         if not isinstance(state, dict):
             raise TypeError(f"{where}: expected a dict, got {type(state).__name__}")
-        parts = {"config", "model", "optimizer", "scheduler", "rng", "step", "history"}
-        missing = parts - set(state)
-        if missing:
-            raise ValueError(
-                f"{where} lacks {sorted(missing)} (expected a file written by SNFTrainer.save)"
-            )
-        diffs = self._config_differences(state["config"])
+        parts = ("config", "model", "optimizer", "scheduler", "rng", "step", "history")
+        check_state_parts(state, parts, where, "SNFTrainer")
+        saved = state["config"]
+        if isinstance(saved, dict):
+            diffs = config_differences(saved, self.config)
+        else:
+            diffs = [f"config: saved {saved!r}, given {self.config}"]
         if diffs and not self.override:
             raise ValueError(
                 f"{where} was saved with another configuration: {'; '.join(diffs)} "
@@ -315,32 +290,19 @@ class SNFTrainer:
 
     def _reschedule(self, step: int) -> None:
         """Point the cosine schedule at the given ``steps`` and ``lr`` from ``step`` on."""
-        self.scheduler.T_max = self.steps
-        self.scheduler.base_lrs = [self.lr for _ in self.optimizer.param_groups]
         lr_now = 0.5 * self.lr * (1.0 + math.cos(math.pi * step / self.steps))
         for group in self.optimizer.param_groups:
             group["initial_lr"] = self.lr
             group["lr"] = lr_now
-        self.scheduler._last_lr = [lr_now for _ in self.optimizer.param_groups]
+        state = self.scheduler.state_dict()  # through the scheduler's public state
+        n = len(self.optimizer.param_groups)
+        state.update(T_max=self.steps, base_lrs=[self.lr] * n, _last_lr=[lr_now] * n)
+        self.scheduler.load_state_dict(state)
 
     def save(self) -> None:
-        """Write the checkpoint file (no-op without a ``checkpoint`` path)."""
-        if self.checkpoint is None:
-            return
-        folder = os.path.dirname(os.path.abspath(self.checkpoint))
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".snf-checkpoint-", dir=folder)
-        except OSError as err:
-            where = self.checkpoint
-            raise OSError(f"SNFTrainer: cannot write the checkpoint {where!r}: {err}") from err
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state_dict(), f)
-            os.replace(tmp, self.checkpoint)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        """Write the checkpoint file atomically (no-op without a ``checkpoint`` path)."""
+        if self.checkpoint is not None:
+            save_checkpoint(self.checkpoint, self.state_dict(), "SNFTrainer")
 
     # -- the loop -------------------------------------------------------------
     def _minibatch(self) -> Tensor | None:
@@ -399,7 +361,7 @@ class SNFTrainer:
         return self.history
 
 
-def train_snf(snf: StochasticNormalizingFlow, steps: int, **kwargs: Any) -> dict[str, list[float]]:
+def train_snf(snf: StochasticNormalizingFlow, steps: int, **kwargs: Any) -> dict[str, list[float]]:  # noqa: ANN401
     """Shortcut for ``SNFTrainer(snf, steps, **kwargs).run()``.
 
     Example:

@@ -14,7 +14,7 @@ __all__ = [
 ]
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -24,6 +24,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from pyro_relax.core.checks import check_int
 
 ACCELERATORS = ("cpu", "gpu")
 STRATEGIES = {
@@ -120,8 +122,7 @@ def make_trainer(
     check_strategy(strategy)
     for name, v in (("max_steps", max_steps), ("checkpoint_every_n_epochs",
                     checkpoint_every_n_epochs), ("val_every_n_epochs", val_every_n_epochs)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"make_trainer: expected {name} a positive int, got {v!r}")
+        check_int(v, name, "make_trainer", 1)
     chosen: Any = strategy
     if strategy in ("ddp", "ddp_spawn"):
         backend = "nccl" if accelerator == "gpu" else "gloo"
@@ -159,8 +160,8 @@ class StepSampler(DistributedSampler):
         kwargs: ``num_replicas``, ``rank``, ``shuffle``, ``seed`` of ``DistributedSampler``.
     """
 
-    def __init__(self, dataset: Dataset, global_step: Any, local_batch: int,
-                 **kwargs: Any) -> None:
+    def __init__(self, dataset: Dataset, global_step: Callable[[], int], local_batch: int,
+                 **kwargs: Any) -> None:  # noqa: ANN401 - DataLoader's options
         super().__init__(dataset, drop_last=True, **kwargs)
         self.global_step, self.local_batch = global_step, local_batch
         self.steps_per_epoch = max(1, self.num_samples // local_batch)
@@ -169,7 +170,7 @@ class StepSampler(DistributedSampler):
     def set_epoch(self, epoch: int) -> None:
         """Ignored: the epoch follows the optimizer step."""
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[object]:
         step = int(self.global_step())
         self.epoch, self._skip = divmod(step, self.steps_per_epoch)
         items = list(super().__iter__())
@@ -201,8 +202,7 @@ class ShardedData(L.LightningDataModule):
     def __init__(self, train: Dataset, val: Dataset | None = None, *, batch_size: int = 256,
                  shuffle: bool = True, seed: int = 0) -> None:
         super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"ShardedData: expected a positive int batch_size, got {batch_size!r}")
+        check_int(batch_size, "batch_size", "ShardedData", 1)
         n = len(train)  # type: ignore[arg-type]
         if n < batch_size:
             raise ValueError(f"ShardedData: expected at least batch_size={batch_size} training "
@@ -241,8 +241,11 @@ class ShardedData(L.LightningDataModule):
 
 
 def _own_generator(seed: int) -> torch.Generator:
-    """A generator for a DataLoader's base seed, so creating an iterator draws nothing from
-    torch's global RNG (which the modules' noise uses and checkpoints carry)."""
+    """A generator for a DataLoader's base seed, seeded with ``seed``.
+
+    Creating an iterator then draws nothing from torch's global RNG (which the
+    modules' noise uses and checkpoints carry).
+    """
     return torch.Generator().manual_seed(seed)
 
 
@@ -286,7 +289,7 @@ class RNGStateMixin:
                              f"with as many, got {world}")
         self._pending_rng = states[rank].to(torch.uint8)
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
         if self._pending_rng is not None:
             torch.set_rng_state(self._pending_rng)
             self._pending_rng = None
@@ -295,7 +298,10 @@ class RNGStateMixin:
 def finite_or_raise(module: L.LightningModule, loss: Tensor, owner: str) -> None:
     """Raise on every worker together when any worker's loss is NaN or inf."""
     bad = (~torch.isfinite(loss.detach())).to(loss.dtype)
-    trainer = module._trainer  # None outside a fit (the property would raise)
+    try:
+        trainer = module.trainer
+    except RuntimeError:  # not attached to a Trainer (outside a fit)
+        trainer = None
     if trainer is not None and trainer.world_size > 1:
         bad = trainer.strategy.reduce(bad, reduce_op="max")
     if bool(bad):

@@ -5,18 +5,20 @@ from __future__ import annotations
 __all__ = ["DensityModule"]
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
 
+from pyro_relax.core.checks import check_int
 from pyro_relax.core.switch import validation
 from pyro_relax.distributions.flow import Flow
 from pyro_relax.lightning._trainer import RNGStateMixin, finite_or_raise
 
 
-def _first(batch: Any) -> Tensor:
+def _first(batch: Tensor | Sequence[Tensor]) -> Tensor:
     return batch[0] if isinstance(batch, list | tuple) else batch
 
 
@@ -55,15 +57,14 @@ class DensityModule(RNGStateMixin, L.LightningModule):
             raise TypeError(f"DensityModule: expected a pyro_relax Flow, got {type(flow).__name__}")
         if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"DensityModule: expected a positive finite lr, got {lr!r}")
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) \
-                or num_particles < 1:
-            raise ValueError(f"DensityModule: expected num_particles >= 1, got {num_particles!r}")
+        check_int(num_particles, "num_particles", "DensityModule", 1)
         self.flow = flow
         self.lr, self.num_particles, self.seed = float(lr), num_particles, int(seed)
         self.bits_per_dim = bool(bits_per_dim)
         self.history: list[float] = []  # this worker's training losses, one per step
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:  # noqa: ANN401
+        """The mean negative log-likelihood (bound) of the batch."""
         x = _first(batch)
         with validation(False):  # checked once by whoever built the data
             loss = -self.flow.log_prob(x).mean()
@@ -80,7 +81,8 @@ class DensityModule(RNGStateMixin, L.LightningModule):
             lp = d.log_prob(x) if d.exact else d.log_prob_iw(x, self.num_particles)
         return -lp
 
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:  # noqa: ANN401
+        """The validation NLL of the batch (logged as ``val_nll``)."""
         x = _first(batch)
         nll = self.nll(x).mean()
         self.log("val_nll", nll, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
@@ -91,4 +93,5 @@ class DensityModule(RNGStateMixin, L.LightningModule):
         return nll
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam on the flow's parameters."""
         return torch.optim.Adam(self.flow.parameters(), lr=self.lr)

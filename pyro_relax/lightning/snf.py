@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from pyro_relax.core.checks import check_int
 from pyro_relax.core.switch import validation
 from pyro_relax.infer.snf_training import mixed_kl_loss
 from pyro_relax.lightning._trainer import RNGStateMixin, finite_or_raise
@@ -45,11 +46,11 @@ class StepData(L.LightningDataModule):
     def __init__(self, batch_size: int = 256, steps_per_epoch: int = 100) -> None:
         super().__init__()
         for name, v in (("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"StepData: expected a positive int {name}, got {v!r}")
+            check_int(v, name, "StepData", 1)
         self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
 
     def train_dataloader(self) -> DataLoader:
+        """This worker's share of the steps (each item a global batch size)."""
         trainer = self.trainer
         world, rank = (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
         if self.batch_size % world:
@@ -109,7 +110,8 @@ class SNFModule(RNGStateMixin, L.LightningModule):
         self.data = data
         self.history: list[float] = []
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:  # noqa: ANN401
+        """The mixed KL loss of one step's flow samples (and data minibatch)."""
         n = int(batch.shape[0])
         minibatch = None
         if self.data is not None and self.forward_weight:
@@ -126,4 +128,5 @@ class SNFModule(RNGStateMixin, L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam on the flow's trainable parameters."""
         return torch.optim.Adam([p for p in self.snf.parameters() if p.requires_grad], lr=self.lr)

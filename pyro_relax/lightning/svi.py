@@ -25,10 +25,12 @@ from pyro.infer.elbo import ELBO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from pyro_relax.infer.runner import GUIDES, make_guide
 from pyro_relax.lightning._trainer import RNGStateMixin, ShardedData, finite_or_raise, make_trainer
 
 # guides that train by plain SVI steps (the pipelines auto / pathfinder / flow-ais do not)
-GUIDE_NAMES = ("normal", "mvn", "iaf", "flow", "snf", "diffusion")
+GUIDE_NAMES = tuple(name for name, method in GUIDES.items() if method.make is not None)
+"""The guides :func:`fit_svi_distributed` can train: the SVI guides of the runner's table."""
 
 
 class IndexedDataset(Dataset):
@@ -55,9 +57,11 @@ class IndexedDataset(Dataset):
         self.size = lengths.pop() if tensors else int(size)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
+        """The number of items (the plate's size)."""
         return self.size
 
     def __getitem__(self, i: int) -> tuple[Tensor, ...]:
+        """The index ``i`` as a tensor, then ``t[i]`` of every tensor."""
         return (torch.tensor(i),) + tuple(t[i] for t in self.tensors)
 
 
@@ -114,7 +118,8 @@ class SVIModule(RNGStateMixin, L.LightningModule):
         if attach is not None:
             attach(self.model)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:  # noqa: ANN401
+        """The ELBO loss of the batch's subsample."""
         loss = self.loss_fn(*batch)
         finite_or_raise(self, loss, "SVIModule")
         self.log("train_loss", loss, on_step=True, on_epoch=False, sync_dist=True,
@@ -123,6 +128,7 @@ class SVIModule(RNGStateMixin, L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam on the model's and the guide's parameters."""
         return torch.optim.Adam(self.loss_fn.parameters(), lr=self.lr)
 
 
@@ -169,8 +175,6 @@ def fit_svi_distributed(
     Raises:
         ValueError: for an unknown guide name, strategy, accelerator or device count.
     """
-    from pyro_relax.infer.runner import _make_guide
-
     if guide_name not in GUIDE_NAMES:
         raise ValueError(f"fit_svi_distributed: expected a guide in {list(GUIDE_NAMES)}, "
                          f"got {guide_name!r}")
@@ -182,7 +186,7 @@ def fit_svi_distributed(
                            max_steps=steps, log_dir=log_dir, checkpoint_dir=checkpoint_dir,
                            callbacks=callbacks)
     torch.manual_seed(seed)
-    guide = _make_guide(model, guide_name)
+    guide = make_guide(model, guide_name)
     example = tuple(torch.stack(c) for c in zip(*(data[i] for i in range(batch_size)),
                                                  strict=True))
     module = SVIModule(model, guide, example, lr=lr, seed=seed)

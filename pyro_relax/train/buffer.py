@@ -20,19 +20,16 @@ from __future__ import annotations
 __all__ = ["PrioritizedBuffer"]
 
 import math
-import numbers
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from pyro_relax.core.checks import check_int
+
 
 def _check_size(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"PrioritizedBuffer: expected an int {name}, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise ValueError(f"PrioritizedBuffer: expected {name} >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(value, name, "PrioritizedBuffer", minimum)
 
 
 class PrioritizedBuffer:
@@ -86,6 +83,7 @@ class PrioritizedBuffer:
         self.head = 0  # the next slot to write: the oldest entry once full
 
     def __len__(self) -> int:
+        """The number of stored samples."""
         return self.size
 
     @property

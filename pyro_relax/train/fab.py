@@ -21,66 +21,32 @@ so the ESS and ``log Z`` it reports are the unbiased ones.
 
 from __future__ import annotations
 
-__all__ = ["FABTrainer", "fab_loss"]
+__all__ = ["FABTrainer", "fab_loss"]  # fab_loss: at home in pyro_relax.train.fab_losses
 
 import math
 import numbers
 import os
-import tempfile
 from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from pyro_relax.core.checks import check_int, check_real
 from pyro_relax.distributions.flow import Flow
 from pyro_relax.stochastic.pullback import annealed_hmc_levels
 from pyro_relax.stochastic.snf import StochasticNormalizingFlow
 from pyro_relax.train.ais import KERNELS, CountingDensity, LatentAIS, check_exact_flow
 from pyro_relax.train.buffer import PrioritizedBuffer
+from pyro_relax.train.checkpoint import (
+    check_state_parts,
+    config_differences,
+    read_checkpoint,
+    save_checkpoint,
+)
+from pyro_relax.train.fab_losses import buffer_loss, fab_loss, relative_ess
 
-
-def fab_loss(log_q: Tensor, log_w: Tensor) -> Tensor:
-    """``-sum_i softmax(log w)_i log q(x_i)``: FAB's loss without a buffer (NaN entries dropped).
-
-    Arguments:
-        log_q: ``log q(x_i)`` under the current flow (differentiable), ``(n,)``.
-        log_w: AIS log weights towards ``p^2 / q`` (no gradient), ``(n,)``.
-
-    Returns:
-        A 0-dim loss.
-
-    Raises:
-        ValueError: if the shapes differ or no entry has a finite weight.
-
-    Example:
-        >>> import torch
-        >>> float(fab_loss(torch.tensor([-1.0, -3.0]), torch.tensor([0.0, 0.0])))
-        2.0
-    """
-    if not isinstance(log_q, Tensor) or not isinstance(log_w, Tensor) or log_q.shape != log_w.shape:
-        raise ValueError("fab_loss: expected log_q and log_w tensors of the same shape (n,)")
-    keep = torch.isfinite(log_w) & torch.isfinite(log_q)
-    if not bool(keep.any()):
-        raise ValueError("fab_loss: expected at least one finite weight and log q, got none")
-    p = torch.softmax(log_w.detach()[keep], 0)
-    return -(p * log_q[keep]).sum()
-
-
-def _count(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"FABTrainer: expected an int {name}, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise ValueError(f"FABTrainer: expected {name} >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _real(value: object, name: str, low: float, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"FABTrainer: expected a float {name}, got {type(value).__name__}")
-    if not low < float(value) < high:
-        raise ValueError(f"FABTrainer: expected {name} in ({low}, {high}), got {value!r}")
-    return float(value)
+_OWNER = "FABTrainer"
 
 
 class FABTrainer:
@@ -173,28 +139,28 @@ class FABTrainer:
                 f"FABTrainer: only alpha=2 is supported (the alpha-2 divergence, AIS towards "
                 f"p^2/q, as in the FAB paper), got alpha={alpha!r}"
             )
-        self.dim = check_exact_flow(flow, "FABTrainer")
+        self.dim = check_exact_flow(flow, _OWNER)
         self.flow = flow
         self.target = CountingDensity(target)
-        self.steps = _count(steps, "steps")
-        self.batch_size = _count(batch_size, "batch_size")
-        self.levels = _count(levels, "levels")
+        self.steps = check_int(steps, "steps", _OWNER, 1)
+        self.batch_size = check_int(batch_size, "batch_size", _OWNER, 1)
+        self.levels = check_int(levels, "levels", _OWNER, 1)
         if kernel not in KERNELS:
             raise ValueError(f"FABTrainer: expected kernel in {KERNELS}, got {kernel!r}")
         self.kernel = kernel
-        self.n_leapfrog = _count(n_leapfrog, "n_leapfrog")
-        self.step_size = _real(step_size, "step_size", 0.0)
-        self.target_accept = _real(target_accept, "target_accept", 0.0, 1.0)
+        self.n_leapfrog = check_int(n_leapfrog, "n_leapfrog", _OWNER, 1)
+        self.step_size = check_real(step_size, "step_size", _OWNER, 0.0)
+        self.target_accept = check_real(target_accept, "target_accept", _OWNER, 0.0, 1.0)
         if not isinstance(buffer, bool):
             raise TypeError(f"FABTrainer: expected a bool buffer, got {type(buffer).__name__}")
         self.use_buffer = buffer
         size = 100 * self.batch_size if buffer_size is None else buffer_size
         low = 10 * self.batch_size if min_buffer_size is None else min_buffer_size
-        self.buffer_size = _count(size, "buffer_size", self.batch_size)
-        self.min_buffer_size = _count(low, "min_buffer_size", self.batch_size)
+        self.buffer_size = check_int(size, "buffer_size", _OWNER, self.batch_size)
+        self.min_buffer_size = check_int(low, "min_buffer_size", _OWNER, self.batch_size)
         self.min_buffer_size = min(self.min_buffer_size, self.buffer_size)
-        self.updates_per_ais = _count(updates_per_ais, "updates_per_ais")
-        self.max_weight_ratio = _real(max_weight_ratio, "max_weight_ratio", 0.0)
+        self.updates_per_ais = check_int(updates_per_ais, "updates_per_ais", _OWNER, 1)
+        self.max_weight_ratio = check_real(max_weight_ratio, "max_weight_ratio", _OWNER, 0.0)
         if isinstance(clip_weights_frac, bool) or not isinstance(clip_weights_frac, numbers.Real):
             raise TypeError("FABTrainer: expected a float clip_weights_frac in [0, 1)")
         if not 0.0 <= float(clip_weights_frac) < 1.0:
@@ -202,11 +168,13 @@ class FABTrainer:
                 f"FABTrainer: expected clip_weights_frac in [0, 1), got {clip_weights_frac!r}"
             )
         self.clip_weights_frac = float(clip_weights_frac)
-        self.lr = _real(lr, "lr", 0.0)
-        self.clip_grad = None if clip_grad is None else _real(clip_grad, "clip_grad", 0.0)
-        self.seed = _count(seed, "seed", 0)
+        self.lr = check_real(lr, "lr", _OWNER, 0.0)
+        self.clip_grad = (
+            None if clip_grad is None else check_real(clip_grad, "clip_grad", _OWNER, 0.0)
+        )
+        self.seed = check_int(seed, "seed", _OWNER, 0)
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
-        self.checkpoint_every = _count(checkpoint_every, "checkpoint_every")
+        self.checkpoint_every = check_int(checkpoint_every, "checkpoint_every", _OWNER, 1)
         self.progress = bool(progress)
         params = [p for p in flow.parameters() if p.requires_grad]
         if not params:
@@ -226,7 +194,8 @@ class FABTrainer:
         self.history: dict[str, list[float]] = {"loss": [], "ess_ais": [], "rejected": []}
         self._rng: Tensor | None = None
         if self.checkpoint is not None and os.path.exists(self.checkpoint):
-            self.load_state_dict(_read(self.checkpoint), source=self.checkpoint)
+            state = read_checkpoint(self.checkpoint, _OWNER)
+            self.load_state_dict(state, source=self.checkpoint)
 
     @property
     def target_evals(self) -> int:
@@ -298,18 +267,14 @@ class FABTrainer:
         x, _, log_q_old, idx = self.buffer.sample(n)
         self.flow.train()
         log_q = self.flow.log_prob(x)
-        finite = torch.isfinite(log_q.detach())
-        ratio = torch.exp(log_q_old - log_q.detach()).clamp(max=self.max_weight_ratio)
-        ratio = torch.where(finite, ratio, torch.zeros_like(ratio))
-        safe = torch.where(finite, log_q, torch.zeros_like(log_q))
-        value = self._apply(-(ratio * safe).sum() / finite.sum().clamp(min=1))
+        value = self._apply(buffer_loss(log_q, log_q_old, self.max_weight_ratio))
         self.buffer.adjust(idx, log_q.detach())
         self.buffer.clip_top(self.clip_weights_frac)
         return value
 
     def _iteration(self) -> None:
         x, log_w, log_q, n_bad = self._ais_batch()
-        ess = _relative_ess(log_w, self.batch_size)
+        ess = relative_ess(log_w, self.batch_size)
         if self.use_buffer:
             self.buffer.add(x, log_w, log_q)
             values = [self._buffer_update() for _ in range(self.updates_per_ais)]
@@ -333,7 +298,7 @@ class FABTrainer:
         ``ess_ais`` (the relative ESS of the AIS batch towards ``p^2/q``) and
         ``rejected`` (AIS chains dropped for a non-finite target).
         """
-        stop = self.steps if until is None else _count(until, "until")
+        stop = self.steps if until is None else check_int(until, "until", _OWNER, 1)
         if stop > self.steps:
             raise ValueError(f"FABTrainer.run: expected until <= steps={self.steps}, got {until}")
         if self.step == 0 and self._rng is None:
@@ -369,8 +334,10 @@ class FABTrainer:
         :func:`~pyro_relax.stochastic.pullback.tune_step_sizes` first. The target
         it holds counts its evaluations into :attr:`target_evals`.
         """
-        levels = self.levels if levels is None else _count(levels, "levels")
-        leap = self.n_leapfrog if n_leapfrog is None else _count(n_leapfrog, "n_leapfrog")
+        levels = self.levels if levels is None else check_int(levels, "levels", _OWNER, 1)
+        leap = self.n_leapfrog if n_leapfrog is None else check_int(
+            n_leapfrog, "n_leapfrog", _OWNER, 1
+        )
         pulled = self.ais.pulled
         blocks = annealed_hmc_levels(pulled, levels, leap, step_size)
         snf = StochasticNormalizingFlow((self.dim,), [*blocks, *self.flow.layers], self.target)
@@ -400,18 +367,11 @@ class FABTrainer:
             ValueError: if a part is missing, does not fit, or the configuration differs.
         """
         where = f"FABTrainer: checkpoint {source!r}"
-        parts = set(self.state_dict())
-        if not isinstance(state, dict) or parts - set(state):
-            missing = sorted(parts - set(state)) if isinstance(state, dict) else sorted(parts)
-            raise ValueError(f"{where} lacks {missing} (expected a file written by FABTrainer)")
-        saved, given = state["config"], self.config
+        check_state_parts(state, self.state_dict(), where, _OWNER)
+        saved = state["config"]
         if not isinstance(saved, dict):
             raise ValueError(f"{where}: expected a config dict, got {type(saved).__name__}")
-        diffs = [
-            f"{k}: saved {saved.get(k, '(none)')!r}, given {given.get(k, '(none)')!r}"
-            for k in sorted(set(saved) | set(given))
-            if saved.get(k, "(none)") != given.get(k, "(none)")
-        ]
+        diffs = config_differences(saved, self.config)
         if diffs:
             raise ValueError(
                 f"{where} was saved with another configuration: {'; '.join(diffs)} "
@@ -434,40 +394,5 @@ class FABTrainer:
 
     def save(self) -> None:
         """Write the checkpoint atomically (no-op without a ``checkpoint`` path)."""
-        if self.checkpoint is None:
-            return
-        folder = os.path.dirname(os.path.abspath(self.checkpoint))
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".fab-checkpoint-", dir=folder)
-        except OSError as err:
-            where = self.checkpoint
-            raise OSError(f"FABTrainer: cannot write the checkpoint {where!r}: {err}") from err
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state_dict(), f)
-            os.replace(tmp, self.checkpoint)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-
-
-def _relative_ess(log_w: Tensor, n: int) -> float:
-    finite = log_w[torch.isfinite(log_w)]
-    if finite.numel() == 0:
-        return 0.0
-    return float(torch.exp(2 * torch.logsumexp(finite, 0) - torch.logsumexp(2 * finite, 0))) / n
-
-
-def _read(path: str) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, corrupted, foreign or unsafe pickles
-        first = str(err).splitlines()[0] if str(err) else "no details"
-        raise ValueError(
-            f"FABTrainer: cannot read the checkpoint {path!r} ({type(err).__name__}: {first}); "
-            f"expected a file written by FABTrainer.save (move it away to start afresh)"
-        ) from err
-    if not isinstance(state, dict):
-        raise ValueError(f"FABTrainer: the checkpoint {path!r} is not a trainer checkpoint")
-    return state
+        if self.checkpoint is not None:
+            save_checkpoint(self.checkpoint, self.state_dict(), _OWNER)

@@ -37,18 +37,21 @@ The model's density in unconstrained space is in
 from __future__ import annotations
 
 __all__ = [
+    "DTYPES",
     "RelaxedGuideMixin",
+    "check_dtype",
     "check_flow_config",
     "check_init_gaussian",
     "check_init_scale",
     "check_model",
     "check_num_samples",
+    "default_dtype",
 ]
 
 import math
-import numbers
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pyro.distributions as dist
@@ -56,13 +59,46 @@ import torch
 from pyro.poutine.runtime import get_plates
 from torch import Tensor
 
-from pyro_relax.core import check_finite
+from pyro_relax.core import check_finite, check_int, check_positive
 from pyro_relax.diagnostics.psis import importance_ess, khat_verdict, psis_khat
 from pyro_relax.infer.guides.potential import PotentialMixin, plate_nesting
 from pyro_relax.stochastic.snf import log_Z_from_log_weights
 
 _QUANTILE_SAMPLES = 1000
 _FLOW_KINDS = ("spline", "affine", "iaf")
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+"""The dtypes a fit may run in, by name."""
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Run a block with ``dtype`` as torch's default dtype (restored afterwards).
+
+    Example:
+        >>> with default_dtype(torch.float64):
+        ...     torch.zeros(1).dtype
+        torch.float64
+    """
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def check_dtype(dtype: object, owner: str) -> torch.dtype:
+    """``"float32"``/``"float64"`` or a floating ``torch.dtype`` as a ``torch.dtype``.
+
+    Example:
+        >>> check_dtype("float64", "fit")
+        torch.float64
+    """
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    raise ValueError(f"{owner}: expected dtype 'float32' or 'float64', got {dtype!r}")
 
 
 def check_num_samples(n: object, name: str, minimum: int = 1) -> int:
@@ -72,11 +108,7 @@ def check_num_samples(n: object, name: str, minimum: int = 1) -> int:
         >>> check_num_samples(5, "f")
         5
     """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{name}: expected an int num_samples, got {type(n).__name__}")
-    if n < minimum:
-        raise ValueError(f"{name}: expected num_samples >= {minimum}, got {n}")
-    return int(n)
+    return check_int(n, "num_samples", name, minimum)
 
 
 def check_model(model: object, owner: str) -> None:
@@ -87,12 +119,7 @@ def check_model(model: object, owner: str) -> None:
 
 def check_init_scale(init_scale: object, owner: str) -> float:
     """Return ``init_scale`` as a positive finite float or raise ``ValueError``."""
-    if isinstance(init_scale, bool) or not isinstance(init_scale, numbers.Real):
-        raise TypeError(f"{owner}: expected a float init_scale, got {type(init_scale).__name__}")
-    value = float(init_scale)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{owner}: expected init_scale > 0 (finite), got {init_scale!r}")
-    return value
+    return check_positive(init_scale, "init_scale", owner)
 
 
 def check_init_gaussian(value: object, owner: str) -> tuple[Tensor, Tensor] | None:
@@ -121,8 +148,7 @@ def check_init_gaussian(value: object, owner: str) -> tuple[Tensor, Tensor] | No
 def check_flow_config(owner: str, num_layers: object, hidden: object, kind: object) -> None:
     """Validate the default-stack options of a flow guide."""
     for name, v in (("num_layers", num_layers), ("hidden", hidden)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{owner}: expected an int {name} >= 1, got {v!r}")
+        check_int(v, name, owner, 1)
     if kind not in _FLOW_KINDS:
         raise ValueError(f"{owner}: expected kind in {_FLOW_KINDS}, got {kind!r}")
 
@@ -173,6 +199,7 @@ class RelaxedGuideMixin(PotentialMixin):
         self._vectorize: bool | None = None
 
     def __getstate__(self) -> dict[str, Any]:
+        """The pickled state, without the model and its arguments."""
         # like AutoGuide: the model (often a local function) and its data are not pickled
         state = dict(super().__getstate__())  # type: ignore[misc]
         state["_raw_model"] = (None,)
@@ -207,14 +234,22 @@ class RelaxedGuideMixin(PotentialMixin):
         """Draw ``(z, log_q)`` of shapes ``sample_shape + (latent_dim,)`` and ``sample_shape``."""
 
     # -- Pyro plumbing -------------------------------------------------------
-    def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
+    def setup(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401 - the model's arguments
+        """Trace the model with these arguments and build the guide's modules, without drawing.
+
+        What the guide's first call does; the modules are made in torch's
+        default dtype.
+        """
+        self._setup_prototype(*args, **kwargs)
+
+    def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
         super()._setup_prototype(*args, **kwargs)  # type: ignore[misc]
         self._model_args = (args, kwargs)
         self._max_plate_nesting = plate_nesting(self._raw_model[0], args, kwargs)
         self._vectorize = None
         self._build(self._init_loc())
 
-    def get_posterior(self, *args: Any, **kwargs: Any) -> dist.Delta:
+    def get_posterior(self, *args: Any, **kwargs: Any) -> dist.Delta:  # noqa: ANN401
         """Draw a path sample and return it as a Delta carrying its log-density estimate.
 
         The sample has one draw per element of the enclosing vectorized plates
@@ -227,7 +262,7 @@ class RelaxedGuideMixin(PotentialMixin):
 
     # -- the common API --------------------------------------------------------
     def sample_unconstrained(
-        self, num_samples: int, *args: Any, **kwargs: Any
+        self, num_samples: int, *args: Any, **kwargs: Any  # noqa: ANN401 - the model's arguments
     ) -> tuple[Tensor, Tensor]:
         """Draw unconstrained latents and their path log-density estimates (no gradients).
 
@@ -239,16 +274,12 @@ class RelaxedGuideMixin(PotentialMixin):
         Returns:
             ``(z, log_q)`` of shapes ``(n, latent_dim)`` and ``(n,)``.
         """
-        n = check_num_samples(num_samples, f"{type(self).__name__}.sample_unconstrained")
-        self._ensure_setup(args, kwargs)
-        if args or kwargs:
-            self._model_args = (args, kwargs)
         with torch.no_grad():
-            z, log_q = self._draw(torch.Size([n]))
+            z, log_q = self._draw_for(num_samples, "sample_unconstrained", args, kwargs)
         return z.detach(), log_q.detach()
 
     def rsample_unconstrained(
-        self, num_samples: int, *args: Any, **kwargs: Any
+        self, num_samples: int, *args: Any, **kwargs: Any  # noqa: ANN401 - the model's arguments
     ) -> tuple[Tensor, Tensor]:
         """Reparametrized draws and their path log-density estimates (with gradients).
 
@@ -258,14 +289,20 @@ class RelaxedGuideMixin(PotentialMixin):
         Returns:
             ``(z, log_q)`` of shapes ``(n, latent_dim)`` and ``(n,)``.
         """
-        n = check_num_samples(num_samples, f"{type(self).__name__}.rsample_unconstrained")
+        return self._draw_for(num_samples, "rsample_unconstrained", args, kwargs)
+
+    def _draw_for(
+        self, num_samples: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Tensor, Tensor]:
+        """Check ``num_samples``, set up with (and remember) the model's arguments, draw."""
+        n = check_num_samples(num_samples, f"{type(self).__name__}.{method}")
         self._ensure_setup(args, kwargs)
         if args or kwargs:
             self._model_args = (args, kwargs)
         return self._draw(torch.Size([n]))
 
     def importance_weights(
-        self, num_samples: int, *args: Any, **kwargs: Any
+        self, num_samples: int, *args: Any, **kwargs: Any  # noqa: ANN401 - the model's arguments
     ) -> tuple[dict[str, Tensor], Tensor]:
         """Draws from the guide and their log importance weights (no gradients).
 
@@ -283,7 +320,7 @@ class RelaxedGuideMixin(PotentialMixin):
         return samples, log_w
 
     def importance_diagnostics(
-        self, num_samples: int = 1000, *args: Any, **kwargs: Any
+        self, num_samples: int = 1000, *args: Any, **kwargs: Any  # noqa: ANN401
     ) -> dict[str, Any]:
         """PSIS k-hat, its verdict, IS effective sample size, ``log Z`` and ELBO estimates.
 
@@ -318,7 +355,7 @@ class RelaxedGuideMixin(PotentialMixin):
 
     @torch.no_grad()
     def quantiles(
-        self, quantiles: Sequence[float] | Tensor, *args: Any, **kwargs: Any
+        self, quantiles: Sequence[float] | Tensor, *args: Any, **kwargs: Any  # noqa: ANN401
     ) -> dict[str, Tensor]:
         """Posterior quantiles of each latent site, estimated from 1000 guide draws.
 
@@ -333,6 +370,6 @@ class RelaxedGuideMixin(PotentialMixin):
         return {k: torch.quantile(v, q, dim=0) for k, v in samples.items()}
 
     @torch.no_grad()
-    def median(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:  # noqa: ANN401
         """Posterior median of each latent site, estimated from 1000 guide draws."""
         return {k: v[0] for k, v in self.quantiles([0.5], *args, **kwargs).items()}

@@ -13,7 +13,7 @@ auxiliary-variable bound.
 
 from __future__ import annotations
 
-__all__ = ["AutoFlowGuide", "LocScaleTransform", "build_flow_layers", "make_flow"]
+__all__ = ["AutoFlowGuide", "FlowStackMixin", "LocScaleTransform", "build_flow_layers", "make_flow"]
 
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -85,6 +85,7 @@ class LocScaleTransform(TransformModule):
         return (x - self.loc) * torch.exp(-self.log_scale)
 
     def log_abs_det_jacobian(self, z: Tensor, x: Tensor | None) -> Tensor:
+        """``sum(log_scale)`` for every row of ``z``."""
         return self.log_scale.sum(-1).expand(z.shape[:-1])
 
 
@@ -156,7 +157,7 @@ def build_flow_layers(
 
 
 def make_flow(
-    layers: list[RelaxedLayer], latent_dim: int, owner: str, cls: type = Flow, **kwargs: Any
+    layers: list[RelaxedLayer], latent_dim: int, owner: str, cls: type = Flow, **kwargs: Any  # noqa: ANN401
 ) -> Flow:
     """A ``Flow`` whose base shape is read back from the layers; checks the event shape."""
     shape = torch.Size([latent_dim])
@@ -198,7 +199,43 @@ class _LayerTransform(Transform):
         return self.layer.decode(z)[1]
 
 
-class AutoFlowGuide(RelaxedGuideMixin, AutoContinuous):
+class FlowStackMixin:
+    """The flow part of a guide: its options checked once, its stack built on the first call.
+
+    Shared by :class:`AutoFlowGuide` and
+    :class:`~pyro_relax.infer.guides.snf.AutoSNFGuide`; a subclass calls
+    :meth:`_set_stack` in its constructor and :meth:`_stack` in its ``_build``.
+    """
+
+    latent_dim: int
+    _initial_gaussian: Callable[[Tensor], tuple[Tensor, Tensor | None]]
+
+    def _set_stack(
+        self, model: object, layers: LayerSpec, num_layers: int, hidden: int, kind: str,
+        init_scale: float,
+    ) -> None:
+        owner = type(self).__name__
+        check_model(model, owner)
+        check_flow_config(owner, num_layers, hidden, kind)
+        if layers is not None and not callable(layers) and not isinstance(layers, Sequence):
+            raise TypeError(
+                f"{owner}: expected layers as None, a list or a callable, "
+                f"got {type(layers).__name__}"
+            )
+        self._layer_spec = layers
+        self._num_layers, self._hidden, self._kind = num_layers, hidden, kind
+        self._init_scale = check_init_scale(init_scale, owner)
+
+    def _stack(self, init_loc: Tensor) -> list[RelaxedLayer]:
+        """The flow's layers for ``init_loc`` (and ``init_gaussian``, when given)."""
+        loc, tril = self._initial_gaussian(init_loc)
+        return build_flow_layers(
+            self.latent_dim, self._layer_spec, loc, self._init_scale, self._num_layers,
+            self._hidden, self._kind, tril,
+        )
+
+
+class AutoFlowGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
     r"""A normalizing-flow autoguide whose stack may hold surjections and stochastic layers.
 
     Base ``N(0, I)`` on the stack's base shape; layers from base to data
@@ -253,33 +290,12 @@ class AutoFlowGuide(RelaxedGuideMixin, AutoContinuous):
         init_scale: float = 0.1,
         init_gaussian: tuple[Tensor, Tensor] | None = None,
     ) -> None:
-        owner = type(self).__name__
-        check_model(model, owner)
-        check_flow_config(owner, num_layers, hidden, kind)
-        if layers is not None and not callable(layers) and not isinstance(layers, Sequence):
-            raise TypeError(
-                f"{owner}: expected layers as None, a list or a callable, "
-                f"got {type(layers).__name__}"
-            )
-        self._layer_spec = layers
-        self._num_layers, self._hidden, self._kind = num_layers, hidden, kind
-        self._init_scale = check_init_scale(init_scale, owner)
+        self._set_stack(model, layers, num_layers, hidden, kind, init_scale)
         super().__init__(model, init_loc_fn=init_loc_fn)
         self._init_relaxed(model, init_gaussian)
 
     def _build(self, init_loc: Tensor) -> None:
-        loc, tril = self._initial_gaussian(init_loc)
-        layers = build_flow_layers(
-            self.latent_dim,
-            self._layer_spec,
-            loc,
-            self._init_scale,
-            self._num_layers,
-            self._hidden,
-            self._kind,
-            tril,
-        )
-        flow = make_flow(layers, self.latent_dim, type(self).__name__)
+        flow = make_flow(self._stack(init_loc), self.latent_dim, type(self).__name__)
         self.flow = flow.to(device=init_loc.device, dtype=init_loc.dtype)
 
     def _draw(self, sample_shape: torch.Size) -> tuple[Tensor, Tensor]:
@@ -297,7 +313,7 @@ class AutoFlowGuide(RelaxedGuideMixin, AutoContinuous):
         loc = self.flow._zero.new_zeros(self.latent_dim)
         return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
 
-    def get_transform(self, *args: Any, **kwargs: Any) -> Transform:
+    def get_transform(self, *args: Any, **kwargs: Any) -> Transform:  # noqa: ANN401
         """The transform from ``N(0, I)`` to the guide's unconstrained latent (bijective stacks).
 
         Raises:

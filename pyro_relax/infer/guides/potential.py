@@ -22,17 +22,19 @@ from __future__ import annotations
 __all__ = ["ModelPotential", "PotentialMixin", "plate_nesting"]
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.transforms import biject_to
+from pyro.infer.autoguide import AutoContinuous
 from pyro.poutine.runtime import get_plates
 from torch import Tensor
 
 from pyro_relax.core import check_event_shape, check_finite
+from pyro_relax.infer.guides.layout import shapes_of_trace, unpack_trace
 
 _PARTICLE_PLATE = "_pyro_relax_log_joint_particles"
 
@@ -66,7 +68,10 @@ class PotentialMixin:
 
     Needs ``self._raw_model`` (a 1-tuple holding the unwrapped model),
     ``self._model_args``, ``self._max_plate_nesting`` and ``self._vectorize``
-    (set by :class:`~pyro_relax.infer.guides.base.RelaxedGuideMixin`).
+    (set by :class:`~pyro_relax.infer.guides.base.RelaxedGuideMixin`), and
+    ``self._unpack_latent`` (``AutoContinuous``'s own, or the layout's).
+    Other modules use the public :attr:`raw_model`, :attr:`model_args`,
+    :meth:`unpack_latent`, :meth:`latent_shapes` and :meth:`log_joint`.
     """
 
     latent_dim: int
@@ -77,6 +82,42 @@ class PotentialMixin:
     _vectorize: bool | None
     _unpack_latent: Callable[[Tensor], Any]
 
+    @property
+    def raw_model(self) -> Callable[..., Any] | None:
+        """The model as given, whose density this evaluates (``None`` for an unpickled guide).
+
+        (Pyro's ``AutoContinuous.model`` is this model wrapped for its ``init_loc_fn``.)
+        """
+        return self._raw_model[0]
+
+    @property
+    def model_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """``(args, kwargs)`` of the model's last call (those :meth:`log_joint` uses by default)."""
+        return self._model_args
+
+    def unpack_latent(self, latent: Tensor) -> dict[str, Tensor]:
+        """Split a flat unconstrained latent ``batch + (latent_dim,)`` into per-site values."""
+        if self.prototype_trace is None:
+            raise RuntimeError(f"{type(self).__name__}.unpack_latent: run the guide once first")
+        check_event_shape(latent, (self.latent_dim,), f"{type(self).__name__}.unpack_latent")
+        return {site["name"]: u for site, u in self._unpack_latent(latent)}
+
+    def latent_shapes(self) -> dict[str, torch.Size]:
+        """The unconstrained shape of each latent site, in the packing order of the latent."""
+        if self.prototype_trace is None:
+            raise RuntimeError(f"{type(self).__name__}.latent_shapes: run the guide once first")
+        return shapes_of_trace(self.prototype_trace)
+
+    def log_joint(self, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:  # noqa: ANN401
+        """:meth:`log_joint_unconstrained` without the checks of ``z`` (for sampler proposals).
+
+        A proposal may leave the finite range; its log density is then NaN or
+        ``-inf`` instead of an exception. ``args`` and ``kwargs`` default to
+        :attr:`model_args`.
+        """
+        self._ensure_setup(args, kwargs)
+        return self._log_joint(z, *self._args(args, kwargs))
+
     def _ensure_setup(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)  # type: ignore[attr-defined]
@@ -84,7 +125,7 @@ class PotentialMixin:
     def _args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict]:
         return (args, kwargs) if args or kwargs else self._model_args
 
-    def log_joint_unconstrained(self, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    def log_joint_unconstrained(self, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:  # noqa: ANN401
         """``log p(x, T(z)) + log|det dT/dz|``: minus the potential energy at ``z``.
 
         Differentiable in ``z``. Vectorized over any batch shape (see the
@@ -275,7 +316,7 @@ class ModelPotential(PotentialMixin):
 
     def __init__(
         self,
-        guide: Any,
+        guide: AutoContinuous,
         model: Callable[..., Any],
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
@@ -289,11 +330,17 @@ class ModelPotential(PotentialMixin):
             raise TypeError(f"ModelPotential: expected a callable model, got {type(model)}")
         self.latent_dim = guide.latent_dim
         self.prototype_trace = guide.prototype_trace
-        self._unpack_latent = guide._unpack_latent
+        self._shapes = shapes_of_trace(self.prototype_trace)
         self._raw_model = (model,)
         self._model_args = (tuple(args), dict(kwargs or {}))
-        self._vectorize = getattr(guide, "_vectorize", None)
+        mode = guide.vectorization if isinstance(guide, PotentialMixin) else None
+        self._vectorize = None if mode is None else mode == "plate"
+        if mode in ("vmap", "loop"):
+            self._use_vmap = mode == "vmap"
         self._max_plate_nesting = plate_nesting(model, tuple(args), dict(kwargs or {}))
+
+    def _unpack_latent(self, latent: Tensor) -> Iterator[tuple[dict[str, Any], Tensor]]:
+        return unpack_trace(self.prototype_trace, self._shapes, latent)
 
     def log_joint_rows(self, z: Tensor) -> Tensor:
         """Like :meth:`log_joint_unconstrained` but without the finiteness check on ``z``."""

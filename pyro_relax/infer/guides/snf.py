@@ -33,20 +33,10 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from torch import Tensor
 
-from pyro_relax.core import RelaxedLayer
+from pyro_relax.core import RelaxedLayer, check_callable, check_int
 from pyro_relax.core.switch import validation_enabled
-from pyro_relax.infer.guides.base import (
-    RelaxedGuideMixin,
-    check_flow_config,
-    check_init_scale,
-    check_model,
-)
-from pyro_relax.infer.guides.flow import (
-    AutoFlowGuide,
-    LayerSpec,
-    build_flow_layers,
-    make_flow,
-)
+from pyro_relax.infer.guides.base import RelaxedGuideMixin, default_dtype
+from pyro_relax.infer.guides.flow import AutoFlowGuide, FlowStackMixin, LayerSpec, make_flow
 from pyro_relax.stochastic.annealing import AnnealedBlock
 from pyro_relax.stochastic.hmc import HMCBlock
 from pyro_relax.stochastic.langevin import MALABlock, OverdampedLangevin
@@ -93,7 +83,7 @@ def _check_blocks(blocks: object, owner: str) -> None:
             raise ValueError(f"{owner}: expected a block name in {sorted(BLOCKS)}, got {name!r}")
 
 
-class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
+class AutoSNFGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
     r"""A stochastic-normalizing-flow autoguide: flow layers, then MCMC/Langevin blocks.
 
     Arguments:
@@ -138,12 +128,23 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
         ['s']
     """
 
+    DEFAULT_BLOCKS: tuple[str, ...] = ("langevin", "langevin")
+    """The blocks of the constructor (and of :meth:`warm_start`) when none are given."""
+
+    WARM_FLOW: Mapping[str, Any] = {"kind": "affine", "num_layers": 2}
+    """The flow guide :meth:`warm_start` fits first, unless its options say otherwise."""
+
+    FLOW_OPTIONS: tuple[str, ...] = (
+        "num_layers", "hidden", "kind", "init_loc_fn", "init_scale", "init_gaussian",
+    )
+    """The options of :meth:`warm_start` that go to its flow guide (the rest to the SNF)."""
+
     def __init__(
         self,
         model: Callable[..., Any],
         layers: LayerSpec = None,
         *,
-        blocks: BlockSpec = ("langevin", "langevin"),
+        blocks: BlockSpec = DEFAULT_BLOCKS,
         num_layers: int = 2,
         hidden: int = 64,
         kind: str = "affine",
@@ -153,22 +154,18 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
         init_gaussian: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         owner = type(self).__name__
-        check_model(model, owner)
-        check_flow_config(owner, num_layers, hidden, kind)
+        self._set_stack(model, layers, num_layers, hidden, kind, init_scale)
         _check_blocks(blocks, owner)
         if placement not in ("data", "base"):
             raise ValueError(f"{owner}: expected placement 'data' or 'base', got {placement!r}")
         self._placement = placement
-        self._layer_spec = layers
         self._block_spec = blocks
-        self._num_layers, self._hidden, self._kind = num_layers, hidden, kind
-        self._init_scale = check_init_scale(init_scale, owner)
         super().__init__(model, init_loc_fn=init_loc_fn)
         self._init_relaxed(model, init_gaussian)
 
     def target_log_density(self, z: Tensor) -> Tensor:
         """The blocks' target: ``log_joint_unconstrained`` with the last model arguments."""
-        return self._log_joint(z, *self._model_args)
+        return self._log_joint(z, *self.model_args)
 
     def _make_blocks(self, target: Callable[[Tensor], Tensor]) -> list[RelaxedLayer]:
         spec = self._block_spec
@@ -182,17 +179,7 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
         return out
 
     def _build(self, init_loc: Tensor) -> None:
-        loc, tril = self._initial_gaussian(init_loc)
-        layers = build_flow_layers(
-            self.latent_dim,
-            self._layer_spec,
-            loc,
-            self._init_scale,
-            self._num_layers,
-            self._hidden,
-            self._kind,
-            tril,
-        )
+        layers = self._stack(init_loc)
         if self._placement == "base":
             pulled = PulledBackDensity(layers, self.target_log_density)
             layers = self._make_blocks(pulled) + layers
@@ -224,6 +211,7 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
         n_leapfrog: int = 3,
         tune_rounds: int = 10,
         tune_batch: int = 256,
+        **options: Any,  # noqa: ANN401 - the constructor's options
     ) -> AutoSNFGuide:
         """Annealed importance sampling from a trained flow guide (its layers shared, not copied).
 
@@ -244,6 +232,8 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
             n_leapfrog: leapfrog steps of the default blocks.
             tune_rounds: pilot rounds (0: no tuning).
             tune_batch: paths per pilot round.
+            **options: further constructor options (``placement`` defaults to
+                ``"base"`` here; ``init_loc_fn`` only seeds the prototype trace).
 
         Example:
             >>> import pyro, pyro.distributions as dist
@@ -260,41 +250,88 @@ class AutoSNFGuide(RelaxedGuideMixin, AutoContinuous):
             raise TypeError(f"{owner}: expected an AutoFlowGuide, got {type(guide).__name__}")
         if guide.prototype_trace is None:
             raise RuntimeError(f"{owner}: run the flow guide once (or train it) first")
-        if isinstance(tune_rounds, bool) or not isinstance(tune_rounds, int) or tune_rounds < 0:
-            raise ValueError(f"{owner}: expected an int tune_rounds >= 0, got {tune_rounds!r}")
+        tune_rounds = check_int(tune_rounds, "tune_rounds", owner, 0)
+        dtype, device = guide.flow._zero.dtype, guide.flow._zero.device
         if blocks is None:
-            if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-                raise ValueError(f"{owner}: expected an int levels >= 1, got {levels!r}")
-            dtype, device = guide.flow._zero.dtype, guide.flow._zero.device
+            levels = check_int(levels, "levels", owner, 1)
 
             def annealed(target: Callable[[Tensor], Tensor], dim: int) -> list[RelaxedLayer]:
                 made = annealed_hmc_levels(target, levels=levels, n_leapfrog=n_leapfrog)
                 return [b.to(device=device, dtype=dtype) for b in made]
 
             blocks = annealed
-
-        model = guide._raw_model[0]
-        args, kwargs = guide._model_args
+        args, kwargs = guide.model_args
         # The layers are given, so the initial point only seeds the prototype trace.
-        new = cls(model, list(guide.flow.layers), blocks=blocks, placement="base")
+        new = cls(guide.raw_model, list(guide.flow.layers), blocks=blocks,
+                  **{"placement": "base", **options})
         # built in the flow guide's dtype: the layers are shared, so building in another
         # default dtype would convert the flow guide's own layers (a float64 fit, then
         # from_flow_guide under float32, left the flow guide half float32)
-        old_dtype = torch.get_default_dtype()
-        torch.set_default_dtype(guide.flow._zero.dtype)
-        try:
-            new._setup_prototype(*args, **kwargs)
-        finally:
-            torch.set_default_dtype(old_dtype)
+        with default_dtype(dtype):
+            new.setup(*args, **kwargs)
         if tune_rounds:
             new.tune_step_sizes(rounds=tune_rounds, batch_size=tune_batch)
         return new
 
+    @classmethod
+    def warm_start(
+        cls,
+        model: Callable[..., Any],
+        train_flow: Callable[[AutoFlowGuide], object],
+        **options: Any,  # noqa: ANN401 - the constructor's options
+    ) -> AutoSNFGuide:
+        """An SNF whose flow part was fitted alone first (a warm start), then shared.
+
+        Training an SNF from scratch lets the blocks fight an untrained flow. A
+        warm start first builds an :class:`~pyro_relax.infer.guides.flow.AutoFlowGuide`
+        (:attr:`WARM_FLOW`: two affine couplings, unless the options among
+        :attr:`FLOW_OPTIONS` say otherwise) and hands it to ``train_flow``, which
+        trains it (e.g. SVI for half the steps). The SNF then shares the trained
+        layers and puts its blocks (default :attr:`DEFAULT_BLOCKS`) in the flow's
+        base space (``placement="base"`` unless given): there the posterior has
+        scale about 1 in every direction, so one step size fits all blocks (not
+        so in the model's space). Train the returned guide for the rest.
+
+        Arguments:
+            model: a Pyro model (continuous latent sites).
+            train_flow: trains the flow guide in place (its return value is ignored).
+            **options: constructor options of both parts (see :attr:`FLOW_OPTIONS`).
+
+        Returns:
+            The SNF guide, set up (in the flow guide's dtype), untrained blocks.
+
+        Example:
+            >>> import pyro, pyro.distributions as dist
+            >>> from pyro.infer import SVI, Trace_ELBO
+            >>> def model():
+            ...     pyro.sample("s", dist.LogNormal(0.0, 1.0))
+            >>> def train(flow):
+            ...     svi = SVI(model, flow, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+            ...     for _ in range(5):
+            ...         svi.step()
+            >>> snf = AutoSNFGuide.warm_start(model, train, hidden=8)
+            >>> len(snf.blocks), snf.sample_unconstrained(3)[0].shape
+            (2, torch.Size([3, 1]))
+        """
+        check_callable(train_flow, "train_flow", f"{cls.__name__}.warm_start")
+        flow_options = {k: v for k, v in options.items() if k in cls.FLOW_OPTIONS}
+        flow = AutoFlowGuide(model, **{**cls.WARM_FLOW, **flow_options})
+        train_flow(flow)
+        if flow.prototype_trace is None:
+            flow()
+        rest = {k: v for k, v in options.items() if k not in cls.FLOW_OPTIONS}
+        blocks = rest.pop("blocks", cls.DEFAULT_BLOCKS)
+        if "init_loc_fn" in flow_options:
+            rest["init_loc_fn"] = flow_options["init_loc_fn"]
+        return cls.from_flow_guide(flow, blocks, tune_rounds=0, **rest)
+
     def tune_step_sizes(
         self, rounds: int = 10, batch_size: int = 256, target_accept: float = 0.7
     ) -> list[float]:
-        """Tune the Metropolis-adjusted blocks' step sizes by a pilot run (see
-        :func:`~pyro_relax.stochastic.pullback.tune_step_sizes`); returns them."""
+        """Tune the Metropolis-adjusted blocks' step sizes by a pilot run; return them.
+
+        See :func:`~pyro_relax.stochastic.pullback.tune_step_sizes`.
+        """
         if self.prototype_trace is None:
             raise RuntimeError(f"{type(self).__name__}.tune_step_sizes: run the guide once first")
         return tune_step_sizes(self.snf, rounds=rounds, batch_size=batch_size,

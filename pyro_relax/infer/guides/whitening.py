@@ -115,6 +115,7 @@ class CholeskyAffineTransform(TransformModule):
                                              upper=False).squeeze(-1)
 
     def log_abs_det_jacobian(self, u: Tensor, x: Tensor | None) -> Tensor:
+        """``log |det L|`` (the sum of the log diagonal) for every row of ``u``."""
         total = self.tril0.diagonal().log().sum(-1) + self.log_diag.sum(-1)
         return total.expand(u.shape[:-1])
 

@@ -13,16 +13,15 @@ from __future__ import annotations
 __all__ = ["PathfinderResult", "pathfinder"]
 
 import math
-import numbers
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from pyro_relax.core.checks import check_int, check_positive, check_real
 from pyro_relax.diagnostics.psis import MIN_PSIS_DRAWS, psis_khat
 from pyro_relax.infer.pathfinder.gaussian import Gaussian, mixture_log_prob
 from pyro_relax.infer.pathfinder.path import PathInfo, PathOptions, run_path
@@ -83,7 +82,7 @@ class PathfinderResult:
         Returns:
             ``(z, log_q)`` of shapes ``(n, d)`` and ``(n,)``.
         """
-        n = _check_int(n, "n", 1, "PathfinderResult.draw")
+        n = check_int(n, "n", "PathfinderResult.draw", 1)
         u = torch.randn(
             (n, self.loc.shape[-1]), generator=generator, dtype=self.loc.dtype,
             device=self.loc.device,
@@ -121,24 +120,6 @@ class PathfinderResult:
         return z, lp - log_q
 
 
-def _check_int(value: object, name: str, minimum: int, owner: str = _NAME) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{owner}: expected an int {name}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{owner}: expected {name} >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_float(value: object, name: str, positive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{_NAME}: expected a float {name}, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or (v <= 0 if positive else v < 0):
-        kind = "> 0" if positive else ">= 0"
-        raise ValueError(f"{_NAME}: expected a finite {name} {kind}, got {value!r}")
-    return v
-
-
 def _evaluate(log_p: LogDensity, z: Tensor, owner: str) -> Tensor:
     out = log_p(z)
     if not isinstance(out, Tensor):
@@ -163,7 +144,9 @@ class _Counted:
         return _evaluate(self.log_p, z, _NAME)
 
 
-def _starts(init: Any, num_paths: int, radius: float, generator: Any) -> Tensor:
+def _starts(
+    init: object, num_paths: int, radius: float, generator: torch.Generator | None
+) -> Tensor:
     if not isinstance(init, Tensor):
         raise TypeError(f"{_NAME}: expected init to be a torch.Tensor, got {type(init).__name__}")
     if not init.dtype.is_floating_point:
@@ -285,27 +268,29 @@ def pathfinder(
     """
     if not callable(log_p):
         raise TypeError(f"{_NAME}: expected a callable log_p, got {type(log_p).__name__}")
-    num_paths = _check_int(num_paths, "num_paths", 1)
-    num_draws = _check_int(num_draws, "num_draws", 1)
+    num_paths = check_int(num_paths, "num_paths", _NAME, 1)
+    num_draws = check_int(num_draws, "num_draws", _NAME, 1)
     if num_paths * num_draws < MIN_PSIS_DRAWS:
         raise ValueError(
             f"{_NAME}: expected num_paths * num_draws >= {MIN_PSIS_DRAWS} for PSIS, got "
             f"{num_paths} * {num_draws}"
         )
-    radius = _check_float(init_radius, "init_radius", positive=False)
+    radius = check_real(init_radius, "init_radius", _NAME)
+    if radius < 0:
+        raise ValueError(f"{_NAME}: expected a finite init_radius >= 0, got {init_radius!r}")
     if hessian not in ("auto", "exact", "lbfgs"):
         raise ValueError(f"{_NAME}: expected hessian in ('auto', 'exact', 'lbfgs'), got "
                          f"{hessian!r}")
     options = PathOptions(
-        max_iters=_check_int(max_iters, "max_iters", 1),
-        history_size=_check_int(history_size, "history_size", 1),
-        num_elbo_draws=_check_int(num_elbo_draws, "num_elbo_draws", 2),
-        patience=_check_int(patience, "patience", 1),
+        max_iters=check_int(max_iters, "max_iters", _NAME, 1),
+        history_size=check_int(history_size, "history_size", _NAME, 1),
+        num_elbo_draws=check_int(num_elbo_draws, "num_elbo_draws", _NAME, 2),
+        patience=check_int(patience, "patience", _NAME, 1),
         exact_hessian=False,
-        ftol=_check_float(ftol, "ftol"),
-        gtol=_check_float(gtol, "gtol"),
+        ftol=check_positive(ftol, "ftol", _NAME),
+        gtol=check_positive(gtol, "gtol", _NAME),
     )
-    max_dim = _check_int(exact_hessian_max_dim, "exact_hessian_max_dim", 0)
+    max_dim = check_int(exact_hessian_max_dim, "exact_hessian_max_dim", _NAME, 0)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{_NAME}: expected a torch.Generator, got {type(generator).__name__}")
     starts = _starts(init, num_paths, radius, generator)

@@ -109,7 +109,7 @@ def strong_wolfe(
     def fallback() -> tuple[LineSearchResult | None, int]:
         if best is None:
             return None, evals
-        return best._replace(num_evals=evals), evals
+        return LineSearchResult(best.step, best.x, best.f, best.g, evals), evals
 
     def zoom(lo: float, f_lo: float, d_lo: float, hi: float, f_hi: float) -> tuple:
         while evals < max_evals:
@@ -171,6 +171,7 @@ class LBFGSHistory:
         self.skipped = 0
 
     def __len__(self) -> int:
+        """The number of kept ``(s, y)`` pairs."""
         return len(self.s)
 
     def update(self, s: Tensor, y: Tensor) -> bool:

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 __all__ = ["pathfinder_for_model"]
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,20 +20,11 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from torch import Tensor
 
-from pyro_relax.infer.guides.base import RelaxedGuideMixin, check_model
-from pyro_relax.infer.pathfinder.api import PathfinderResult, _check_int, pathfinder
+from pyro_relax.core.checks import check_int
+from pyro_relax.infer.guides.base import RelaxedGuideMixin, check_model, default_dtype
+from pyro_relax.infer.pathfinder.api import PathfinderResult, pathfinder
 
 _NAME = "pathfinder_for_model"
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 class _ModelLayout(RelaxedGuideMixin, AutoContinuous):
@@ -60,7 +50,7 @@ def pathfinder_for_model(
     init_radius: float = 2.0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
-    **kwargs: Any,
+    **kwargs: Any,  # noqa: ANN401 - pathfinder options
 ) -> PathfinderResult:
     """Run :func:`~pyro_relax.infer.pathfinder.pathfinder` on a Pyro model's posterior.
 
@@ -103,21 +93,21 @@ def pathfinder_for_model(
     check_model(model, _NAME)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"{_NAME}: expected a floating torch.dtype, got {dtype!r}")
-    num_paths = _check_int(num_paths, "num_paths", 1, _NAME)
+    num_paths = check_int(num_paths, "num_paths", _NAME, 1)
     dev = torch.get_default_device() if device is None else torch.device(device)
     layout = _ModelLayout(model)
-    with _default_dtype(dtype):
-        layout._setup_prototype()
+    with default_dtype(dtype):
+        layout.setup()
     d = int(layout.latent_dim)
     if d < 1:
         raise ValueError(f"{_NAME}: expected a model with continuous latent sites, got none")
 
     def log_p(z: Tensor) -> Tensor:
-        with _default_dtype(dtype):
-            return layout._log_joint(z.to(device=dev, dtype=dtype), (), {}).to(torch.float64)
+        with default_dtype(dtype):
+            return layout.log_joint(z.to(device=dev, dtype=dtype)).to(torch.float64)
 
     def constrain(z: Tensor) -> dict[str, Tensor]:
-        with _default_dtype(dtype), torch.no_grad():
+        with default_dtype(dtype), torch.no_grad():
             return layout.unconstrained_to_samples(z.to(device=dev, dtype=dtype))
 
     # Two rows, so that a model that cannot take a particle plate is found (and looped

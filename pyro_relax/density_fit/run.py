@@ -1,4 +1,4 @@
-"""The work of ``pyro-relax density``: data, validation split, flow choices, training, outputs.
+"""The run of ``pyro-relax density``: its options, their checks, the training and the outputs.
 
 Only :mod:`pyro_relax.cli` calls :func:`add_density_parser` and :func:`run_density`;
 ``run_density`` writes into the (temporary) folder the command hands it. The
@@ -8,17 +8,7 @@ with ``--devices N --strategy ddp``), imported only when a fit runs.
 
 from __future__ import annotations
 
-__all__ = [
-    "FLOWS",
-    "add_density_parser",
-    "build_flow",
-    "check_density_args",
-    "load_data",
-    "load_density_model",
-    "run_density",
-    "split_data",
-    "write_outputs",
-]
+__all__ = ["add_density_parser", "check_density_args", "run_density", "write_outputs"]
 
 import argparse
 import csv
@@ -27,212 +17,25 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from pyro_relax import datasets
+from pyro_relax.density_fit.data import BUILTIN, load_data, split_data
+from pyro_relax.density_fit.flows import FLOWS, build_flow, save_density_model
 from pyro_relax.distributions.flow import Flow
 
-FLOWS: dict[str, str] = {
-    "spline": "rational-quadratic spline couplings (exact)",
-    "affine": "affine (RealNVP) couplings (exact)",
-    "abs": "splines, softplus and the abs surjection (exact; sign-symmetric data)",
-    "sort": "splines, an ordered map and the sort surjection (exact; exchangeable columns)",
-    "max": "splines and the max surjection (exact)",
-    "augment": "splines on the data plus --extra dimensions, augment surjection (a bound)",
-    "dequantize": "splines, sigmoid, uniform dequantization (integers 0..bins-1; a bound)",
-    "vdequantize": "as dequantize with learned (variational) dequantization noise (a bound)",
-}
-BUILTIN = sorted([*datasets.DATASETS, "digits"])
-FORMAT = "pyro-relax-density/1"
+if TYPE_CHECKING:  # lightning is imported only when a fit runs
+    from pyro_relax.lightning import DensityModule
 
 
-def load_data(spec: str, *, n: int = 5000, seed: int = 0) -> Tensor:
-    """The data named by ``spec``: a built-in set, a ``.npy`` or a ``.csv`` file, as ``(n, d)``.
+def add_density_parser(subparsers: Any) -> argparse.ArgumentParser:  # noqa: ANN401 - no public type
+    """Add the ``density`` subcommand with its own options and return its parser.
 
-    A CSV may start with one header row; every other cell must be a number and
-    every row must have the same number of columns. Values must be finite.
-
-    Arguments:
-        spec: a name from ``BUILTIN`` or the path of a ``.npy``/``.csv`` file.
-        n: points drawn from a 2-D built-in set.
-        seed: seed of the built-in sets.
-
-    Returns:
-        A float tensor of shape ``(n, d)`` (the default dtype).
-
-    Raises:
-        ValueError: naming what was expected, for every bad input.
+    The CLI adds ``--out``, ``--force``, ``--device``, ``--seed`` and
+    ``--no-progress`` as for ``fit``.
     """
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"expected DATA a .npy or .csv file or one of {BUILTIN}, got {spec!r}")
-    # on the CPU whatever torch's default device: the DataLoaders move each batch
-    if spec in datasets.DATASETS:
-        return datasets.load(spec, n, seed=seed).cpu()
-    if spec == "digits":
-        return torch.cat(datasets.digits(seed=seed)).cpu()
-    path = Path(spec)
-    if path.suffix.lower() not in (".npy", ".csv"):
-        raise ValueError(f"expected DATA a .npy or .csv file or one of {BUILTIN}, got {spec!r}")
-    if not path.is_file():
-        raise ValueError(f"expected DATA an existing file, {spec} does not exist")
-    array = _read_npy(path) if path.suffix.lower() == ".npy" else _read_csv(path)
-    return _check_values(array, path.name)
-
-
-def _read_npy(path: Path) -> Tensor:
-    import numpy as np
-
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise ValueError(f"expected {path.name} a numeric .npy array, could not read it: "
-                         f"{str(err).splitlines()[0]}") from err
-    if array.dtype.kind not in "biuf":
-        raise ValueError(f"expected a numeric array in {path.name}, got dtype {array.dtype}")
-    if array.ndim == 1:
-        array = array[:, None]
-    if array.ndim != 2:
-        raise ValueError(f"expected a 2-D array (points, columns) in {path.name}, "
-                         f"got shape {tuple(array.shape)}")
-    return torch.as_tensor(array.astype("float64"), dtype=torch.get_default_dtype(), device="cpu")
-
-
-def _number(cell: str) -> float | None:
-    try:
-        return float(cell)
-    except ValueError:
-        return None
-
-
-def _read_csv(path: Path) -> Tensor:
-    try:
-        with path.open(newline="") as f:
-            rows = [(i + 1, r) for i, r in enumerate(csv.reader(f)) if any(c.strip() for c in r)]
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(f"expected {path.name} a text CSV of numbers: {err}") from err
-    if rows and all(_number(c) is None for c in rows[0][1]):
-        rows = rows[1:]  # a header
-    if not rows:
-        raise ValueError(f"expected rows of numbers in {path.name}, found none")
-    width = len(rows[0][1])
-    values = []
-    for line, row in rows:
-        if len(row) != width:
-            raise ValueError(f"expected {width} columns on every row of {path.name} (as on its "
-                             f"first data row), line {line} has {len(row)}")
-        parsed = [_number(c) for c in row]
-        for j, v in enumerate(parsed):
-            if v is None:
-                raise ValueError(f"expected a number in every cell of {path.name}; line {line}, "
-                                 f"column {j + 1} holds {row[j].strip()!r}")
-        values.append(parsed)
-    return torch.tensor(values, dtype=torch.get_default_dtype(), device="cpu")
-
-
-def _check_values(x: Tensor, name: str) -> Tensor:
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        i, j = (int(v) for v in bad.nonzero()[0])
-        raise ValueError(f"expected finite values in {name}; point {i + 1}, column {j + 1} "
-                         f"is {float(x[i, j])}")
-    return x
-
-
-def split_data(x: Tensor, val_fraction: float, test_fraction: float,
-               seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Shuffle (seeded) and cut ``x`` into train, validation and test parts.
-
-    Raises:
-        ValueError: for fractions outside ``(0, 1)`` or too few points for three parts.
-    """
-    for name, f in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
-        if not (math.isfinite(f) and 0 < f < 1):
-            raise ValueError(f"expected {name} strictly between 0 and 1, got {f}")
-    if val_fraction + test_fraction >= 0.9:
-        raise ValueError(f"expected --val-fraction + --test-fraction below 0.9, "
-                         f"got {val_fraction + test_fraction:.3g}")
-    n = x.shape[0]
-    n_val, n_test = max(1, int(n * val_fraction)), max(1, int(n * test_fraction))
-    if n - n_val - n_test < 8:
-        raise ValueError(f"expected at least 8 training points after the split, got "
-                         f"{n - n_val - n_test} of {n} points")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    x = x[perm.to(x.device)]
-    return x[n_val + n_test:], x[:n_val], x[n_val:n_val + n_test]
-
-
-def build_flow(kind: str, dim: int, *, num_layers: int = 4, hidden: int = 64, extra: int = 2,
-               num_bins: int = 256) -> Flow:
-    """A flow of kind ``kind`` (one of :data:`FLOWS`) for data of ``dim`` columns.
-
-    Raises:
-        ValueError: for an unknown kind, or a dimension the kind cannot take.
-    """
-    import pyro.distributions.transforms as T
-
-    from pyro_relax.surjections import (
-        AbsSurjection,
-        AugmentSurjection,
-        MaxSurjection,
-        SortSurjection,
-        UniformDequantization,
-        VariationalDequantization,
-    )
-    from pyro_relax.transforms import ActNorm
-    from pyro_relax.transforms.stacks import coupling_stack
-
-    if kind not in FLOWS:
-        raise ValueError(f"expected --flow one of {sorted(FLOWS)}, got {kind!r}")
-    if kind in ("sort", "max") and dim < 2:
-        raise ValueError(f"--flow {kind} needs data with at least 2 columns, got {dim}")
-    small = (max(8, hidden // 2),)
-    stack = coupling_stack(dim, num_layers, hidden, kind="affine" if kind == "affine" else "spline")
-    layers: dict[str, Any] = {
-        "spline": lambda: ((dim,), stack),
-        "affine": lambda: ((dim,), stack),
-        "abs": lambda: ((dim,), [*stack, ActNorm(dim), T.SoftplusTransform(), AbsSurjection()]),
-        "sort": lambda: ((dim,), [*stack, ActNorm(dim), T.OrderedTransform(), SortSurjection()]),
-        "max": lambda: ((dim,), [*stack, ActNorm(dim), MaxSurjection(dim, hidden=small)]),
-        "augment": lambda: ((dim + extra,), [*coupling_stack(dim + extra, num_layers, hidden),
-                                             AugmentSurjection(dim, extra, hidden=small)]),
-        "dequantize": lambda: ((dim,), [*stack, ActNorm(dim), T.SigmoidTransform(),
-                                        UniformDequantization(num_bins)]),
-        "vdequantize": lambda: ((dim,), [*stack, ActNorm(dim), T.SigmoidTransform(),
-                                         VariationalDequantization(dim, num_bins, hidden=small)]),
-    }
-    base_shape, stack_layers = layers[kind]()
-    return Flow(base_shape, stack_layers)
-
-
-def load_density_model(path: str | os.PathLike[str]) -> Flow:
-    """Load the flow a ``pyro-relax density`` run wrote (its folder or its ``model.pt``).
-
-    Read with ``torch.load(weights_only=True)``: no pickled code runs.
-
-    Example:
-        >>> flow = load_density_model("runs/moons")  # doctest: +SKIP
-        >>> flow.log_prob(torch.zeros(1, 2))  # doctest: +SKIP
-    """
-    p = Path(path)
-    p = p / "model.pt" if p.is_dir() else p
-    if not p.is_file():
-        raise ValueError(f"expected a pyro-relax density output folder or model.pt, got {path}")
-    saved = torch.load(p, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-        raise ValueError(f"expected {p} written by pyro-relax density ({FORMAT}), it is not")
-    cfg = saved["config"]
-    flow = build_flow(cfg["flow"], cfg["dim"], num_layers=cfg["layers"], hidden=cfg["hidden"],
-                      extra=cfg["extra"], num_bins=cfg["bins"])
-    flow.load_state_dict(saved["state_dict"])
-    return flow
-
-
-def add_density_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``density`` subcommand (its own options; the CLI adds --out, --force,
-    --device, --seed and --no-progress as for ``fit``) and return its parser."""
     p = subparsers.add_parser("density", help="fit a flow to data (.npy, .csv or a built-in set)")
     p.add_argument("data", help=f"a .npy or .csv file (points x columns) or one of {BUILTIN}")
     p.add_argument("--flow", choices=list(FLOWS), default="spline",
@@ -361,7 +164,8 @@ def run_density(args: argparse.Namespace, out_dir: str | os.PathLike[str]) -> di
 
 
 @torch.no_grad()
-def _metrics(module: Any, train: Tensor, val: Tensor, test: Tensor, config: dict[str, Any],
+def _metrics(module: DensityModule, train: Tensor, val: Tensor, test: Tensor,
+             config: dict[str, Any],
              args: argparse.Namespace, seconds: float, log_csv: Path, best: str) -> dict[str, Any]:
     module.eval()
     d, per_bit = train.shape[1], train.shape[1] * math.log(2.0)
@@ -385,8 +189,7 @@ def _metrics(module: Any, train: Tensor, val: Tensor, test: Tensor, config: dict
 def write_outputs(folder: Path, flow: Flow, config: dict[str, Any], metrics: dict[str, Any],
                   log_csv: Path, train: Tensor) -> None:
     """Write ``model.pt``, ``metrics.json``, ``loss.png`` and, for 2-D data, ``density.png``."""
-    torch.save({"format": FORMAT, "config": config, "state_dict": flow.state_dict()},
-               folder / "model.pt")
+    save_density_model(folder, flow, config)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _plot_losses(log_csv, folder / "loss.png")
     if train.shape[1] == 2:

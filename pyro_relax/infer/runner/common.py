@@ -1,0 +1,202 @@
+"""What every run shares: the options of a fit, its result, Pathfinder and the guides' draws.
+
+Nothing here parses arguments or writes files (that is :mod:`pyro_relax.cli`);
+each function returns tensors and numbers.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FitOptions",
+    "FitResult",
+    "McmcResult",
+    "PathfinderGuide",
+    "guide_draws",
+    "pathfinder_log_p",
+    "run_pathfinder",
+    "to_dtype",
+    "with_annealing",
+]
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from pyro.infer import MCMC
+from pyro.infer.autoguide import AutoDiagonalNormal
+from torch import Tensor
+
+from pyro_relax.infer.guides import AutoFlowGuide, AutoSNFGuide
+from pyro_relax.infer.guides.base import check_num_samples, default_dtype
+from pyro_relax.infer.guides.potential import ModelPotential
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """The options of one fit, checked by :func:`~pyro_relax.infer.runner.fit_guide`.
+
+    Every guide's fit function takes the model and these; see
+    :func:`~pyro_relax.infer.runner.fit_guide` for what each means.
+    """
+
+    steps: int = 2000
+    lr: float = 1e-2
+    seed: int = 0
+    num_particles: int = 8
+    progress: bool = True
+    guide_kwargs: dict[str, Any] = field(default_factory=dict)
+    ais_levels: int = 10
+    dtype: torch.dtype = torch.float64
+    init: str = "pathfinder"
+    until_converged: bool = False
+    budget: float = 600.0
+
+    def but(self, **changes: Any) -> FitOptions:  # noqa: ANN401 - any of the fields
+        """A copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+
+@dataclass
+class FitResult:
+    """What :func:`~pyro_relax.infer.runner.fit_guide` returns.
+
+    ``stages`` lists what ran (Pathfinder, the SVI fit, annealing, ...), each a
+    dict with at least ``stage`` and ``seconds``; ``dtype`` is the dtype the
+    fit ran in (draws are returned in the caller's default dtype).
+    """
+
+    guide: Any
+    elbo: list[float]
+    seconds: float
+    name: str
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    dtype: torch.dtype = torch.float64
+    pathfinder: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class McmcResult:
+    """What :func:`~pyro_relax.infer.runner.run_mcmc` returns."""
+
+    samples: dict[str, Tensor]  # (chains, draws, ...)
+    seconds: float
+    kernel: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    mcmc: MCMC | None = None
+
+
+class PathfinderGuide:
+    """Pathfinder's best Gaussian as a guide: draws with their log importance weights.
+
+    Arguments:
+        result: a :class:`~pyro_relax.infer.pathfinder.PathfinderResult` of
+            :func:`~pyro_relax.infer.pathfinder.pathfinder_for_model`.
+        log_p: the model's vectorized unconstrained log density.
+    """
+
+    def __init__(self, result: Any, log_p: Callable[[Tensor], Tensor]) -> None:  # noqa: ANN401
+        if getattr(result, "constrain", None) is None:
+            raise ValueError("PathfinderGuide: expected a result of pathfinder_for_model")
+        self.result = result
+        self._log_p = log_p
+
+    def importance_weights(self, num_samples: int) -> tuple[dict[str, Tensor], Tensor]:
+        """``num_samples`` draws from the Gaussian (constrained) and their log weights."""
+        n = check_num_samples(num_samples, "PathfinderGuide.importance_weights")
+        z, log_w = self.result.importance_weights(self._log_p, n)
+        return self.result.constrain(z), log_w
+
+
+def run_pathfinder(
+    model: Callable[[], Any], seed: int, dtype: torch.dtype, **kwargs: Any  # noqa: ANN401
+) -> Any:  # noqa: ANN401 - a PathfinderResult
+    """Multi-path Pathfinder on the model (4 paths), seeded; raises if no path starts finite."""
+    from pyro_relax.infer.pathfinder import pathfinder_for_model
+
+    device = torch.get_default_device()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    options = {"num_paths": 4, "num_draws": 200, **kwargs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the vectorization note: said once below
+        return pathfinder_for_model(model, dtype=dtype, generator=generator, **options)
+
+
+def pathfinder_log_p(model: Callable[[], Any], dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
+    """The model's unconstrained log density, laid out as Pathfinder's (and our guides') latent."""
+    with default_dtype(dtype):
+        layout = AutoDiagonalNormal(model)
+        layout()
+        potential = ModelPotential(layout, model)
+
+    def log_p(z: Tensor) -> Tensor:
+        with default_dtype(dtype):
+            return potential.log_joint_rows(z.to(dtype))
+
+    return log_p
+
+
+def with_annealing(fit: FitResult, levels: int, owner: str) -> FitResult:
+    """A fitted flow guide followed by ``levels`` annealed HMC levels (its time added).
+
+    The guide is :meth:`~pyro_relax.infer.guides.AutoSNFGuide.from_flow_guide`
+    of the fit's flow guide; the result is named ``"flow-ais"``.
+
+    Raises:
+        ValueError: if the fit's guide is not an :class:`~pyro_relax.infer.guides.AutoFlowGuide`.
+    """
+    if not isinstance(fit.guide, AutoFlowGuide):
+        raise ValueError(f"{owner} needs a flow guide, got {fit.name!r}")
+    start = time.perf_counter()
+    with default_dtype(fit.dtype):
+        ais = AutoSNFGuide.from_flow_guide(fit.guide, levels=levels)
+    seconds = time.perf_counter() - start
+    stages = fit.stages + [{"stage": f"ais ({levels} levels)", "seconds": seconds}]
+    return FitResult(ais, fit.elbo, fit.seconds + seconds, "flow-ais", stages, fit.dtype,
+                     fit.pathfinder)
+
+
+@torch.no_grad()
+def guide_draws(
+    fit: FitResult, model: Callable[[], Any], num_samples: int
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Posterior draws of the latent sites and their log importance weights.
+
+    Runs in the fit's dtype, in one batched pass of the model (plate, ``vmap``
+    or loop, as in fitting); the draws come back in the caller's default dtype,
+    the log weights in float64. Every guide's weights are
+    ``log p(x, z) - log q(z)`` (path weights for the stochastic guides), so
+    ``E[exp(log_w)] = p(x)``.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoDiagonalNormal
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> pyro.clear_param_store()
+        >>> guide = AutoDiagonalNormal(model); _ = guide()
+        >>> samples, log_w = guide_draws(FitResult(guide, [0.0], 0.0, "normal"), model, 5)
+        >>> samples["x"].shape, log_w.dtype
+        (torch.Size([5]), torch.float64)
+    """
+    n = check_num_samples(num_samples, "guide_draws")
+    out_dtype = torch.get_default_dtype()
+    guide = fit.guide
+    with default_dtype(fit.dtype):
+        if hasattr(guide, "importance_weights"):
+            samples, log_w = guide.importance_weights(n)
+        else:
+            post = guide.get_posterior()
+            z = post.sample(torch.Size([n]))
+            potential = ModelPotential(guide, model)
+            log_w = potential.log_joint_rows(z) - post.log_prob(z)
+            samples = potential.unconstrained_to_samples(z)
+    return to_dtype(samples, out_dtype), log_w.to(torch.float64)
+
+
+def to_dtype(samples: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+    """The floating tensors of ``samples`` converted to ``dtype`` (the others as they are)."""
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in samples.items()}
