@@ -210,7 +210,7 @@ def test_bad_configurations():
         DoubleWell(a=0.0)
     with pytest.raises(ValueError, match="d > 0"):
         ManyWell(dim=4, d=-1.0)
-    with pytest.raises(TypeError, match="real number for b"):
+    with pytest.raises(TypeError, match="real number b"):
         DoubleWell(b="6")
     with pytest.raises(ValueError, match="finite c"):
         DoubleWell(c=float("nan"))
@@ -220,7 +220,7 @@ def test_bad_configurations():
         NealFunnel(scale=0.0)
     with pytest.raises(ValueError, match="n_modes >= 1"):
         GaussianMixture40(n_modes=0)
-    with pytest.raises(TypeError, match="int for seed"):
+    with pytest.raises(TypeError, match="int seed"):
         GaussianMixture40(seed=1.5)
     with pytest.raises(ValueError, match="dim >= 2"):
         Banana(dim=1)

@@ -51,7 +51,7 @@ def check_int(value: object, name: str, owner: str, minimum: int | None = None) 
         3
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{owner}: expected an int for {name}, got {type(value).__name__}")
+        raise TypeError(f"{owner}: expected an int {name}, got {type(value).__name__}")
     if minimum is not None and int(value) < minimum:
         raise ValueError(f"{owner}: expected {name} >= {minimum}, got {value!r}")
     return int(value)
@@ -121,7 +121,7 @@ def check_real(
         0.5
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{owner}: expected a real number for {name}, got {type(value).__name__}")
+        raise TypeError(f"{owner}: expected a real number {name}, got {type(value).__name__}")
     out = float(value)
     if not math.isfinite(out):
         raise ValueError(f"{owner}: expected a finite {name}, got {value!r}")

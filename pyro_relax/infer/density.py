@@ -58,7 +58,7 @@ def fit_density(
         raise TypeError(f"fit_density: expected a pyro_relax Flow, got {type(flow).__name__}")
     check_int(steps, "steps", "fit_density", 1)
     check_int(batch_size, "batch_size", "fit_density", 1)
-    flow(None)._check_value(data)  # one validation of the whole data set
+    flow.check_data(data)  # one validation of the whole data set
     torch.manual_seed(seed)
     opt = torch.optim.Adam(flow.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)

@@ -170,7 +170,7 @@ class SNFTrainer:
         if self.forward_weight and data is None:
             raise ValueError("SNFTrainer: forward_weight > 0 needs data, got None")
         if data is not None:
-            snf(None)._check_value(data)  # shape and finiteness, checked once
+            snf.check_data(data)  # shape and finiteness, checked once
             if data.shape[0] < 1:
                 raise ValueError("SNFTrainer: expected at least one data point, got none")
         if clip_grad is not None:

@@ -103,7 +103,7 @@ class SNFModule(RNGStateMixin, L.LightningModule):
         if forward_weight and data is None:
             raise ValueError("SNFModule: forward_weight > 0 needs data, got None")
         if data is not None:
-            snf(None)._check_value(data)
+            snf.check_data(data)
         self.snf = snf
         self.lr, self.seed = float(lr), int(seed)
         self.reverse_weight, self.forward_weight = float(reverse_weight), float(forward_weight)

@@ -310,7 +310,7 @@ class AutoFlowGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
         """The standard normal ``N(0, I_latent_dim)`` on the device and dtype of the guide."""
         if self.prototype_trace is None:
             raise RuntimeError(f"{type(self).__name__}.get_base_dist: run the guide once first")
-        loc = self.flow._zero.new_zeros(self.latent_dim)
+        loc = torch.zeros(self.latent_dim, dtype=self.flow.dtype, device=self.flow.device)
         return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
 
     def get_transform(self, *args: Any, **kwargs: Any) -> Transform:  # noqa: ANN401
@@ -333,7 +333,7 @@ class AutoFlowGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
             raise NotImplementedError(f"{owner}: the base shape differs from the latent shape")
         parts: list[Transform] = []
         for layer in self.flow.layers:
-            if isinstance(layer, TransformLayer) and not layer._conditional:
+            if isinstance(layer, TransformLayer) and not layer.conditional:
                 parts.append(layer.wrapped)
             else:
                 parts.append(_LayerTransform(layer))

@@ -251,7 +251,7 @@ class AutoSNFGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
         if guide.prototype_trace is None:
             raise RuntimeError(f"{owner}: run the flow guide once (or train it) first")
         tune_rounds = check_int(tune_rounds, "tune_rounds", owner, 0)
-        dtype, device = guide.flow._zero.dtype, guide.flow._zero.device
+        dtype, device = guide.flow.dtype, guide.flow.device
         if blocks is None:
             levels = check_int(levels, "levels", owner, 1)
 
