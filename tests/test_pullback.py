@@ -78,13 +78,11 @@ def test_pilot_moves_the_acceptance_toward_the_goal():
     target = _gauss(torch.zeros(4), torch.full((4,), 0.3))
     blocks = annealed_hmc_levels(target, levels=3, step_size=6.0)
     snf = StochasticNormalizingFlow((4,), blocks, target)
-    snf.sample_with_log_weights(512)
-    before = [float(b.last_acceptance) for b in snf.blocks]
+    before = [float(i.acceptance_rate) for _, _, i in snf.sample_with_trace(512)[2].entries]
     assert max(before) < 0.1, before
     steps = tune_step_sizes(snf, rounds=30, batch_size=256)
     assert len(steps) == 3 and all(s < 6.0 for s in steps)
-    snf.sample_with_log_weights(512)
-    after = [float(b.last_acceptance) for b in snf.blocks]
+    after = [float(i.acceptance_rate) for _, _, i in snf.sample_with_trace(512)[2].entries]
     assert all(abs(a - 0.7) < 0.2 for a in after), after
     with pytest.raises(ValueError, match="target_accept"):
         tune_step_sizes(snf, target_accept=1.5)
@@ -174,5 +172,5 @@ def test_pulled_back_target_with_wrong_output_shape_is_refused():
         density(torch.zeros(3, 2))
     blocks = annealed_hmc_levels(density, levels=2)
     snf = StochasticNormalizingFlow((2,), blocks + layers, lambda x: standard_normal_log_prob(x))
-    with pytest.raises(ValueError, match=r"HMC \(layer 0\): step 1 of 1.*PulledBackDensity"):
+    with pytest.raises(ValueError, match=r"HMCBlock \(layer 0\): step 1 of 1.*PulledBackDensity"):
         snf.sample_with_log_weights(4)

@@ -1,17 +1,15 @@
-"""Stochastic layers: SNF blocks (Langevin, MALA, underdamped Langevin, MH, HMC),
-the VAE layer, and the stochastic normalizing flow with its path weights."""
+"""Stochastic layers: SNF blocks (Langevin, MALA, underdamped Langevin, MH, HMC; thin
+drivers over :mod:`pyro_relax.ops`), the VAE layer, and the stochastic normalizing flow
+with its path weights."""
 
-from pyro_relax.stochastic.annealing import (
-    AnnealedBlock,
-    AnnealedDensity,
-    LearnedSchedule,
-    geometric_schedule,
-    linear_schedule,
-)
+from pyro_relax.stochastic.block import AnnealedBlock, BlockInfo, BlockTrace, trace_blocks
+from pyro_relax.stochastic.density import AnnealedDensity
 from pyro_relax.stochastic.hmc import HMCBlock
 from pyro_relax.stochastic.langevin import MALABlock, OverdampedLangevin
 from pyro_relax.stochastic.mh import RandomWalkMH
+from pyro_relax.stochastic.schedules import LearnedSchedule, geometric_schedule, linear_schedule
 from pyro_relax.stochastic.snf import (
+    SNFDistribution,
     StochasticNormalizingFlow,
     ess_from_log_weights,
     log_Z_from_log_weights,
@@ -21,13 +19,16 @@ from pyro_relax.stochastic.underdamped import UnderdampedLangevin
 from pyro_relax.stochastic.vae import VAELayer
 
 __all__ = [
-    "HMCBlock",
-    "MALABlock",
     "AnnealedBlock",
     "AnnealedDensity",
+    "BlockInfo",
+    "BlockTrace",
+    "HMCBlock",
     "LearnedSchedule",
+    "MALABlock",
     "OverdampedLangevin",
     "RandomWalkMH",
+    "SNFDistribution",
     "StochasticNormalizingFlow",
     "UnderdampedLangevin",
     "VAELayer",
@@ -36,4 +37,5 @@ __all__ = [
     "linear_schedule",
     "log_Z_from_log_weights",
     "self_normalized_expectation",
+    "trace_blocks",
 ]
