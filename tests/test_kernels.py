@@ -34,7 +34,7 @@ def mala_log_accept_ratio(x, y, u_x, u_y, g_x, g_y, eps, inv_mass):
 
 
 def mala_log_transition(y, x, grad_u_x, eps, inv_mass):
-    return langevin_log_transition(y, x, -grad_u_x, eps, inv_mass)
+    return langevin_log_transition(y, LangevinState(x, x[..., 0], -grad_u_x), eps, inv_mass)
 
 
 def mala_propose(x, grad_u, eps, inv_mass, noise):

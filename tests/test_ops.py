@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pyro_relax.ops import (
+    DenseInverseMass,
     IntegratorState,
     LangevinState,
     dual_averaging_init,
@@ -64,11 +65,10 @@ def test_leapfrog_is_reversible_to_rounding():
 def test_leapfrog_preserves_volume(dense):
     torch.manual_seed(1)
     inv_mass = torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
-    if not dense:
-        inv_mass = inv_mass.diagonal().clone()
+    inv_mass = DenseInverseMass(inv_mass) if dense else inv_mass.diagonal().clone()
 
     def flow(xv):
-        end = leapfrog(_start(xv[:2], xv[2:], quartic), quartic, 0.1, 7, inv_mass, dense=dense)
+        end = leapfrog(_start(xv[:2], xv[2:], quartic), quartic, 0.1, 7, inv_mass)
         return torch.cat([end.position, end.momentum])
 
     jac = torch.autograd.functional.jacobian(flow, torch.randn(4, dtype=torch.float64))
@@ -122,15 +122,15 @@ def test_gaussian_transition_matches_torch_diagonal_and_dense(device):
     torch.testing.assert_close(got, ref)
     a = torch.randn(3, 3, **kw)
     dense = a @ a.T + torch.eye(3, **kw)
-    got = gaussian_transition_log_prob(y, m, 0.3, dense, dense=True, normalized=True)
+    got = gaussian_transition_log_prob(y, m, 0.3, DenseInverseMass(dense), normalized=True)
     ref = torch.distributions.MultivariateNormal(m, 0.3 * dense).log_prob(y)
     torch.testing.assert_close(got, ref)
     assert got.device.type == torch.device(device).type
     # unnormalized: differs by a constant only
-    diff = gaussian_transition_log_prob(y, m, 0.3, dense, dense=True) - ref
+    diff = gaussian_transition_log_prob(y, m, 0.3, DenseInverseMass(dense)) - ref
     torch.testing.assert_close(diff, diff[:1].expand(6))
     with pytest.raises(ValueError, match=r"dense inv_mass of shape \(3, 3\)"):
-        gaussian_transition_log_prob(y, m, 0.3, diag, dense=True)
+        gaussian_transition_log_prob(y, m, 0.3, DenseInverseMass(diag))
     with pytest.raises(ValueError, match="mean of shape"):
         gaussian_transition_log_prob(y, m[:2], 0.3)
 
@@ -145,20 +145,19 @@ def test_langevin_step_transition_densities(dense):
     inv_mass = a @ a.T + 0.5 * torch.eye(2, **kw)
     if not dense:
         inv_mass = inv_mass.diagonal().clone()
+    metric = DenseInverseMass(inv_mass) if dense else inv_mass
     x, eps = torch.randn(8, 2, **kw), 0.2
     noise = torch.randn_like(x)
-    new, info = langevin_step(
-        LangevinState(x, *quartic(x)), quartic, eps, noise, inv_mass, dense=dense
-    )
+    new, info = langevin_step(LangevinState(x, *quartic(x)), quartic, eps, noise, metric)
     cov = 2 * eps * (inv_mass if dense else torch.diag(inv_mass))
     drift = (lambda g: g @ inv_mass.T) if dense else (lambda g: inv_mass * g)
     y = new.position
     fwd = torch.distributions.MultivariateNormal(x + eps * drift(quartic(x)[1]), cov).log_prob(y)
     back = torch.distributions.MultivariateNormal(y + eps * drift(new.grad), cov).log_prob(x)
     torch.testing.assert_close(info.log_backward - info.log_forward, back - fwd)
-    direct = langevin_log_transition(y, x, quartic(x)[1], eps, inv_mass, dense=dense)
+    direct = langevin_log_transition(y, LangevinState(x, *quartic(x)), eps, metric)
     torch.testing.assert_close(direct, info.log_forward)
-    y2 = langevin_proposal(x, quartic(x)[1], eps, noise, inv_mass, dense=dense)
+    y2 = langevin_proposal(x, quartic(x)[1], eps, noise, metric)
     torch.testing.assert_close(y2, y)
 
 
@@ -187,7 +186,8 @@ def test_euler_maruyama_density_ratio_closed_form():
 def test_kinetic_energy_dense_equals_quadratic_form():
     v = torch.tensor([[1.0, 2.0]])
     inv = torch.tensor([[2.0, 0.5], [0.5, 1.0]])
-    assert float(kinetic_energy(v, inv, dense=True)) == pytest.approx(0.5 * float(v @ inv @ v.T))
+    expected = 0.5 * float(v @ inv @ v.T)
+    assert float(kinetic_energy(v, DenseInverseMass(inv))) == pytest.approx(expected)
 
 
 # ------------------------------------------------------------------------------- Metropolis

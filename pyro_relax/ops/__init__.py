@@ -25,6 +25,7 @@ from pyro_relax.ops.adaptation import (
     find_reasonable_step_size,
 )
 from pyro_relax.ops.gaussian import (
+    DenseInverseMass,
     EulerMaruyamaInfo,
     apply_inverse_mass,
     euler_maruyama_step,
@@ -56,6 +57,7 @@ from pyro_relax.ops.metropolis import (
 )
 
 __all__ = [
+    "DenseInverseMass",
     "DualAveragingState",
     "EulerMaruyamaInfo",
     "IntegratorState",

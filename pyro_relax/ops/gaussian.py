@@ -1,8 +1,8 @@
 r"""Gaussian transitions ``N(mean, variance * M^{-1})``: draws, log densities, kinetic energy.
 
 The inverse mass ``M^{-1}`` is ``None`` (the identity), a *diagonal* (a float or
-a tensor broadcasting to the event shape) or, with ``dense=True``, a
-symmetric positive definite ``(D, D)`` matrix for a vector event
+a tensor broadcasting to the event shape) or a :class:`DenseInverseMass`
+wrapping a symmetric positive definite ``(D, D)`` matrix for a vector event
 (``event_dim=1``). Nothing here synchronizes with the device: shapes are
 checked, values are not.
 """
@@ -10,6 +10,7 @@ checked, values are not.
 from __future__ import annotations
 
 __all__ = [
+    "DenseInverseMass",
     "EulerMaruyamaInfo",
     "apply_inverse_mass",
     "check_like",
@@ -27,7 +28,19 @@ from torch import Tensor
 
 from pyro_relax.core.layer import sum_event
 
-InverseMass = Tensor | float | None
+
+class DenseInverseMass(NamedTuple):
+    """A dense inverse mass: wrap a ``(D, D)`` SPD matrix to pass it as ``inv_mass``.
+
+    Example:
+        >>> DenseInverseMass(torch.eye(2)).matrix.shape
+        torch.Size([2, 2])
+    """
+
+    matrix: Tensor
+
+
+InverseMass = Tensor | float | DenseInverseMass | None
 
 
 def check_like(name: str, value: object, ref: Tensor, where: str) -> Tensor:
@@ -59,22 +72,21 @@ def check_like(name: str, value: object, ref: Tensor, where: str) -> Tensor:
     return value
 
 
-def _check_inverse_mass(inv_mass: InverseMass, x: Tensor, dense: bool, where: str) -> None:
+def _check_inverse_mass(inv_mass: InverseMass, x: Tensor, where: str) -> None:
     """Shape checks of an inverse mass against the points ``x`` (no value checks: no sync)."""
-    if inv_mass is None or isinstance(inv_mass, int | float) and not dense:
+    if inv_mass is None or isinstance(inv_mass, int | float):
+        return
+    if isinstance(inv_mass, DenseInverseMass):
+        d = x.shape[-1] if x.dim() else 0
+        if not isinstance(inv_mass.matrix, Tensor) or inv_mass.matrix.shape != (d, d):
+            got = getattr(inv_mass.matrix, "shape", type(inv_mass.matrix).__name__)
+            raise ValueError(f"{where}: expected a dense inv_mass of shape ({d}, {d}), got {got}")
         return
     if not isinstance(inv_mass, Tensor):
         raise TypeError(
-            f"{where}: expected inv_mass as a tensor, float or None, got {type(inv_mass).__name__}"
+            f"{where}: expected inv_mass as a tensor, float, DenseInverseMass or None, "
+            f"got {type(inv_mass).__name__}"
         )
-    if dense:
-        d = x.shape[-1] if x.dim() else 0
-        if inv_mass.shape != (d, d):
-            raise ValueError(
-                f"{where}: expected a dense inv_mass of shape ({d}, {d}), "
-                f"got {tuple(inv_mass.shape)}"
-            )
-        return
     try:
         fits = torch.broadcast_shapes(inv_mass.shape, x.shape) == x.shape
     except RuntimeError:
@@ -86,13 +98,12 @@ def _check_inverse_mass(inv_mass: InverseMass, x: Tensor, dense: bool, where: st
         )
 
 
-def apply_inverse_mass(v: Tensor, inv_mass: InverseMass = None, dense: bool = False) -> Tensor:
+def apply_inverse_mass(v: Tensor, inv_mass: InverseMass = None) -> Tensor:
     r"""``M^{-1} v`` for a diagonal or dense inverse mass (``v`` itself for ``None``).
 
     Arguments:
         v: momenta or gradients, ``batch + event``.
         inv_mass: the inverse mass (see the module docstring).
-        dense: ``inv_mass`` is a ``(D, D)`` matrix.
 
     Returns:
         A tensor of the shape of ``v``.
@@ -102,32 +113,30 @@ def apply_inverse_mass(v: Tensor, inv_mass: InverseMass = None, dense: bool = Fa
         tensor([[1., 3.],
                 [1., 3.]])
     """
-    _check_inverse_mass(inv_mass, v, dense, "apply_inverse_mass")
+    _check_inverse_mass(inv_mass, v, "apply_inverse_mass")
     if inv_mass is None:
         return v
-    if dense:
-        return v @ inv_mass.T  # type: ignore[union-attr]
+    if isinstance(inv_mass, DenseInverseMass):
+        return v @ inv_mass.matrix.T
     return inv_mass * v
 
 
-def scale_noise(noise: Tensor, inv_mass: InverseMass = None, dense: bool = False) -> Tensor:
+def scale_noise(noise: Tensor, inv_mass: InverseMass = None) -> Tensor:
     r"""``L xi`` with ``L L^T = M^{-1}``: standard normal ``noise`` turned into ``N(0, M^{-1})``.
 
     Example:
         >>> scale_noise(torch.ones(2), torch.tensor([4.0, 9.0]))
         tensor([2., 3.])
     """
-    _check_inverse_mass(inv_mass, noise, dense, "scale_noise")
+    _check_inverse_mass(inv_mass, noise, "scale_noise")
     if inv_mass is None:
         return noise
-    if dense:
-        return noise @ torch.linalg.cholesky(inv_mass).T  # type: ignore[arg-type]
+    if isinstance(inv_mass, DenseInverseMass):
+        return noise @ torch.linalg.cholesky(inv_mass.matrix).T
     return torch.as_tensor(inv_mass, dtype=noise.dtype, device=noise.device).sqrt() * noise
 
 
-def kinetic_energy(
-    v: Tensor, inv_mass: InverseMass = None, dense: bool = False, event_dim: int = 1
-) -> Tensor:
+def kinetic_energy(v: Tensor, inv_mass: InverseMass = None, event_dim: int = 1) -> Tensor:
     r"""``K(v) = v^T M^{-1} v / 2`` summed over the event (shape ``batch``).
 
     With ``inv_mass=None`` it is ``|v|^2 / 2``, the squared norm of a standard
@@ -137,22 +146,16 @@ def kinetic_energy(
         >>> float(kinetic_energy(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 0.5])))
         2.0
     """
-    if dense:
-        return 0.5 * (v * apply_inverse_mass(v, inv_mass, dense=True)).sum(-1)
-    _check_inverse_mass(inv_mass, v, dense, "kinetic_energy")
+    if isinstance(inv_mass, DenseInverseMass):
+        return 0.5 * (v * apply_inverse_mass(v, inv_mass)).sum(-1)
+    _check_inverse_mass(inv_mass, v, "kinetic_energy")
     sq = v.square() if inv_mass is None else inv_mass * v.square()
     return 0.5 * sum_event(sq, event_dim)
 
 
 def gaussian_transition_log_prob(
-    y: Tensor,
-    mean: Tensor,
-    variance: Tensor | float,
-    inv_mass: InverseMass = None,
-    *,
-    dense: bool = False,
-    event_dim: int = 1,
-    normalized: bool = False,
+    y: Tensor, mean: Tensor, variance: Tensor | float, inv_mass: InverseMass = None,
+    event_dim: int = 1, *, normalized: bool = False,
 ) -> Tensor:
     r"""``log N(y; mean, variance M^{-1})`` summed over the event.
 
@@ -168,10 +171,9 @@ def gaussian_transition_log_prob(
         y: end points, ``batch + event``.
         mean: the transition means, same shape.
         variance: ``sigma^2 > 0``; a float or a tensor broadcasting to ``y``
-            (a scalar with ``dense``).
+            (a scalar with a dense inverse mass).
         inv_mass: the inverse mass (see the module docstring).
-        dense: ``inv_mass`` is a ``(D, D)`` matrix.
-        event_dim: event dimensions of ``y`` (1 with ``dense``).
+        event_dim: event dimensions of ``y`` (1 with a dense inverse mass).
         normalized: include the normalizing constant.
 
     Returns:
@@ -185,12 +187,12 @@ def gaussian_transition_log_prob(
     """
     where = "gaussian_transition_log_prob"
     check_like("mean", mean, y, where)
-    _check_inverse_mass(inv_mass, y, dense, where)
+    _check_inverse_mass(inv_mass, y, where)
     diff = y - mean
-    if dense:
+    if isinstance(inv_mass, DenseInverseMass):
         if event_dim != 1:
             raise ValueError(f"{where}: a dense inv_mass needs event_dim 1, got {event_dim}")
-        tril = torch.linalg.cholesky(inv_mass)  # type: ignore[arg-type]
+        tril = torch.linalg.cholesky(inv_mass.matrix)
         white = torch.linalg.solve_triangular(tril, diff.unsqueeze(-1), upper=False).squeeze(-1)
         out = -0.5 * white.square().sum(-1) / variance
         if normalized:

@@ -84,8 +84,6 @@ def langevin_proposal(
     step_size: float | Tensor,
     noise: Tensor,
     inv_mass: InverseMass = None,
-    *,
-    dense: bool = False,
 ) -> Tensor:
     r"""The Langevin move ``y = x + eps M^{-1} grad + sqrt(2 eps) L xi``.
 
@@ -94,8 +92,8 @@ def langevin_proposal(
         grad: ``grad log pi(x)``, same shape.
         step_size: ``eps > 0``; a float or a tensor broadcasting to ``x``.
         noise: standard normal draws ``xi``, same shape.
-        inv_mass: the inverse mass (diagonal, dense with ``dense``, or ``None``).
-        dense: ``inv_mass`` is a ``(D, D)`` matrix.
+        inv_mass: the inverse mass (a diagonal, a
+            :class:`~pyro_relax.ops.gaussian.DenseInverseMass` or ``None``).
 
     Returns:
         The proposal ``y``, shape of ``x``.
@@ -109,49 +107,42 @@ def langevin_proposal(
     _check_step_size(step_size, where)
     check_like("grad", grad, x, where)
     check_like("noise", noise, x, where)
-    drift = step_size * apply_inverse_mass(grad, inv_mass, dense)
-    return x + drift + (2.0 * step_size) ** 0.5 * scale_noise(noise, inv_mass, dense)
+    drift = step_size * apply_inverse_mass(grad, inv_mass)
+    return x + drift + (2.0 * step_size) ** 0.5 * scale_noise(noise, inv_mass)
 
 
 def langevin_log_transition(
-    y: Tensor,
-    x: Tensor,
-    grad_x: Tensor,
-    step_size: float | Tensor,
-    inv_mass: InverseMass = None,
-    *,
-    dense: bool = False,
-    event_dim: int = 1,
-    normalized: bool = False,
+    y: Tensor, start: LangevinState, step_size: float | Tensor, inv_mass: InverseMass = None,
+    *, event_dim: int = 1,
 ) -> Tensor:
     r"""``log q(y | x) = log N(y; x + eps M^{-1} grad_x, 2 eps M^{-1})`` summed over the event.
 
+    Without the normalizer ``-log det(4 pi eps M^{-1}) / 2`` (it cancels between
+    a forward and a backward kernel; for the normalized density call
+    :func:`~pyro_relax.ops.gaussian.gaussian_transition_log_prob` with
+    ``normalized=True``).
+
     Arguments:
         y: end points, ``batch + event``.
-        x: start points, same shape.
-        grad_x: ``grad log pi(x)``, same shape.
+        start: the start state ``x`` with its gradient (its log density is not used).
         step_size: ``eps > 0``.
         inv_mass: the inverse mass.
-        dense: ``inv_mass`` is a ``(D, D)`` matrix.
         event_dim: event dimensions.
-        normalized: include the Gaussian normalizer (it cancels in ratios).
 
     Returns:
         Tensor of shape ``batch``.
 
     Example:
         >>> x = torch.zeros(2)
-        >>> float(langevin_log_transition(x, x, x, 0.1))
+        >>> float(langevin_log_transition(x, LangevinState(x, x.sum(), x), 0.1))
         -0.0
     """
     where = "langevin_log_transition"
     _check_step_size(step_size, where)
-    check_like("x", x, y, where)
-    check_like("grad_x", grad_x, y, where)
-    mean = x + step_size * apply_inverse_mass(grad_x, inv_mass, dense)
-    return gaussian_transition_log_prob(
-        y, mean, 2.0 * step_size, inv_mass, dense=dense, event_dim=event_dim, normalized=normalized
-    )
+    check_like("start.position", start.position, y, where)
+    check_like("start.grad", start.grad, y, where)
+    mean = start.position + step_size * apply_inverse_mass(start.grad, inv_mass)
+    return gaussian_transition_log_prob(y, mean, 2.0 * step_size, inv_mass, event_dim)
 
 
 def langevin_step(
@@ -160,8 +151,6 @@ def langevin_step(
     step_size: float | Tensor,
     noise: Tensor,
     inv_mass: InverseMass = None,
-    *,
-    dense: bool = False,
     event_dim: int = 1,
 ) -> tuple[LangevinState, LangevinInfo]:
     r"""One unadjusted Langevin move from ``state`` and its two transition log densities.
@@ -177,7 +166,6 @@ def langevin_step(
         step_size: ``eps > 0``.
         noise: standard normal draws, shape of ``state.position``.
         inv_mass: the inverse mass.
-        dense: ``inv_mass`` is a ``(D, D)`` matrix.
         event_dim: event dimensions.
 
     Returns:
@@ -192,13 +180,12 @@ def langevin_step(
         (torch.Size([4, 2]), torch.Size([4]))
     """
     x = state.position
-    y = langevin_proposal(x, state.grad, step_size, noise, inv_mass, dense=dense)
+    y = langevin_proposal(x, state.grad, step_size, noise, inv_mass)
     lp_y, grad_y = log_density_and_grad(y)
     log_forward = -kinetic_energy(noise, event_dim=event_dim)
-    log_backward = langevin_log_transition(
-        x, y, grad_y, step_size, inv_mass, dense=dense, event_dim=event_dim
-    )
-    return LangevinState(y, lp_y, grad_y), LangevinInfo(log_forward, log_backward)
+    proposal = LangevinState(y, lp_y, grad_y)
+    log_backward = langevin_log_transition(x, proposal, step_size, inv_mass, event_dim=event_dim)
+    return proposal, LangevinInfo(log_forward, log_backward)
 
 
 def mala_log_accept_ratio(
@@ -207,7 +194,6 @@ def mala_log_accept_ratio(
     step_size: float | Tensor,
     inv_mass: InverseMass = None,
     *,
-    dense: bool = False,
     event_dim: int = 1,
     info: LangevinInfo | None = None,
 ) -> Tensor:
@@ -225,7 +211,6 @@ def mala_log_accept_ratio(
         proposal: the state at ``y``.
         step_size: ``eps > 0``.
         inv_mass: the inverse mass.
-        dense: ``inv_mass`` is a ``(D, D)`` matrix.
         event_dim: event dimensions.
         info: the transition densities if already known (from :func:`langevin_step`).
 
@@ -245,13 +230,10 @@ def mala_log_accept_ratio(
     x, y = current.position, proposal.position
     check_like("proposal.position", y, x, "mala_log_accept_ratio")
     if info is None:
-        fwd = langevin_log_transition(
-            y, x, current.grad, step_size, inv_mass, dense=dense, event_dim=event_dim
+        info = LangevinInfo(
+            langevin_log_transition(y, current, step_size, inv_mass, event_dim=event_dim),
+            langevin_log_transition(x, proposal, step_size, inv_mass, event_dim=event_dim),
         )
-        back = langevin_log_transition(
-            x, y, proposal.grad, step_size, inv_mass, dense=dense, event_dim=event_dim
-        )
-        info = LangevinInfo(fwd, back)
     log_r = metropolis_log_ratio(
         current.log_density, proposal.log_density, info.log_forward, info.log_backward
     )

@@ -50,8 +50,6 @@ def leapfrog(
     step_size: float | Tensor,
     num_steps: int = 1,
     inv_mass: InverseMass = None,
-    *,
-    dense: bool = False,
 ) -> IntegratorState:
     r"""``num_steps`` leapfrog steps of ``H = -log pi(x) + v^T M^{-1} v / 2``.
 
@@ -62,8 +60,8 @@ def leapfrog(
         log_density_and_grad: ``x -> (log pi(x), grad log pi(x))``.
         step_size: ``eps``; a float or a tensor broadcasting to the event.
         num_steps: number of steps, ``>= 1``.
-        inv_mass: the inverse mass (diagonal, dense with ``dense``, or ``None``).
-        dense: ``inv_mass`` is a ``(D, D)`` matrix.
+        inv_mass: the inverse mass (a diagonal, a
+            :class:`~pyro_relax.ops.gaussian.DenseInverseMass` or ``None``).
 
     Returns:
         The :class:`IntegratorState` at the end of the trajectory.
@@ -85,15 +83,13 @@ def leapfrog(
     check_like("grad", grad, x, "leapfrog")
     v = v + 0.5 * step_size * grad
     for i in range(num_steps):
-        x = x + step_size * apply_inverse_mass(v, inv_mass, dense)
+        x = x + step_size * apply_inverse_mass(v, inv_mass)
         lp, grad = log_density_and_grad(x)
         v = v + (0.5 if i == num_steps - 1 else 1.0) * step_size * grad
     return IntegratorState(x, v, lp, grad)
 
 
-def hamiltonian(
-    state: IntegratorState, inv_mass: InverseMass = None, dense: bool = False, event_dim: int = 1
-) -> Tensor:
+def hamiltonian(state: IntegratorState, inv_mass: InverseMass = None, event_dim: int = 1) -> Tensor:
     """``H = -log pi(x) + v^T M^{-1} v / 2``, shape ``batch``.
 
     Example:
@@ -102,7 +98,7 @@ def hamiltonian(
         >>> float(hamiltonian(s))
         2.0
     """
-    return kinetic_energy(state.momentum, inv_mass, dense, event_dim) - state.log_density
+    return kinetic_energy(state.momentum, inv_mass, event_dim) - state.log_density
 
 
 def partial_momentum_refresh(

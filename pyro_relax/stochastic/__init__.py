@@ -1,6 +1,8 @@
-"""Stochastic layers: SNF blocks (Langevin, MALA, underdamped Langevin, MH, HMC; thin
-drivers over :mod:`pyro_relax.ops`), the VAE layer, and the stochastic normalizing flow
-with its path weights."""
+"""Stochastic layers: SNF blocks, the VAE layer, the stochastic normalizing flow.
+
+The blocks (Langevin, MALA, underdamped Langevin, MH, HMC) are thin drivers over
+:mod:`pyro_relax.ops`; the flow computes the path weights.
+"""
 
 from pyro_relax.stochastic.block import AnnealedBlock, BlockInfo, BlockTrace, trace_blocks
 from pyro_relax.stochastic.density import AnnealedDensity

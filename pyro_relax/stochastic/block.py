@@ -19,14 +19,21 @@ loop) collects the infos with :func:`trace_blocks`.
 
 from __future__ import annotations
 
-__all__ = ["AnnealedBlock", "BlockInfo", "BlockState", "BlockTrace", "trace_blocks"]
+__all__ = [
+    "AnnealedBlock",
+    "BlockInfo",
+    "BlockOptions",
+    "BlockState",
+    "BlockTrace",
+    "trace_blocks",
+]
 
 import numbers
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +41,7 @@ from torch import Tensor, nn
 from pyro_relax.core import RelaxedLayer
 from pyro_relax.core.switch import validation, validation_enabled
 from pyro_relax.ops.metropolis import MetropolisInfo
-from pyro_relax.stochastic.density import AnnealedDensity, LogDensity
+from pyro_relax.stochastic.density import AnnealedDensity, LogDensity, check_count
 
 
 class BlockState(NamedTuple):
@@ -53,6 +60,24 @@ class BlockState(NamedTuple):
     lp: Tensor | None = None
     grad: Tensor | None = None
     v: Tensor | None = None
+
+
+class BlockOptions(TypedDict, total=False):
+    """The keyword arguments every block passes on to :class:`AnnealedBlock`.
+
+    Attributes:
+        lam: the annealing parameter (float in ``[0, 1]`` or a schedule entry).
+        learn_step_size: learn the step size.
+        learn_lam: learn ``lam``.
+        n_steps: number of kernel steps in the block.
+        event_dim: event dimensions of the data side.
+    """
+
+    lam: float | nn.Module
+    learn_step_size: bool
+    learn_lam: bool
+    n_steps: int
+    event_dim: int
 
 
 class BlockInfo(NamedTuple):
@@ -84,7 +109,9 @@ class BlockTrace:
         entries: ``(block, label, info)`` for each run, in order.
     """
 
-    def __init__(self, labels: Sequence[str] | None = None, parent: BlockTrace | None = None):
+    def __init__(
+        self, labels: Sequence[str] | None = None, parent: BlockTrace | None = None
+    ) -> None:
         self.labels = list(labels or ())
         self.parent = parent
         self.entries: list[tuple[AnnealedBlock, str, BlockInfo]] = []
@@ -201,16 +228,12 @@ class AnnealedBlock(RelaxedLayer):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-            raise ValueError(f"{owner}: expected an int n_steps >= 1, got {n_steps!r}")
-        if isinstance(event_dim, bool) or not isinstance(event_dim, int) or event_dim < 1:
-            raise ValueError(f"{owner}: expected an int event_dim >= 1, got {event_dim!r}")
+        self.n_steps = check_count(n_steps, "n_steps", owner, 1)
+        self.event_dim = check_count(event_dim, "event_dim", owner, 1)
         try:
             self.density = AnnealedDensity(target, base, lam, learn_lam, event_dim)
         except (ValueError, TypeError) as err:  # name the block the user made
             raise type(err)(f"{owner}: {err}") from None
-        self.n_steps = n_steps
-        self.event_dim = event_dim
         step = self.default_step_size if step_size is None else step_size
         self._register_positive("step_size", step, learn_step_size)
 
@@ -261,7 +284,7 @@ class AnnealedBlock(RelaxedLayer):
         if state.grad is not None and state.lp is not None:
             return state
         lp, grad = self.log_pi_and_grad(state.x)
-        return state._replace(lp=lp, grad=grad)
+        return BlockState(state.x, lp, grad, state.v)
 
     # -- the loop -------------------------------------------------------------
     def _start(self, x: Tensor) -> BlockState:
@@ -390,4 +413,5 @@ class AnnealedBlock(RelaxedLayer):
         return self.decode_with_info(z, context)[:2]
 
     def extra_repr(self) -> str:
+        """The module's settings, for ``repr``."""
         return f"n_steps={self.n_steps}"

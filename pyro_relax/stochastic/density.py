@@ -13,6 +13,7 @@ __all__ = [
     "AnnealedDensity",
     "LogDensity",
     "attach_log_density",
+    "check_count",
     "check_log_density_output",
     "standard_normal_log_prob",
 ]
@@ -88,6 +89,18 @@ def _check_lambda(value: object, owner: str) -> float:
         raise ValueError(f"{owner}: expected lam in [0, 1], got {value!r}")
     return lam
 
+def check_count(value: object, name: str, owner: str, minimum: int) -> int:
+    """Return ``value`` if it is an ``int >= minimum`` (not a bool), else raise ``ValueError``.
+
+    Example:
+        >>> check_count(3, "n_steps", "demo", 1)
+        3
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}: expected an int {name} >= {minimum}, got {value!r}")
+    return value
+
+
 def attach_log_density(owner: nn.Module, name: str, fn: object) -> Callable[[Tensor], Tensor]:
     """Return the callable log density of ``fn``; register ``fn`` on ``owner`` if it is a module.
 
@@ -152,9 +165,7 @@ class AnnealedDensity(nn.Module):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        if isinstance(event_dim, bool) or not isinstance(event_dim, int) or event_dim < 0:
-            raise ValueError(f"{owner}: expected an int event_dim >= 0, got {event_dim!r}")
-        self.event_dim = event_dim
+        self.event_dim = check_count(event_dim, "event_dim", owner, 0)
         self._target_fn = attach_log_density(self, "target", target)
         self._base_fn = None if base is None else attach_log_density(self, "base", base)
         self.learn_lam = bool(learn_lam)
@@ -199,6 +210,7 @@ class AnnealedDensity(nn.Module):
         return lam * lp_target + (1.0 - lam) * lp_base
 
     def extra_repr(self) -> str:
+        """The module's settings, for ``repr``."""
         kind = (
             "module" if "lam_module" in self._modules else "learned" if self.learn_lam else "fixed"
         )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 __all__ = ["HMCBlock"]
 
+from typing import Unpack
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pyro_relax.ops.gaussian import scale_noise
 from pyro_relax.ops.leapfrog import IntegratorState, hamiltonian, leapfrog
@@ -15,8 +17,8 @@ from pyro_relax.ops.metropolis import (
     metropolis_log_ratio,
     select,
 )
-from pyro_relax.stochastic.block import AnnealedBlock, BlockState
-from pyro_relax.stochastic.density import LogDensity
+from pyro_relax.stochastic.block import AnnealedBlock, BlockOptions, BlockState
+from pyro_relax.stochastic.density import LogDensity, check_count
 
 
 class HMCBlock(AnnealedBlock):
@@ -39,12 +41,10 @@ class HMCBlock(AnnealedBlock):
         step_size: leapfrog step ``eps > 0``; float or tensor broadcasting to the event.
         n_leapfrog: leapfrog steps per HMC step.
         mass: diagonal mass ``M > 0``; float or tensor broadcasting to the event.
-        lam: annealing parameter in ``[0, 1]`` or a schedule entry.
-        learn_step_size: learn ``eps`` (log-parametrized).
         learn_mass: learn ``M`` (log-parametrized).
-        learn_lam: learn ``lam`` (sigmoid-parametrized).
-        n_steps: number of HMC steps in the block.
-        event_dim: event dimensions of the data side.
+        **options: ``lam``, ``learn_step_size``, ``learn_lam``, ``n_steps`` (HMC
+            steps in the block), ``event_dim``: see
+            :class:`~pyro_relax.stochastic.block.AnnealedBlock`.
 
     References:
         Neal. MCMC using Hamiltonian dynamics. Handbook of MCMC, 2011.
@@ -53,10 +53,10 @@ class HMCBlock(AnnealedBlock):
     Example:
         >>> import torch
         >>> from pyro_relax.stochastic.density import standard_normal_log_prob
-        >>> block = HMCBlock(standard_normal_log_prob, step_size=0.3, n_leapfrog=5)
-        >>> y, delta_s = block.decode(torch.randn(4, 2))
-        >>> y.shape
-        torch.Size([4, 2])
+        >>> hmc = HMCBlock(standard_normal_log_prob, step_size=0.3, n_leapfrog=5, n_steps=2)
+        >>> info = hmc.decode_with_info(torch.randn(16, 3))[2]
+        >>> 0.5 < float(info.acceptance_probability) <= 1.0  # a small step: most are accepted
+        True
     """
 
     def __init__(
@@ -66,17 +66,11 @@ class HMCBlock(AnnealedBlock):
         step_size: float | Tensor = 0.1,
         n_leapfrog: int = 5,
         mass: float | Tensor = 1.0,
-        lam: float | nn.Module = 1.0,
-        learn_step_size: bool = False,
         learn_mass: bool = False,
-        learn_lam: bool = False,
-        n_steps: int = 1,
-        event_dim: int = 1,
+        **options: Unpack[BlockOptions],
     ) -> None:
-        super().__init__(target, base, step_size, lam, learn_step_size, learn_lam, n_steps, event_dim)
-        if isinstance(n_leapfrog, bool) or not isinstance(n_leapfrog, int) or n_leapfrog < 1:
-            raise ValueError(f"HMCBlock: expected an int n_leapfrog >= 1, got {n_leapfrog!r}")
-        self.n_leapfrog = n_leapfrog
+        super().__init__(target, base, step_size, **options)
+        self.n_leapfrog = check_count(n_leapfrog, "n_leapfrog", "HMCBlock", 1)
         self._register_positive("mass", mass, learn_mass)
 
     def _step(self, state: BlockState) -> tuple[BlockState, Tensor, MetropolisInfo | None]:
@@ -103,4 +97,5 @@ class HMCBlock(AnnealedBlock):
         return out, start.log_density - out.lp, mh
 
     def extra_repr(self) -> str:
+        """The module's settings, for ``repr``."""
         return f"n_steps={self.n_steps}, n_leapfrog={self.n_leapfrog}"

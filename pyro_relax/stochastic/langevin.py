@@ -41,14 +41,8 @@ class OverdampedLangevin(AnnealedBlock):
     as a ``ValueError`` naming the block and the step by the checked entry points.
 
     Arguments:
-        target: the target log density (a Target, module, distribution or callable).
-        base: the base log density of the annealing path (needed unless ``lam`` is 1).
-        step_size: ``eps > 0``; a float or a tensor broadcasting to the event shape.
-        lam: annealing parameter in ``[0, 1]`` or a schedule entry.
-        learn_step_size: learn ``eps`` (log-parametrized).
-        learn_lam: learn ``lam`` (sigmoid-parametrized).
-        n_steps: number of Langevin steps in the block.
-        event_dim: event dimensions of the data side.
+        as :class:`~pyro_relax.stochastic.block.AnnealedBlock`, with ``step_size``
+        the Langevin step ``eps`` (default 0.01) and ``n_steps`` Langevin steps.
 
     References:
         Wu, Koehler and Noe. Stochastic Normalizing Flows. NeurIPS 2020, section 3
@@ -82,6 +76,7 @@ class OverdampedLangevin(AnnealedBlock):
         return BlockState(*proposed), info.log_backward - info.log_forward, None
 
     def extra_repr(self) -> str:
+        """The module's settings, for ``repr``."""
         return f"n_steps={self.n_steps}, metropolis={self.metropolis}"
 
 

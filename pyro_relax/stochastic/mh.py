@@ -30,14 +30,8 @@ class RandomWalkMH(AnnealedBlock):
     (:func:`~pyro_relax.ops.metropolis.metropolis_log_ratio`), never propagated.
 
     Arguments:
-        target: the target log density (a Target, module, distribution or callable).
-        base: the base log density of the annealing path (needed unless ``lam`` is 1).
-        step_size: proposal scale ``sigma > 0``; float or tensor broadcasting to the event.
-        lam: annealing parameter in ``[0, 1]`` or a schedule entry.
-        learn_step_size: learn ``sigma`` (log-parametrized).
-        learn_lam: learn ``lam`` (sigmoid-parametrized).
-        n_steps: number of Metropolis steps in the block.
-        event_dim: event dimensions of the data side.
+        as :class:`~pyro_relax.stochastic.block.AnnealedBlock`, with ``step_size``
+        the proposal scale ``sigma`` (default 0.5) and ``n_steps`` Metropolis steps.
 
     References:
         Wu, Koehler and Noe. Stochastic Normalizing Flows. NeurIPS 2020, section 3

@@ -109,5 +109,6 @@ class ScheduleEntry(nn.Module):
         return self.schedule()[self.k]
 
     def extra_repr(self) -> str:
+        """The module's settings, for ``repr``."""
         return f"k={self.k}"
 

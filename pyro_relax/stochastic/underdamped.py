@@ -4,13 +4,15 @@ from __future__ import annotations
 
 __all__ = ["UnderdampedLangevin"]
 
+from typing import Unpack
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pyro_relax.ops.gaussian import kinetic_energy, scale_noise
 from pyro_relax.ops.leapfrog import IntegratorState, leapfrog, partial_momentum_refresh
 from pyro_relax.ops.metropolis import MetropolisInfo
-from pyro_relax.stochastic.block import AnnealedBlock, BlockState
+from pyro_relax.stochastic.block import AnnealedBlock, BlockOptions, BlockState
 from pyro_relax.stochastic.density import LogDensity
 
 
@@ -48,13 +50,11 @@ class UnderdampedLangevin(AnnealedBlock):
         step_size: ``h > 0``; float or tensor broadcasting to the event.
         friction: ``gamma > 0``.
         mass: diagonal mass ``M > 0``; float or tensor broadcasting to the event.
-        lam: annealing parameter in ``[0, 1]`` or a schedule entry.
-        learn_step_size: learn ``h``.
         learn_friction: learn ``gamma``.
         learn_mass: learn ``M``.
-        learn_lam: learn ``lam``.
-        n_steps: number of OBABO steps (the velocity persists across them).
-        event_dim: event dimensions of the data side.
+        **options: ``lam``, ``learn_step_size``, ``learn_lam``, ``n_steps`` (OBABO
+            steps; the velocity persists across them), ``event_dim``: see
+            :class:`~pyro_relax.stochastic.block.AnnealedBlock`.
 
     References:
         Wu, Koehler and Noe. Stochastic Normalizing Flows. NeurIPS 2020.
@@ -76,15 +76,11 @@ class UnderdampedLangevin(AnnealedBlock):
         step_size: float | Tensor = 0.1,
         friction: float | Tensor = 1.0,
         mass: float | Tensor = 1.0,
-        lam: float | nn.Module = 1.0,
-        learn_step_size: bool = False,
         learn_friction: bool = False,
         learn_mass: bool = False,
-        learn_lam: bool = False,
-        n_steps: int = 1,
-        event_dim: int = 1,
+        **options: Unpack[BlockOptions],
     ) -> None:
-        super().__init__(target, base, step_size, lam, learn_step_size, learn_lam, n_steps, event_dim)
+        super().__init__(target, base, step_size, **options)
         self._register_positive("friction", friction, learn_friction)
         self._register_positive("mass", mass, learn_mass)
 
@@ -111,4 +107,5 @@ class UnderdampedLangevin(AnnealedBlock):
         return BlockState(end.position, end.log_density, end.grad, v3), delta, None
 
     def extra_repr(self) -> str:
+        """The module's settings, for ``repr``."""
         return f"n_steps={self.n_steps}"

@@ -185,7 +185,7 @@ class FlowIMH(ChainKernel):
         return torch.as_tensor(-u - log_q).reshape(())
 
     # ------------------------------------------------------------------ MCMCKernel API
-    def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:
+    def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
         """Find the potential and transforms, check the layout and pick the start.
 
         Arguments:
@@ -224,7 +224,9 @@ class FlowIMH(ChainKernel):
         log_w_new = self._log_weight(proposal, log_q)
         mh = metropolis_accept(imh_log_accept_ratio(log_w_new, self._log_w))
         ok = mh.accepted
-        self._state = {k: torch.where(ok, proposal[k].to(v.dtype), v) for k, v in self._state.items()}
+        self._state = {
+            k: torch.where(ok, proposal[k].to(v.dtype), v) for k, v in self._state.items()
+        }
         self._log_w = torch.where(ok, log_w_new, self._log_w)
         self.record_step(ok, mh.acceptance_probability)
         return dict(self._state)

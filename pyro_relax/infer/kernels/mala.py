@@ -79,13 +79,12 @@ class MALA(ChainKernel):
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
-        >>> def model():
-        ...     pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-        >>> mcmc = pyro.infer.MCMC(MALA(model), num_samples=20, warmup_steps=20,
-        ...                        disable_progbar=True)
-        >>> mcmc.run()
-        >>> mcmc.get_samples()["x"].shape
-        torch.Size([20, 2])
+        >>> kernel = MALA(lambda: pyro.sample("rate", dist.Gamma(2.0, 1.0)), step_size=0.5)
+        >>> chain = pyro.infer.MCMC(kernel, num_samples=30, warmup_steps=10, disable_progbar=True)
+        >>> chain.run()
+        >>> rate = chain.get_samples()["rate"]
+        >>> rate.shape, bool((rate > 0).all())
+        (torch.Size([30]), True)
     """
 
     def __init__(
@@ -188,7 +187,7 @@ class MALA(ChainKernel):
         )
 
     # ------------------------------------------------------------------ MCMCKernel API
-    def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:
+    def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
         """Find the potential, transforms and initial point; configure the adaptation.
 
         Arguments:

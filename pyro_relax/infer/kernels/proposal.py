@@ -63,15 +63,14 @@ class AutoContinuousProposal:
 
     Example:
         >>> import pyro, pyro.distributions as dist
-        >>> from pyro.infer.autoguide import AutoMultivariateNormal
+        >>> from pyro.infer.autoguide import AutoLowRankMultivariateNormal
         >>> pyro.clear_param_store()
-        >>> def model():
-        ...     pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-        >>> guide = AutoMultivariateNormal(model)
-        >>> _ = guide()
-        >>> z, log_q = AutoContinuousProposal(guide).sample_unconstrained(5)
-        >>> z.shape, log_q.shape
-        (torch.Size([5, 2]), torch.Size([5]))
+        >>> scale_model = lambda: pyro.sample("scale", dist.HalfCauchy(torch.ones(3)).to_event(1))
+        >>> low_rank = AutoLowRankMultivariateNormal(scale_model, rank=1)
+        >>> _ = low_rank()
+        >>> draws, log_q = AutoContinuousProposal(low_rank).sample_unconstrained(5)
+        >>> tuple(draws.shape), tuple(log_q.shape)
+        ((5, 3), (5,))
     """
 
     def __init__(self, guide: AutoContinuous) -> None:
