@@ -574,3 +574,24 @@ def test_ais_imh_runner_kernel_is_exact_on_a_gaussian() -> None:
     normal = fit_guide(gauss, "normal", steps=2, progress=False)
     with pytest.raises(ValueError, match="ais-imh needs a flow"):
         run_mcmc(gauss, "ais-imh", num_samples=5, warmup_steps=0, progress=False, guide=normal)
+
+
+def test_unconstrained_layout_matches_pyro_packing() -> None:
+    """FlowIMH's site layout (public API only) is the one AutoContinuous packs with."""
+    from pyro_relax.infer.kernels.proposal import unconstrained_layout
+
+    pyro.clear_param_store()
+
+    def model() -> None:
+        pyro.sample("p", dist.Dirichlet(torch.ones(3)))  # simplex: 3 values, 2 unconstrained
+        pyro.sample("s", dist.LogNormal(0.0, 1.0))
+
+    guide = AutoMultivariateNormal(model)
+    guide()
+    layout = unconstrained_layout(guide)
+    assert dict(layout) == {"p": torch.Size([2]), "s": torch.Size([])}
+    z = torch.randn(3)
+    ours = unflatten_params(z, layout)
+    theirs = {site["name"]: v for site, v in guide._unpack_latent(z)}
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
