@@ -4,7 +4,7 @@ The blocks (Langevin, MALA, underdamped Langevin, MH, HMC) are thin drivers over
 :mod:`pyro_relax.ops`; the flow computes the path weights.
 """
 
-from pyro_relax.stochastic.block import AnnealedBlock, BlockInfo, BlockTrace, trace_blocks
+from pyro_relax.stochastic.block import AnnealedBlock, BlockOptions
 from pyro_relax.stochastic.density import AnnealedDensity
 from pyro_relax.stochastic.hmc import HMCBlock
 from pyro_relax.stochastic.langevin import MALABlock, OverdampedLangevin
@@ -17,6 +17,7 @@ from pyro_relax.stochastic.snf import (
     log_Z_from_log_weights,
     self_normalized_expectation,
 )
+from pyro_relax.stochastic.trace import BlockInfo, BlockTrace, trace_blocks
 from pyro_relax.stochastic.underdamped import UnderdampedLangevin
 from pyro_relax.stochastic.vae import VAELayer
 
@@ -24,6 +25,7 @@ __all__ = [
     "AnnealedBlock",
     "AnnealedDensity",
     "BlockInfo",
+    "BlockOptions",
     "BlockTrace",
     "HMCBlock",
     "LearnedSchedule",

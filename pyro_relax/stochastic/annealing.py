@@ -14,13 +14,7 @@ live in their own modules and are gathered here:
 
 from __future__ import annotations
 
-from pyro_relax.stochastic.block import (
-    AnnealedBlock,
-    BlockInfo,
-    BlockState,
-    BlockTrace,
-    trace_blocks,
-)
+from pyro_relax.stochastic.block import AnnealedBlock, BlockState
 from pyro_relax.stochastic.density import (
     AnnealedDensity,
     LogDensity,
@@ -34,6 +28,7 @@ from pyro_relax.stochastic.schedules import (
     geometric_schedule,
     linear_schedule,
 )
+from pyro_relax.stochastic.trace import BlockInfo, BlockTrace, trace_blocks
 
 __all__ = [
     "AnnealedBlock",

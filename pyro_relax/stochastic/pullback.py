@@ -32,7 +32,7 @@ from pyro_relax.core.checks import check_positive_int
 from pyro_relax.core.switch import validation
 from pyro_relax.distributions.adapter import as_layer
 from pyro_relax.ops.adaptation import dual_averaging_init, dual_averaging_update
-from pyro_relax.stochastic.block import AnnealedBlock, trace_blocks
+from pyro_relax.stochastic.block import AnnealedBlock
 from pyro_relax.stochastic.density import (
     LogDensity,
     attach_log_density,
@@ -42,6 +42,7 @@ from pyro_relax.stochastic.density import (
 from pyro_relax.stochastic.hmc import HMCBlock
 from pyro_relax.stochastic.schedules import geometric_schedule, linear_schedule
 from pyro_relax.stochastic.snf import StochasticNormalizingFlow
+from pyro_relax.stochastic.trace import trace_blocks
 
 
 class PulledBackDensity(nn.Module):
@@ -59,7 +60,7 @@ class PulledBackDensity(nn.Module):
 
     Example:
         >>> import torch, pyro.distributions.transforms as T
-        >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
+        >>> from pyro_relax.stochastic.density import standard_normal_log_prob
         >>> d = PulledBackDensity(
         ...     [T.AffineTransform(torch.ones(2), 2.0, event_dim=1)], standard_normal_log_prob)
         >>> d(torch.zeros(3, 2)).shape
@@ -148,7 +149,7 @@ def annealed_hmc_levels(
         base: the first level's base log density.
 
     Example:
-        >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
+        >>> from pyro_relax.stochastic.density import standard_normal_log_prob
         >>> blocks = annealed_hmc_levels(lambda x: -x.square().sum(-1), levels=4)
         >>> [round(float(b.density.lam()), 2) for b in blocks]
         [0.25, 0.5, 0.75, 1.0]

@@ -21,12 +21,13 @@ from torch.distributions import Distribution
 from pyro_relax.core import RelaxedLayer
 from pyro_relax.core.switch import validation, validation_enabled
 from pyro_relax.distributions.flow import Flow, FlowDistribution
-from pyro_relax.stochastic.block import AnnealedBlock, BlockTrace, trace_blocks
+from pyro_relax.stochastic.block import AnnealedBlock
 from pyro_relax.stochastic.density import (
     LogDensity,
     attach_log_density,
     check_log_density_output,
 )
+from pyro_relax.stochastic.trace import BlockTrace, trace_blocks
 
 
 def _check_log_weights(log_w: Tensor, name: str) -> None:
@@ -195,7 +196,7 @@ class StochasticNormalizingFlow(Flow):
 
     Example:
         >>> import torch, pyro.distributions.transforms as T
-        >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
+        >>> from pyro_relax.stochastic.density import standard_normal_log_prob
         >>> from pyro_relax.stochastic.mh import RandomWalkMH
         >>> target = lambda x: standard_normal_log_prob(x - 1.0)
         >>> snf = StochasticNormalizingFlow(

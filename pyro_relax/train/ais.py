@@ -26,11 +26,12 @@ from torch.distributions import Independent, Normal
 
 from pyro_relax.core.switch import validation
 from pyro_relax.distributions.flow import Flow
-from pyro_relax.stochastic.block import AnnealedBlock, BlockInfo
+from pyro_relax.stochastic.block import AnnealedBlock
 from pyro_relax.stochastic.density import attach_log_density, standard_normal_log_prob
 from pyro_relax.stochastic.mh import RandomWalkMH
 from pyro_relax.stochastic.pullback import PulledBackDensity, annealed_hmc_levels
 from pyro_relax.stochastic.schedules import linear_schedule
+from pyro_relax.stochastic.trace import BlockInfo
 
 KERNELS = ("hmc", "metropolis")
 
