@@ -595,3 +595,16 @@ def test_unconstrained_layout_matches_pyro_packing() -> None:
     theirs = {site["name"]: v for site, v in guide._unpack_latent(z)}
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_adaptation_windows_follow_stan() -> None:
+    from pyro_relax.infer.kernels.adaptation import adaptation_windows
+
+    assert adaptation_windows(0) == [] and adaptation_windows(10) == [(0, 9)]
+    assert adaptation_windows(1000) == [
+        (0, 74), (75, 99), (100, 149), (150, 249), (250, 449), (450, 949), (950, 999)
+    ]
+    small = adaptation_windows(100)  # 15% / 75% / 10%
+    assert small[0] == (0, 14) and small[-1] == (90, 99)
+    for windows in (adaptation_windows(n) for n in (25, 100, 300, 1000, 2345)):
+        assert all(b[0] == a[1] + 1 for a, b in zip(windows, windows[1:], strict=False))

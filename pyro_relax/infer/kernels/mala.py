@@ -7,16 +7,16 @@ __all__ = ["MALA"]
 import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import pyro
 import torch
 from pyro.infer.autoguide import init_to_uniform
-from pyro.infer.mcmc.adaptation import WarmupAdapter
 from pyro.ops.integrator import potential_grad
 from torch import Tensor
 
+from pyro_relax.infer.kernels.adaptation import WindowedAdapter
 from pyro_relax.infer.kernels.base import (
     ChainKernel,
     PotentialFn,
@@ -44,11 +44,12 @@ class MALA(ChainKernel):
 
     During warmup the step size is tuned by dual averaging towards
     ``target_accept_prob`` (0.574 is optimal for MALA in high dimension) and the
-    diagonal mass matrix is estimated in Stan's windows, both by Pyro's
-    :class:`~pyro.infer.mcmc.adaptation.WarmupAdapter`. Adaptation ends by
+    diagonal mass matrix is estimated in Stan's windows, both by
+    :class:`~pyro_relax.infer.kernels.adaptation.WindowedAdapter` (over
+    :mod:`pyro_relax.ops.adaptation`). Adaptation ends by
     itself after ``warmup_steps`` steps (or at :meth:`end_warmup`). Warmup steps
-    read the acceptance probability on the host (the dual averaging is in
-    Python floats); steps after warmup make no host synchronization.
+    read the adapted step size on the host once (the proposal takes a float);
+    steps after warmup make no host synchronization.
 
     Sites are packed into one vector in the sorted order of their names (as
     Pyro's HMC orders its mass matrix).
@@ -116,14 +117,13 @@ class MALA(ChainKernel):
                 f"{self._min_step!r} <= {step_size!r} <= {self._max_step!r}"
             )
         self.target_accept_prob = target_accept_prob
-        # Pyro's adapter: dual averaging of the step size in Stan's windows, with a
-        # Welford estimate of the diagonal mass matrix at each window's end.
-        self._adapter = WarmupAdapter(
+        self._adapter = WindowedAdapter(
             step_size,
+            target_accept_prob,
             adapt_step_size=adapt_step_size,
             adapt_mass_matrix=adapt_mass_matrix,
-            target_accept_prob=target_accept_prob,
-            dense_mass=False,
+            min_step_size=self._min_step,
+            max_step_size=self._max_step,
         )
         if init_inverse_mass is not None:
             if not isinstance(init_inverse_mass, dict) or not all(
@@ -153,7 +153,8 @@ class MALA(ChainKernel):
         """Diagonal of the inverse mass matrix, in the sorted site order."""
         if not self._names:
             raise ValueError("MALA: expected setup() before reading inverse_mass_matrix")
-        return self._adapter.mass_matrix_adapter.inverse_mass_matrix[self._names]
+        assert self._adapter.inverse_mass is not None
+        return self._adapter.inverse_mass
 
     # ------------------------------------------------------------------ helpers
     def _unflatten(self, flat: Tensor) -> dict[str, Tensor]:
@@ -176,8 +177,9 @@ class MALA(ChainKernel):
             proposal = self._state_at(y)
         return proposal, mala_log_accept_ratio(state, proposal, eps, inv_mass)
 
-    def _find_reasonable_step_size(self, params: Mapping[str, Tensor]) -> float:
-        start = self._state_at(flatten_params(params, self._names).detach())
+    def _find_reasonable_step_size(self) -> float:
+        assert self._state is not None
+        start = self._state
         return find_reasonable_step_size(
             lambda eps: float(self._move(start, eps, quiet=True)[1]),
             self.step_size,
@@ -218,20 +220,13 @@ class MALA(ChainKernel):
             )
         self._state = state
         self.start_statistics(z)
-        self._adapter.configure(
-            warmup_steps,
-            mass_matrix_shape={self._names: (z.shape[-1],)},
-            find_reasonable_step_size_fn=self._find_reasonable_step_size,
-            options={"dtype": z.dtype, "device": z.device},
-        )
+        inverse_mass = torch.ones_like(z)
         if self._init_inverse_mass is not None:  # e.g. Pathfinder's variances: a preconditioner
             missing = set(self._names) - set(self._init_inverse_mass)
             if missing:
                 raise ValueError(f"MALA: init_inverse_mass lacks the sites {sorted(missing)}")
-            diag = flatten_params(self._init_inverse_mass, self._names).to(z)
-            self._adapter.mass_matrix_adapter.inverse_mass_matrix = {self._names: diag}
-        if self._adapter.adapt_step_size:
-            self._adapter.reset_step_size_adaptation(self._unflatten(z))
+            inverse_mass = flatten_params(self._init_inverse_mass, self._names).to(z)
+        self._adapter.configure(warmup_steps, inverse_mass, self._find_reasonable_step_size)
 
     def sample(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """One MALA step from the cached state; returns the new unconstrained values.
@@ -254,11 +249,9 @@ class MALA(ChainKernel):
             select(ok, proposal.grad, state.grad, 1),
         )
         self.record_step(ok, mh.acceptance_probability)
-        params_new = self._unflatten(self._state.position)
-        if warmup:  # the gradient of U, as Pyro's adapter expects
-            grads = self._unflatten(-self._state.grad)
-            self._adapter.step(self._t - 1, params_new, mh.acceptance_probability, grads)
-        return params_new
+        if warmup:
+            self._adapter.update(self._t - 1, self._state.position, mh.acceptance_probability)
+        return self._unflatten(self._state.position)
 
     def extra_statistics(self) -> dict[str, float]:
         """The current step size."""
