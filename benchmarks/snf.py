@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Column, print_table, write_json  # noqa: E402
 
 from pyro_relax.infer.snf_training import SNFTrainer  # noqa: E402
-from pyro_relax.stochastic.annealing import (  # noqa: E402
+from pyro_relax.stochastic.density import (  # noqa: E402
     standard_normal_log_prob,
 )
 from pyro_relax.stochastic.hmc import HMCBlock  # noqa: E402

@@ -16,16 +16,29 @@ from pyro.infer import MCMC, SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal
 
 from pyro_relax.infer.kernels import MALA, AutoContinuousProposal, FlowIMH, NeuTraNUTS, neutra
-from pyro_relax.infer.kernels.ops import (
+from pyro_relax.infer.kernels.base import flatten_params, unflatten_params
+from pyro_relax.ops import (
+    LangevinState,
     acceptance_probability,
-    flatten_params,
     imh_log_accept_ratio,
-    mala_log_accept_ratio,
-    mala_log_transition,
-    mala_propose,
+    langevin_log_transition,
+    langevin_proposal,
     metropolis_accept,
-    unflatten_params,
 )
+from pyro_relax.ops import mala_log_accept_ratio as _mala_ratio
+
+
+# The kernels' ops in the potential form U = -log pi used below (the ops take log pi).
+def mala_log_accept_ratio(x, y, u_x, u_y, g_x, g_y, eps, inv_mass):
+    return _mala_ratio(LangevinState(x, -u_x, -g_x), LangevinState(y, -u_y, -g_y), eps, inv_mass)
+
+
+def mala_log_transition(y, x, grad_u_x, eps, inv_mass):
+    return langevin_log_transition(y, LangevinState(x, x[..., 0], -grad_u_x), eps, inv_mass)
+
+
+def mala_propose(x, grad_u, eps, inv_mass, noise):
+    return langevin_proposal(x, -grad_u, eps, noise, inv_mass)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -107,7 +120,7 @@ def test_ops_mala_step_keeps_gaussian_invariant() -> None:
     y = mala_propose(x, gx, eps, m, torch.randn_like(x))
     uy, gy = u_and_grad(y)
     log_r = mala_log_accept_ratio(x, y, ux, uy, gx, gy, eps, m)
-    accept = metropolis_accept(log_r, torch.rand(n))
+    accept = metropolis_accept(log_r, torch.rand(n)).accepted
     out = torch.where(accept[:, None], y, x)
     assert 0.2 < float(accept.float().mean()) < 0.99  # the step moves
     sd = cov.diagonal().sqrt()
@@ -125,7 +138,7 @@ def test_ops_nan_and_inf_are_rejected() -> None:
     g_bad = torch.tensor([[0.0, 0.0, 0.0], [float("inf"), 0.0, 0.0]])
     log_r = mala_log_accept_ratio(x, y, u, u_bad, x, g_bad, 0.1, torch.ones(3))
     assert torch.all(log_r == -math.inf)
-    assert not metropolis_accept(log_r, torch.full((2,), 1e-30)).any()
+    assert not metropolis_accept(log_r, torch.full((2,), 1e-30)).accepted.any()
     assert torch.equal(acceptance_probability(log_r), torch.zeros(2))
     log_w_new = torch.tensor([float("nan"), 1.0, 1.0])
     r = imh_log_accept_ratio(log_w_new, torch.tensor([0.0, -math.inf, 0.5]))
@@ -561,3 +574,37 @@ def test_ais_imh_runner_kernel_is_exact_on_a_gaussian() -> None:
     normal = fit_guide(gauss, "normal", steps=2, progress=False)
     with pytest.raises(ValueError, match="ais-imh needs a flow"):
         run_mcmc(gauss, "ais-imh", num_samples=5, warmup_steps=0, progress=False, guide=normal)
+
+
+def test_unconstrained_layout_matches_pyro_packing() -> None:
+    """FlowIMH's site layout (public API only) is the one AutoContinuous packs with."""
+    from pyro_relax.infer.kernels.proposal import unconstrained_layout
+
+    pyro.clear_param_store()
+
+    def model() -> None:
+        pyro.sample("p", dist.Dirichlet(torch.ones(3)))  # simplex: 3 values, 2 unconstrained
+        pyro.sample("s", dist.LogNormal(0.0, 1.0))
+
+    guide = AutoMultivariateNormal(model)
+    guide()
+    layout = unconstrained_layout(guide)
+    assert dict(layout) == {"p": torch.Size([2]), "s": torch.Size([])}
+    z = torch.randn(3)
+    ours = unflatten_params(z, layout)
+    theirs = {site["name"]: v for site, v in guide._unpack_latent(z)}
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_adaptation_windows_follow_stan() -> None:
+    from pyro_relax.infer.kernels.adaptation import adaptation_windows
+
+    assert adaptation_windows(0) == [] and adaptation_windows(10) == [(0, 9)]
+    assert adaptation_windows(1000) == [
+        (0, 74), (75, 99), (100, 149), (150, 249), (250, 449), (450, 949), (950, 999)
+    ]
+    small = adaptation_windows(100)  # 15% / 75% / 10%
+    assert small[0] == (0, 14) and small[-1] == (90, 99)
+    for windows in (adaptation_windows(n) for n in (25, 100, 300, 1000, 2345)):
+        assert all(b[0] == a[1] + 1 for a, b in zip(windows, windows[1:], strict=False))

@@ -78,13 +78,11 @@ def test_pilot_moves_the_acceptance_toward_the_goal():
     target = _gauss(torch.zeros(4), torch.full((4,), 0.3))
     blocks = annealed_hmc_levels(target, levels=3, step_size=6.0)
     snf = StochasticNormalizingFlow((4,), blocks, target)
-    snf.sample_with_log_weights(512)
-    before = [float(b.last_acceptance) for b in snf.blocks]
+    before = [float(i.acceptance_rate) for _, _, i in snf.sample_with_trace(512)[2].entries]
     assert max(before) < 0.1, before
     steps = tune_step_sizes(snf, rounds=30, batch_size=256)
     assert len(steps) == 3 and all(s < 6.0 for s in steps)
-    snf.sample_with_log_weights(512)
-    after = [float(b.last_acceptance) for b in snf.blocks]
+    after = [float(i.acceptance_rate) for _, _, i in snf.sample_with_trace(512)[2].entries]
     assert all(abs(a - 0.7) < 0.2 for a in after), after
     with pytest.raises(ValueError, match="target_accept"):
         tune_step_sizes(snf, target_accept=1.5)
@@ -174,5 +172,29 @@ def test_pulled_back_target_with_wrong_output_shape_is_refused():
         density(torch.zeros(3, 2))
     blocks = annealed_hmc_levels(density, levels=2)
     snf = StochasticNormalizingFlow((2,), blocks + layers, lambda x: standard_normal_log_prob(x))
-    with pytest.raises(ValueError, match=r"HMC \(layer 0\): step 1 of 1.*PulledBackDensity"):
+    with pytest.raises(ValueError, match=r"HMCBlock \(layer 0\): step 1 of 1.*PulledBackDensity"):
         snf.sample_with_log_weights(4)
+
+
+def test_pulled_back_density_sums_elementwise_log_dets():
+    # an elementwise transform (event_dim 0) returns one log-det per coordinate: summed
+    d = PulledBackDensity([T.ExpTransform()], standard_normal_log_prob)
+    u = torch.randn(5, 3, dtype=torch.float64)
+    x, log_det = d.push(u)
+    assert log_det.shape == (5,)
+    torch.testing.assert_close(log_det, u.sum(-1))
+    torch.testing.assert_close(d(u), standard_normal_log_prob(u.exp()) + u.sum(-1))
+    torch.testing.assert_close(d.target_log_prob(x), standard_normal_log_prob(x))
+
+
+def test_pilot_uses_dual_averaging_and_keeps_blocks_without_acceptance():
+    from pyro_relax.stochastic import OverdampedLangevin
+
+    torch.manual_seed(4)
+    target = _gauss(torch.zeros(2), torch.ones(2))
+    ula = OverdampedLangevin(target, step_size=0.05)
+    blocks = annealed_hmc_levels(target, levels=1, step_size=0.01)
+    snf = StochasticNormalizingFlow((2,), [ula, *blocks], target)
+    steps = tune_step_sizes(snf, rounds=15, batch_size=128)
+    assert len(steps) == 1 and steps[0] > 0.05  # a step 100x too small grows
+    assert float(ula.log_step_size.exp()) == pytest.approx(0.05)  # left alone

@@ -134,11 +134,11 @@ def test_metropolis_delta_s_is_log_pi_difference(cls, device):
     block = cls(_quartic, standard_normal_log_prob, step_size=0.4, lam=lam, n_steps=4)
     block = block.double().to(device)
     x = torch.randn(200, 2, dtype=torch.float64, device=device)
-    y, delta_s = block.decode(x)
+    y, delta_s, info = block.decode_with_info(x)
     lam = float(block.density.lam())  # stored in float32, then cast by .double()
     expected = _annealed_log_pi(x, lam) - _annealed_log_pi(y, lam)
     torch.testing.assert_close(delta_s, expected, atol=1e-9, rtol=1e-9)
-    acc = float(block.last_acceptance)
+    acc = float(info.acceptance_rate)
     assert 0.0 < acc < 1.0  # both branches were exercised
     z, v = block.encode(x)  # encode: V = log pi(x) - log pi(z), the same formula
     torch.testing.assert_close(v, _annealed_log_pi(x, lam) - _annealed_log_pi(z, lam))
@@ -303,10 +303,11 @@ def test_nan_proposals_are_rejected(cls):
     torch.manual_seed(7)
     block = cls(_nan_right_half, step_size=1.0, n_steps=5)
     x = torch.rand(500, 2) * 0.5  # all start where the density is finite
-    y, delta_s = block.decode(x)  # validation on: would raise if anything went non-finite
+    # validation on: would raise if anything went non-finite
+    y, delta_s, info = block.decode_with_info(x)
     assert bool(torch.isfinite(y).all()) and bool(torch.isfinite(delta_s).all())
     assert bool((y[:, 0] <= 1.0).all())  # no NaN proposal was ever accepted
-    assert int(block.last_bad_step) == 0
+    assert int(info.bad_step) == 0
 
 
 @pytest.mark.parametrize("cls", [OverdampedLangevin, UnderdampedLangevin], ids=lambda c: c.__name__)

@@ -330,3 +330,50 @@ def test_target_with_wrong_output_shape_is_refused(bad):
         snf.sample_with_log_weights(5)
     with pytest.raises(ValueError, match=r"batch shape \(2, 3\)"):
         snf.sample_with_log_weights((2, 3))
+
+
+# ---- issue 11: blocks return their infos; the flow does not touch the layers ---------------
+
+
+def test_flow_does_not_rename_or_mutate_its_blocks():
+    block = MALABlock(target_log_prob, step_size=0.3)
+    before = dict(block.__dict__)
+    snf = StochasticNormalizingFlow((2,), [T.AffineTransform(0.0, 1.0), block], target_log_prob)
+    assert snf.block_labels == ["MALABlock (layer 1)"]
+    assert not hasattr(block, "name") and not hasattr(block, "last_acceptance")
+    snf.sample_with_log_weights(16)
+    assert block.__dict__.keys() == before.keys()
+    # the same block in a second flow gets that flow's label, the first is unchanged
+    other = StochasticNormalizingFlow((2,), [block], target_log_prob)
+    assert other.block_labels == ["MALABlock (layer 0)"]
+    assert snf.block_labels == ["MALABlock (layer 1)"]
+
+
+def test_sample_with_trace_returns_one_info_per_block():
+    torch.manual_seed(18)
+    snf = _snf(["affine", "mala", "ula", "hmc"])
+    x, log_w, trace = snf.sample_with_trace(64)
+    labels = [label for _, label, _ in trace.entries]
+    assert labels == ["MALABlock (layer 1)", "OverdampedLangevin (layer 2)", "HMCBlock (layer 3)"]
+    infos = [info for _, _, info in trace.entries]
+    assert infos[1].acceptance_rate is None  # unadjusted
+    for info in (infos[0], infos[2]):
+        assert 0.0 < float(info.acceptance_rate) <= 1.0
+        assert 0.0 < float(info.acceptance_probability) <= 1.0
+        assert info.acceptance_rate.dtype == x.dtype
+    assert all(int(info.bad_step) == 0 for info in infos)
+
+
+def test_decode_with_info_reports_the_first_bad_step_without_validation():
+    from pyro_relax import validation
+
+    block = OverdampedLangevin(_nan_right, n_steps=3, step_size=0.01)
+    x = torch.tensor([[0.0, 0.0], [1.5, 0.0]])
+    with validation(False):
+        _, _, info = block.decode_with_info(x)
+    assert int(info.bad_step) == 1
+    with pytest.raises(ValueError, match=r"OverdampedLangevin: step 1 of 3 produced NaN"):
+        block.raise_if_nonfinite(info)
+    with pytest.raises(ValueError, match=r"my label: step 1 of 3"):
+        block.raise_if_nonfinite(info, "my label")
+    block.raise_if_nonfinite(None)  # no info: nothing to check

@@ -2,55 +2,23 @@
 
 from __future__ import annotations
 
-__all__ = ["HMCBlock", "leapfrog"]
+__all__ = ["HMCBlock"]
 
-from collections.abc import Callable
+from typing import Unpack
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from pyro_relax.stochastic.annealing import AnnealedBlock, BlockState, LogDensity
-
-
-def leapfrog(
-    x: Tensor,
-    v: Tensor,
-    grad: Tensor,
-    step_size: Tensor,
-    inv_mass: Tensor,
-    n_steps: int,
-    log_pi_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``n_steps`` leapfrog steps of ``H = -log pi(x) + v^T M^-1 v / 2`` (volume preserving).
-
-    Arguments:
-        x: positions, ``batch + event``.
-        v: momenta, same shape.
-        grad: ``grad log pi(x)``.
-        step_size: ``eps``, broadcasting to the event.
-        inv_mass: the diagonal of ``M^-1``, broadcasting to the event.
-        n_steps: number of steps.
-        log_pi_and_grad: returns ``(log pi(x), grad log pi(x))``.
-
-    Returns:
-        ``(x, v, log pi(x), grad log pi(x))`` at the end of the trajectory.
-
-    Example:
-        >>> import torch
-        >>> f = lambda x: (-0.5 * x.square().sum(-1), -x)
-        >>> x, v, lp, g = leapfrog(torch.ones(1, 2), torch.zeros(1, 2), -torch.ones(1, 2),
-        ...                        torch.tensor(0.1), torch.tensor(1.0), 3, f)
-        >>> x.shape
-        torch.Size([1, 2])
-    """
-    lp = None
-    v = v + 0.5 * step_size * grad
-    for i in range(n_steps):
-        x = x + step_size * inv_mass * v
-        lp, grad = log_pi_and_grad(x)
-        v = v + (0.5 if i == n_steps - 1 else 1.0) * step_size * grad
-    assert lp is not None
-    return x, v, lp, grad
+from pyro_relax.ops.gaussian import scale_noise
+from pyro_relax.ops.leapfrog import IntegratorState, hamiltonian, leapfrog
+from pyro_relax.ops.metropolis import (
+    MetropolisInfo,
+    metropolis_accept,
+    metropolis_log_ratio,
+    select,
+)
+from pyro_relax.stochastic.block import AnnealedBlock, BlockOptions, BlockState
+from pyro_relax.stochastic.density import LogDensity, check_count
 
 
 class HMCBlock(AnnealedBlock):
@@ -63,7 +31,9 @@ class HMCBlock(AnnealedBlock):
     ``Delta S = log pi_lambda(x) - log pi_lambda(y)`` for the output ``y``,
     accepted or not. The output is ``where(accept, y', x)`` (SNF paper):
     gradients flow through the trajectory to ``eps``, ``M``, ``lam`` and the
-    input when accepted. A trajectory that meets NaN is rejected.
+    input when accepted. A trajectory that meets NaN is rejected. The math is
+    :func:`~pyro_relax.ops.leapfrog.leapfrog` and
+    :func:`~pyro_relax.ops.metropolis.metropolis_accept`.
 
     Arguments:
         target: the target log density (a Target, module, distribution or callable).
@@ -71,12 +41,10 @@ class HMCBlock(AnnealedBlock):
         step_size: leapfrog step ``eps > 0``; float or tensor broadcasting to the event.
         n_leapfrog: leapfrog steps per HMC step.
         mass: diagonal mass ``M > 0``; float or tensor broadcasting to the event.
-        lam: annealing parameter in ``[0, 1]`` or a schedule entry.
-        learn_step_size: learn ``eps`` (log-parametrized).
         learn_mass: learn ``M`` (log-parametrized).
-        learn_lam: learn ``lam`` (sigmoid-parametrized).
-        n_steps: number of HMC steps in the block.
-        event_dim: event dimensions of the data side.
+        **options: ``lam``, ``learn_step_size``, ``learn_lam``, ``n_steps`` (HMC
+            steps in the block), ``event_dim``: see
+            :class:`~pyro_relax.stochastic.block.AnnealedBlock`.
 
     References:
         Neal. MCMC using Hamiltonian dynamics. Handbook of MCMC, 2011.
@@ -84,11 +52,11 @@ class HMCBlock(AnnealedBlock):
 
     Example:
         >>> import torch
-        >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
-        >>> block = HMCBlock(standard_normal_log_prob, step_size=0.3, n_leapfrog=5)
-        >>> y, delta_s = block.decode(torch.randn(4, 2))
-        >>> y.shape
-        torch.Size([4, 2])
+        >>> from pyro_relax.stochastic.density import standard_normal_log_prob
+        >>> hmc = HMCBlock(standard_normal_log_prob, step_size=0.3, n_leapfrog=5, n_steps=2)
+        >>> info = hmc.decode_with_info(torch.randn(16, 3))[2]
+        >>> 0.5 < float(info.acceptance_probability) <= 1.0  # a small step: most are accepted
+        True
     """
 
     def __init__(
@@ -98,47 +66,36 @@ class HMCBlock(AnnealedBlock):
         step_size: float | Tensor = 0.1,
         n_leapfrog: int = 5,
         mass: float | Tensor = 1.0,
-        lam: float | nn.Module = 1.0,
-        learn_step_size: bool = False,
         learn_mass: bool = False,
-        learn_lam: bool = False,
-        n_steps: int = 1,
-        event_dim: int = 1,
+        **options: Unpack[BlockOptions],
     ) -> None:
-        super().__init__(target, base, lam, learn_lam, n_steps, event_dim)
-        if isinstance(n_leapfrog, bool) or not isinstance(n_leapfrog, int) or n_leapfrog < 1:
-            raise ValueError(f"HMCBlock: expected an int n_leapfrog >= 1, got {n_leapfrog!r}")
-        self.n_leapfrog = n_leapfrog
-        self._register_positive("step_size", step_size, learn_step_size)
+        super().__init__(target, base, step_size, **options)
+        self.n_leapfrog = check_count(n_leapfrog, "n_leapfrog", "HMCBlock", 1)
         self._register_positive("mass", mass, learn_mass)
 
-    def _step(self, state: BlockState) -> tuple[BlockState, Tensor, Tensor | None]:
-        x = state.x
-        if state.grad is None:
-            state.lp, state.grad = self.log_pi_and_grad(x)
-        lp_x, grad_x = state.lp, state.grad
-        assert lp_x is not None
+    def _step(self, state: BlockState) -> tuple[BlockState, Tensor, MetropolisInfo | None]:
+        state = self.with_gradient(state)
+        x, ed = state.x, self.event_dim
         mass = self.positive("mass", x)
         inv_mass = 1.0 / mass
-        v = mass.sqrt() * torch.randn_like(x)
-        y, w, lp_y, grad_y = leapfrog(
-            x,
-            v,
-            grad_x,
-            self.positive("step_size", x),
-            inv_mass,
-            self.n_leapfrog,
-            self.log_pi_and_grad,
+        momentum = scale_noise(torch.randn_like(x), mass)  # v ~ N(0, M)
+        start = IntegratorState(x, momentum, state.lp, state.grad)  # type: ignore[arg-type]
+        end = leapfrog(
+            start, self.log_pi_and_grad, self.positive("step_size", x), self.n_leapfrog, inv_mass
         )
-        # log alpha = H(x, v) - H(y', w); NaN compares False: rejected.
-        log_alpha = lp_y - lp_x + self._half_sq_norm(v, inv_mass) - self._half_sq_norm(w, inv_mass)
-        accept = torch.rand_like(lp_x).log() < log_alpha
-        a = accept.reshape(accept.shape + (1,) * self.event_dim)
+        # log r = H(x, v) - H(y', v'), NaN-safe
+        log_r = metropolis_log_ratio(
+            -hamiltonian(start, inv_mass, event_dim=ed), -hamiltonian(end, inv_mass, event_dim=ed)
+        )
+        mh = metropolis_accept(log_r)
+        ok = mh.accepted
         out = BlockState(
-            torch.where(a, y, x), torch.where(accept, lp_y, lp_x), torch.where(a, grad_y, grad_x)
+            select(ok, end.position, x, ed),
+            torch.where(ok, end.log_density, start.log_density),
+            select(ok, end.grad, start.grad, ed),
         )
-        assert out.lp is not None
-        return out, lp_x - out.lp, accept
+        return out, start.log_density - out.lp, mh
 
     def extra_repr(self) -> str:
+        """The module's settings, for ``repr``."""
         return f"n_steps={self.n_steps}, n_leapfrog={self.n_leapfrog}"

@@ -5,9 +5,16 @@ from __future__ import annotations
 __all__ = ["MALABlock", "OverdampedLangevin"]
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from pyro_relax.stochastic.annealing import AnnealedBlock, BlockState, LogDensity
+from pyro_relax.ops.langevin import (
+    LangevinInfo,
+    LangevinState,
+    langevin_step,
+    mala_log_accept_ratio,
+)
+from pyro_relax.ops.metropolis import MetropolisInfo, metropolis_accept, select
+from pyro_relax.stochastic.block import AnnealedBlock, BlockState
 
 
 class OverdampedLangevin(AnnealedBlock):
@@ -27,19 +34,15 @@ class OverdampedLangevin(AnnealedBlock):
     ``y -> x`` and ``Delta S = O(sqrt(eps))``. The gradient at the output is
     reused by the next step (one gradient evaluation per step).
 
-    A NaN or inf in the gradient is not checked inside the step (no host
-    synchronization); it is recorded and raised as a ``ValueError`` naming the
-    block and the step by the checked entry points.
+    The move and its transition densities are
+    :func:`~pyro_relax.ops.langevin.langevin_step`. A NaN or inf in the
+    gradient is not checked inside the step (no host synchronization); it is
+    returned in the :class:`~pyro_relax.stochastic.block.BlockInfo` and raised
+    as a ``ValueError`` naming the block and the step by the checked entry points.
 
     Arguments:
-        target: the target log density (a Target, module, distribution or callable).
-        base: the base log density of the annealing path (needed unless ``lam`` is 1).
-        step_size: ``eps > 0``; a float or a tensor broadcasting to the event shape.
-        lam: annealing parameter in ``[0, 1]`` or a schedule entry.
-        learn_step_size: learn ``eps`` (log-parametrized).
-        learn_lam: learn ``lam`` (sigmoid-parametrized).
-        n_steps: number of Langevin steps in the block.
-        event_dim: event dimensions of the data side.
+        as :class:`~pyro_relax.stochastic.block.AnnealedBlock`, with ``step_size``
+        the Langevin step ``eps`` (default 0.01) and ``n_steps`` Langevin steps.
 
     References:
         Wu, Koehler and Noe. Stochastic Normalizing Flows. NeurIPS 2020, section 3
@@ -47,7 +50,7 @@ class OverdampedLangevin(AnnealedBlock):
 
     Example:
         >>> import torch
-        >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
+        >>> from pyro_relax.stochastic.density import standard_normal_log_prob
         >>> block = OverdampedLangevin(standard_normal_log_prob, step_size=0.1)
         >>> y, delta_s = block.decode(torch.randn(5, 2))
         >>> y.shape, delta_s.shape
@@ -55,39 +58,25 @@ class OverdampedLangevin(AnnealedBlock):
     """
 
     metropolis: bool = False
+    default_step_size = 0.01
 
-    def __init__(
-        self,
-        target: LogDensity,
-        base: LogDensity | None = None,
-        step_size: float | Tensor = 0.01,
-        lam: float | nn.Module = 1.0,
-        learn_step_size: bool = False,
-        learn_lam: bool = False,
-        n_steps: int = 1,
-        event_dim: int = 1,
-    ) -> None:
-        super().__init__(target, base, lam, learn_lam, n_steps, event_dim)
-        self._register_positive("step_size", step_size, learn_step_size)
+    def _proposal(self, state: BlockState) -> tuple[LangevinState, LangevinState, LangevinInfo]:
+        """One Langevin move: ``(current, proposed, transition densities)``."""
+        state = self.with_gradient(state)
+        current = LangevinState(state.x, state.lp, state.grad)  # type: ignore[arg-type]
+        eps = self.positive("step_size", state.x)
+        noise = torch.randn_like(state.x)
+        proposed, info = langevin_step(
+            current, self.log_pi_and_grad, eps, noise, event_dim=self.event_dim
+        )
+        return current, proposed, info
 
-    def _proposal(self, state: BlockState) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """One Langevin move from ``state``: ``(y, lp(y), grad(y), |eta|^2/2, |eta_b|^2/2)``."""
-        x = state.x
-        if state.grad is None:
-            state.lp, state.grad = self.log_pi_and_grad(x)
-        eps = self.positive("step_size", x)
-        scale = (2.0 * eps).sqrt()
-        eta = torch.randn_like(x)
-        y = x + eps * state.grad + scale * eta
-        lp_y, grad_y = self.log_pi_and_grad(y)
-        eta_back = (x - y - eps * grad_y) / scale
-        return y, lp_y, grad_y, self._half_sq_norm(eta), self._half_sq_norm(eta_back)
-
-    def _step(self, state: BlockState) -> tuple[BlockState, Tensor, Tensor | None]:
-        y, lp_y, grad_y, fwd, back = self._proposal(state)
-        return BlockState(y, lp_y, grad_y), fwd - back, None
+    def _step(self, state: BlockState) -> tuple[BlockState, Tensor, MetropolisInfo | None]:
+        _, proposed, info = self._proposal(state)
+        return BlockState(*proposed), info.log_backward - info.log_forward, None
 
     def extra_repr(self) -> str:
+        """The module's settings, for ``repr``."""
         return f"n_steps={self.n_steps}, metropolis={self.metropolis}"
 
 
@@ -95,38 +84,37 @@ class MALABlock(OverdampedLangevin):
     r"""Metropolis-adjusted Langevin: a Langevin proposal, then accept or reject.
 
     The proposal ``y'`` is the :class:`OverdampedLangevin` move; it is accepted
-    with probability ``min(1, pi(y') q(x | y') / (pi(x) q(y' | x)))`` using
-    uniform noise, so the block leaves ``pi_lambda`` invariant. By detailed
-    balance ``Delta S = log pi_lambda(x) - log pi_lambda(y)`` for the output
-    ``y`` (0 on rejection). As in the SNF paper the output is
-    ``where(accept, y', x)``: gradients flow through the chosen branch, the
-    accept decision itself is not differentiated. A proposal whose log density
-    or gradient is NaN is rejected.
+    with probability ``min(1, pi(y') q(x | y') / (pi(x) q(y' | x)))``
+    (:func:`~pyro_relax.ops.langevin.mala_log_accept_ratio`,
+    :func:`~pyro_relax.ops.metropolis.metropolis_accept`), so the block leaves
+    ``pi_lambda`` invariant. By detailed balance
+    ``Delta S = log pi_lambda(x) - log pi_lambda(y)`` for the output ``y`` (0 on
+    rejection). As in the SNF paper the output is ``where(accept, y', x)``:
+    gradients flow through the chosen branch, the accept decision itself is not
+    differentiated. A proposal whose log density or gradient is NaN is rejected.
 
     Arguments: as :class:`OverdampedLangevin`.
 
     Example:
         >>> import torch
-        >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
+        >>> from pyro_relax.stochastic.density import standard_normal_log_prob
         >>> block = MALABlock(standard_normal_log_prob, step_size=0.5, n_steps=3)
-        >>> y, delta_s = block.decode(torch.randn(4, 2))
-        >>> float(block.last_acceptance) <= 1.0
+        >>> y, delta_s, info = block.decode_with_info(torch.randn(4, 2))
+        >>> float(info.acceptance_rate) <= 1.0
         True
     """
 
     metropolis = True
 
-    def _step(self, state: BlockState) -> tuple[BlockState, Tensor, Tensor | None]:
-        x = state.x
-        y, lp_y, grad_y, fwd, back = self._proposal(state)
-        lp_x, grad_x = state.lp, state.grad
-        assert lp_x is not None and grad_x is not None
-        # log q(x | y') - log q(y' | x) = |eta|^2/2 - |eta_b|^2/2; NaN compares False: rejected.
-        log_alpha = lp_y - lp_x + fwd - back
-        accept = torch.rand_like(lp_x).log() < log_alpha
-        a = accept.reshape(accept.shape + (1,) * self.event_dim)
+    def _step(self, state: BlockState) -> tuple[BlockState, Tensor, MetropolisInfo | None]:
+        current, proposed, info = self._proposal(state)
+        eps = self.positive("step_size", state.x)
+        log_r = mala_log_accept_ratio(current, proposed, eps, event_dim=self.event_dim, info=info)
+        mh = metropolis_accept(log_r)
+        ok, ed = mh.accepted, self.event_dim
         out = BlockState(
-            torch.where(a, y, x), torch.where(accept, lp_y, lp_x), torch.where(a, grad_y, grad_x)
+            select(ok, proposed.position, current.position, ed),
+            torch.where(ok, proposed.log_density, current.log_density),
+            select(ok, proposed.grad, current.grad, ed),
         )
-        assert out.lp is not None
-        return out, lp_x - out.lp, accept
+        return out, current.log_density - out.lp, mh

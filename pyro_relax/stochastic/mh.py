@@ -5,9 +5,15 @@ from __future__ import annotations
 __all__ = ["RandomWalkMH"]
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from pyro_relax.stochastic.annealing import AnnealedBlock, BlockState, LogDensity
+from pyro_relax.ops.metropolis import (
+    MetropolisInfo,
+    metropolis_accept,
+    metropolis_log_ratio,
+    select,
+)
+from pyro_relax.stochastic.block import AnnealedBlock, BlockState
 
 
 class RandomWalkMH(AnnealedBlock):
@@ -20,17 +26,12 @@ class RandomWalkMH(AnnealedBlock):
     whether the proposal was accepted or not (0 on rejection). The output is
     ``where(accept, y', x)``, so gradients reach ``sigma`` (and the input)
     through the accepted branch, as in the SNF paper. A proposal whose log
-    density is NaN is rejected (NaN compares false), never propagated.
+    density is NaN or infinite is rejected
+    (:func:`~pyro_relax.ops.metropolis.metropolis_log_ratio`), never propagated.
 
     Arguments:
-        target: the target log density (a Target, module, distribution or callable).
-        base: the base log density of the annealing path (needed unless ``lam`` is 1).
-        step_size: proposal scale ``sigma > 0``; float or tensor broadcasting to the event.
-        lam: annealing parameter in ``[0, 1]`` or a schedule entry.
-        learn_step_size: learn ``sigma`` (log-parametrized).
-        learn_lam: learn ``lam`` (sigmoid-parametrized).
-        n_steps: number of Metropolis steps in the block.
-        event_dim: event dimensions of the data side.
+        as :class:`~pyro_relax.stochastic.block.AnnealedBlock`, with ``step_size``
+        the proposal scale ``sigma`` (default 0.5) and ``n_steps`` Metropolis steps.
 
     References:
         Wu, Koehler and Noe. Stochastic Normalizing Flows. NeurIPS 2020, section 3
@@ -38,7 +39,7 @@ class RandomWalkMH(AnnealedBlock):
 
     Example:
         >>> import torch
-        >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
+        >>> from pyro_relax.stochastic.density import standard_normal_log_prob
         >>> block = RandomWalkMH(standard_normal_log_prob, step_size=0.5, n_steps=10)
         >>> x = torch.randn(6, 3)
         >>> y, delta_s = block.decode(x)
@@ -46,27 +47,14 @@ class RandomWalkMH(AnnealedBlock):
         True
     """
 
-    def __init__(
-        self,
-        target: LogDensity,
-        base: LogDensity | None = None,
-        step_size: float | Tensor = 0.5,
-        lam: float | nn.Module = 1.0,
-        learn_step_size: bool = False,
-        learn_lam: bool = False,
-        n_steps: int = 1,
-        event_dim: int = 1,
-    ) -> None:
-        super().__init__(target, base, lam, learn_lam, n_steps, event_dim)
-        self._register_positive("step_size", step_size, learn_step_size)
+    default_step_size = 0.5
 
-    def _step(self, state: BlockState) -> tuple[BlockState, Tensor, Tensor | None]:
+    def _step(self, state: BlockState) -> tuple[BlockState, Tensor, MetropolisInfo | None]:
         x = state.x
         lp_x = self.log_pi(x) if state.lp is None else state.lp
         proposal = x + self.positive("step_size", x) * torch.randn_like(x)
         lp_prop = self.log_pi(proposal)
-        accept = torch.rand_like(lp_x).log() < lp_prop - lp_x
-        a = accept.reshape(accept.shape + (1,) * self.event_dim)
-        y = torch.where(a, proposal, x)
-        lp_y = torch.where(accept, lp_prop, lp_x)
-        return BlockState(y, lp_y), lp_x - lp_y, accept
+        mh = metropolis_accept(metropolis_log_ratio(lp_x, lp_prop))
+        y = select(mh.accepted, proposal, x, self.event_dim)
+        lp_y = torch.where(mh.accepted, lp_prop, lp_x)
+        return BlockState(y, lp_y), lp_x - lp_y, mh

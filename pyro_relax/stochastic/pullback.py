@@ -14,30 +14,35 @@ misses; it is what NeuTra (Hoffman et al. 2019) does for MCMC, done for
 importance sampling (as in the SNF paper's "flow + MC" blocks and in
 "annealed flow transport", Arbel et al. 2021, without retraining the flow).
 The step sizes are tuned by a short pilot toward a target acceptance rate
-(:func:`tune_step_sizes`), not by gradients.
+(:func:`tune_step_sizes`: dual averaging, :mod:`pyro_relax.ops.adaptation`), not
+by gradients.
 """
 
 from __future__ import annotations
 
 __all__ = ["PulledBackDensity", "annealed_hmc_levels", "tune_step_sizes"]
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from pyro_relax.core import sum_event
+from pyro_relax.core.checks import check_positive_int
+from pyro_relax.core.switch import validation
 from pyro_relax.distributions.adapter import as_layer
-from pyro_relax.stochastic.annealing import (
-    AnnealedBlock,
+from pyro_relax.ops.adaptation import dual_averaging_init, dual_averaging_update
+from pyro_relax.stochastic.block import AnnealedBlock
+from pyro_relax.stochastic.density import (
     LogDensity,
+    attach_log_density,
     check_log_density_output,
-    geometric_schedule,
-    linear_schedule,
     standard_normal_log_prob,
 )
 from pyro_relax.stochastic.hmc import HMCBlock
+from pyro_relax.stochastic.schedules import geometric_schedule, linear_schedule
 from pyro_relax.stochastic.snf import StochasticNormalizingFlow
+from pyro_relax.stochastic.trace import trace_blocks
 
 
 class PulledBackDensity(nn.Module):
@@ -55,7 +60,7 @@ class PulledBackDensity(nn.Module):
 
     Example:
         >>> import torch, pyro.distributions.transforms as T
-        >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
+        >>> from pyro_relax.stochastic.density import standard_normal_log_prob
         >>> d = PulledBackDensity(
         ...     [T.AffineTransform(torch.ones(2), 2.0, event_dim=1)], standard_normal_log_prob)
         >>> d(torch.zeros(3, 2)).shape
@@ -76,27 +81,28 @@ class PulledBackDensity(nn.Module):
                     f"{type(layer).__name__} at position {i}"
                 )
         self.layers = nn.ModuleList(converted)
-        if isinstance(target, nn.Module):
-            self.target = target
-            self._target_fn = getattr(target, "log_prob", target)
-        elif callable(target):
-            self._target_fn = target
-        else:
-            raise TypeError(
-                f"PulledBackDensity: expected a callable target, got {type(target).__name__}"
-            )
+        self._target_fn = attach_log_density(self, "target", target)
+
+    def target_log_prob(self, x: Tensor) -> Tensor:
+        """The target's log density at data-space points ``x`` (no checks)."""
+        return self._target_fn(x)
 
     def push(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        """``(f(u), log|det f'(u)|)``."""
+        """``(f(u), log|det f'(u)|)``, the log-det of shape ``u.shape[:-1]``.
+
+        Each layer's contribution is summed over the event dimensions it leaves
+        (an elementwise transform returns one per coordinate).
+        """
         log_det = u.new_zeros(u.shape[:-1])
         if log_det.numel() == 0:  # an empty batch: nothing to map (some transforms cannot)
             return u, log_det
         shape = tuple(u.shape)
         try:
-            for layer in self.layers:
-                u, s = layer._decode(u, None)
-                log_det = log_det + s
-        except (RuntimeError, IndexError) as err:  # torch's shape errors, with our name
+            with validation(False):  # inside sampler steps: no host synchronization
+                for layer in self.layers:
+                    u, s = layer.decode(u)
+                    log_det = log_det + sum_event(s, s.dim() - log_det.dim())
+        except (ValueError, RuntimeError, IndexError) as err:  # shape errors, with our name
             raise ValueError(
                 f"PulledBackDensity: cannot map u of shape {shape} through the layers "
                 f"(is the event shape the one they were built for?): {err}"
@@ -113,7 +119,7 @@ class PulledBackDensity(nn.Module):
             got = f"shape {tuple(u.shape)}" if isinstance(u, Tensor) else type(u).__name__
             raise ValueError(f"PulledBackDensity: expected u of shape batch + event, got {got}")
         x, log_det = self.push(u)
-        lp = check_log_density_output(self._target_fn(x), log_det.shape, "PulledBackDensity")
+        lp = check_log_density_output(self.target_log_prob(x), log_det.shape, "PulledBackDensity")
         return lp + log_det
 
     log_prob = forward
@@ -143,7 +149,7 @@ def annealed_hmc_levels(
         base: the first level's base log density.
 
     Example:
-        >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
+        >>> from pyro_relax.stochastic.density import standard_normal_log_prob
         >>> blocks = annealed_hmc_levels(lambda x: -x.square().sum(-1), levels=4)
         >>> [round(float(b.density.lam()), 2) for b in blocks]
         [0.25, 0.5, 0.75, 1.0]
@@ -168,12 +174,22 @@ def tune_step_sizes(
     rounds: int = 10,
     batch_size: int = 256,
     target_accept: float = 0.7,
+    *,
+    gamma: float = 0.1,
+    t0: float = 10.0,
 ) -> list[float]:
     """Adapt each Metropolis-adjusted block's step size toward an acceptance rate (a pilot).
 
-    Each round draws ``batch_size`` paths and moves every block's log step size
-    by ``2 (accept - target_accept) / sqrt(round + 1)`` (a Robbins-Monro step,
-    one host synchronization per round). Blocks without an acceptance rate
+    Each round draws ``batch_size`` paths and makes one dual-averaging update
+    (:func:`~pyro_relax.ops.adaptation.dual_averaging_update`, Hoffman and
+    Gelman 2014) of every block's log step size with the block's mean
+    acceptance probability of the round (read from the returned
+    :class:`~pyro_relax.stochastic.block.BlockInfo`, one host synchronization
+    per round). The shrinkage point ``mu`` is the initial step size, and
+    ``gamma`` is twice Hoffman and Gelman's 0.05: a round's acceptance averages
+    many paths, and the damper steps keep the pilot out of the oscillations
+    between too small and unstable step sizes. After the last round each block
+    keeps the averaged step size. Blocks without an acceptance rate
     (unadjusted Langevin) are left alone. Run it before drawing the weights used
     for estimates: the pilot's draws are discarded.
 
@@ -184,13 +200,15 @@ def tune_step_sizes(
         rounds: pilot rounds.
         batch_size: paths per round.
         target_accept: the goal acceptance rate in ``(0, 1)``.
+        gamma: dual averaging's regularization ``gamma > 0``.
+        t0: dual averaging's early-iteration damping ``t0 >= 0``.
 
     Returns:
         The tuned step sizes, one per block with an acceptance rate.
 
     Example:
         >>> import torch
-        >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
+        >>> from pyro_relax.stochastic.density import standard_normal_log_prob
         >>> target = lambda x: standard_normal_log_prob(x / 3.0)
         >>> snf = StochasticNormalizingFlow((2,), annealed_hmc_levels(target, levels=2), target)
         >>> len(tune_step_sizes(snf, rounds=2, batch_size=16))
@@ -198,8 +216,7 @@ def tune_step_sizes(
     """
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"tune_step_sizes: expected an int rounds >= 1, got {rounds!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"tune_step_sizes: expected an int batch_size >= 1, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size", "tune_step_sizes")
     if not (isinstance(target_accept, float) and 0.0 < target_accept < 1.0):
         raise ValueError(
             f"tune_step_sizes: expected target_accept in (0, 1), got {target_accept!r}"
@@ -208,13 +225,24 @@ def tune_step_sizes(
         if not isinstance(snf, StochasticNormalizingFlow):
             raise TypeError("tune_step_sizes: pass blocks= when snf is not a flow")
         blocks = snf.blocks
-    draw = snf.sample_with_log_weights if isinstance(snf, StochasticNormalizingFlow) else snf
-    tuned = [b for b in blocks if hasattr(b, "log_step_size")]
-    for r in range(rounds):
-        draw(batch_size)
-        rate = 2.0 / math.sqrt(r + 1)
-        for block in tuned:
-            acc = block.last_acceptance
-            if acc is not None:
-                block.log_step_size.add_(rate * (acc.to(block.log_step_size) - target_accept))
-    return [float(b.log_step_size.exp()) for b in tuned if b.last_acceptance is not None]
+    draw = snf.sample_with_trace if isinstance(snf, StochasticNormalizingFlow) else snf
+    states = {id(b): dual_averaging_init(b.log_step_size, mu=b.log_step_size) for b in blocks}
+    adapted: set[int] = set()
+    for _ in range(rounds):
+        with trace_blocks() as trace:
+            draw(batch_size)
+        for block in blocks:
+            probs = [i.acceptance_probability for i in trace.infos_of(block)]
+            probs = [p for p in probs if p is not None]
+            if not probs:
+                continue
+            state = dual_averaging_update(
+                states[id(block)], torch.stack(probs).mean(), target_accept, gamma=gamma, t0=t0
+            )
+            states[id(block)] = state
+            block.log_step_size.copy_(state.log_step_size)
+            adapted.add(id(block))
+    tuned = [b for b in blocks if id(b) in adapted]
+    for block in tuned:
+        block.log_step_size.copy_(states[id(block)].log_step_size_avg)
+    return [float(b.log_step_size.exp()) for b in tuned]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "SNFDistribution",
     "StochasticNormalizingFlow",
     "ess_from_log_weights",
     "log_Z_from_log_weights",
@@ -19,12 +20,14 @@ from torch.distributions import Distribution
 
 from pyro_relax.core import RelaxedLayer
 from pyro_relax.core.switch import validation, validation_enabled
-from pyro_relax.distributions.flow import Flow
-from pyro_relax.stochastic.annealing import (
-    AnnealedBlock,
+from pyro_relax.distributions.flow import Flow, FlowDistribution
+from pyro_relax.stochastic.block import AnnealedBlock
+from pyro_relax.stochastic.density import (
     LogDensity,
+    attach_log_density,
     check_log_density_output,
 )
+from pyro_relax.stochastic.trace import BlockTrace, trace_blocks
 
 
 def _check_log_weights(log_w: Tensor, name: str) -> None:
@@ -112,6 +115,50 @@ def self_normalized_expectation(values: Tensor, log_w: Tensor) -> Tensor:
     return (p.reshape(p.shape + (1,) * (values.dim() - p.dim())) * values).sum(0)
 
 
+class SNFDistribution(FlowDistribution):
+    """A :class:`~pyro_relax.distributions.FlowDistribution` whose draws report their blocks.
+
+    :meth:`rsample_and_log_q_with_trace` also returns the
+    :class:`~pyro_relax.stochastic.block.BlockTrace` of the draw (each block's
+    :class:`~pyro_relax.stochastic.block.BlockInfo`, under the display names
+    ``block_labels``); :meth:`rsample_and_log_q` (hence ``rsample`` and
+    ``sample``) raises, with validation on, a ``ValueError`` naming the block
+    and the step that went non-finite. Made by
+    :meth:`StochasticNormalizingFlow.forward`.
+
+    Arguments:
+        base: the base distribution.
+        layers: the stack, base to data.
+        context: an optional conditioning context.
+        block_labels: display names of the stochastic blocks, in sampling order.
+    """
+
+    def __init__(
+        self,
+        base: Distribution,
+        layers: Sequence[RelaxedLayer | torch.distributions.Transform],
+        context: Tensor | None = None,
+        block_labels: Sequence[str] = (),
+    ) -> None:
+        super().__init__(base, layers, context)
+        self.block_labels = list(block_labels)
+
+    def rsample_and_log_q_with_trace(
+        self, sample_shape: torch.Size = torch.Size()
+    ) -> tuple[Tensor, Tensor, BlockTrace]:
+        """Draw ``(x, log q estimate)`` and the trace of the blocks' infos (no checks)."""
+        with trace_blocks(self.block_labels) as trace:
+            x, log_q = super().rsample_and_log_q(sample_shape)
+        return x, log_q, trace
+
+    def rsample_and_log_q(self, sample_shape: torch.Size = torch.Size()) -> tuple[Tensor, Tensor]:
+        """Draw ``x`` and its log-density estimate; with validation on, refuse non-finite steps."""
+        x, log_q, trace = self.rsample_and_log_q_with_trace(sample_shape)
+        if validation_enabled():
+            trace.raise_if_nonfinite()
+        return x, log_q
+
+
 class StochasticNormalizingFlow(Flow):
     r"""A flow of bijections, surjections and stochastic blocks with importance weights.
 
@@ -129,10 +176,12 @@ class StochasticNormalizingFlow(Flow):
     path (``-log_prob(x)``, the bound of :class:`~pyro_relax.distributions.FlowDistribution`);
     see :mod:`pyro_relax.infer.snf_training`.
 
-    Stochastic blocks (:class:`~pyro_relax.stochastic.annealing.AnnealedBlock`)
-    record non-finite values without synchronizing; :meth:`sample_with_log_weights`
-    checks them once per call (with validation on) and raises a ``ValueError``
-    naming the layer and the step.
+    Stochastic blocks (:class:`~pyro_relax.stochastic.block.AnnealedBlock`)
+    return their non-finite steps without synchronizing;
+    :meth:`sample_with_log_weights` checks them once per call (with validation
+    on) and raises a ``ValueError`` naming the layer and the step. The layers
+    handed in are not modified: their display names (``"HMCBlock (layer 3)"``)
+    are :attr:`block_labels`.
 
     Arguments:
         base_shape: the latent event shape (standard normal base unless ``base``).
@@ -147,7 +196,7 @@ class StochasticNormalizingFlow(Flow):
 
     Example:
         >>> import torch, pyro.distributions.transforms as T
-        >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
+        >>> from pyro_relax.stochastic.density import standard_normal_log_prob
         >>> from pyro_relax.stochastic.mh import RandomWalkMH
         >>> target = lambda x: standard_normal_log_prob(x - 1.0)
         >>> snf = StochasticNormalizingFlow(
@@ -165,21 +214,7 @@ class StochasticNormalizingFlow(Flow):
         base: Distribution | nn.Module | None = None,
     ) -> None:
         super().__init__(base_shape, layers, base)
-        if isinstance(target, nn.Module):
-            self.target = target
-            self._target_fn = getattr(target, "log_prob", target)
-        elif isinstance(target, Distribution):
-            self._target_fn = target.log_prob
-        elif callable(target):
-            self._target_fn = target
-        else:
-            raise TypeError(
-                f"StochasticNormalizingFlow: expected a callable target log density, "
-                f"got {type(target).__name__}"
-            )
-        for i, layer in enumerate(self.layers):
-            if isinstance(layer, AnnealedBlock) and layer.name is None:
-                layer.name = f"layer {i}"
+        self._target_fn = attach_log_density(self, "target", target)
 
     @property
     def blocks(self) -> list[AnnealedBlock]:
@@ -191,17 +226,31 @@ class StochasticNormalizingFlow(Flow):
         with validation(False):
             return self._target_fn(x)
 
-    def _check_run(self, log_w: Tensor) -> None:
+    @property
+    def block_labels(self) -> list[str]:
+        """Display names of the stochastic blocks (``"<class> (layer <i>)"``), in sampling order."""
+        return [
+            f"{type(layer).__name__} (layer {i})"
+            for i, layer in enumerate(self.layers)
+            if isinstance(layer, AnnealedBlock)
+        ]
+
+    def forward(self, context: Tensor | None = None) -> SNFDistribution:
+        """The flow as an :class:`SNFDistribution`, conditioned on ``context`` if given."""
+        return SNFDistribution(
+            self.base_distribution(), list(self.layers), context, self.block_labels
+        )
+
+    def _check_run(self, trace: BlockTrace, log_w: Tensor) -> None:
         """One host synchronization: raise if a block or the weights went non-finite."""
         if log_w.device.type == "meta":
             return
-        blocks = self.blocks
-        flags = [b.last_bad_step for b in blocks if b.last_bad_step is not None]
         nan_w = (torch.isnan(log_w).any() | (log_w == math.inf).any()).to(torch.long)
-        values = torch.stack([*(f.to(log_w.device) for f in flags), nan_w]).tolist()
-        for block in blocks:
-            if block.last_bad_step is not None and values.pop(0):
-                block.raise_if_nonfinite()
+        flags = [info.bad_step.reshape(()).to(log_w.device) for _, _, info in trace.entries]
+        values = torch.stack([*flags, nan_w]).tolist()
+        for (block, label, info), bad in zip(trace.entries, values, strict=False):
+            if bad:
+                block.raise_if_nonfinite(info, label)
         if values[-1]:
             raise ValueError(
                 "StochasticNormalizingFlow: expected finite log weights, got NaN or +inf "
@@ -231,14 +280,26 @@ class StochasticNormalizingFlow(Flow):
             raise ValueError(
                 f"sample_with_log_weights: expected a positive int or shape, got {n!r}"
             )
-        x, log_q = self(context).rsample_and_log_q(torch.Size(int(s) for s in shape))
+        x, log_w, trace = self.sample_with_trace(shape, context)
+        if validation_enabled():
+            self._check_run(trace, log_w)
+        return x, log_w
+
+    def sample_with_trace(
+        self, n: int | Sequence[int], context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, BlockTrace]:
+        """:meth:`sample_with_log_weights` without checks, with the blocks' trace.
+
+        The trace holds each block's :class:`~pyro_relax.stochastic.block.BlockInfo`
+        (acceptance, first non-finite step) of this draw.
+        """
+        shape = (n,) if isinstance(n, numbers.Integral) and not isinstance(n, bool) else n
+        dist = self(context)
+        x, log_q, trace = dist.rsample_and_log_q_with_trace(torch.Size(int(s) for s in shape))
         lp = check_log_density_output(
             self.target_log_prob(x), log_q.shape, "StochasticNormalizingFlow"
         )
-        log_w = lp - log_q
-        if validation_enabled():
-            self._check_run(log_w)
-        return x, log_w
+        return x, lp - log_q, trace
 
     def reverse_kl(self, n: int) -> Tensor:
         """``-mean(log w)``: reverse KL of the path distributions up to ``log Z`` (minimize it)."""

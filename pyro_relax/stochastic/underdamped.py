@@ -4,11 +4,16 @@ from __future__ import annotations
 
 __all__ = ["UnderdampedLangevin"]
 
-import torch
-from torch import Tensor, nn
+from typing import Unpack
 
-from pyro_relax.stochastic.annealing import AnnealedBlock, BlockState, LogDensity
-from pyro_relax.stochastic.hmc import leapfrog
+import torch
+from torch import Tensor
+
+from pyro_relax.ops.gaussian import kinetic_energy, scale_noise
+from pyro_relax.ops.leapfrog import IntegratorState, leapfrog, partial_momentum_refresh
+from pyro_relax.ops.metropolis import MetropolisInfo
+from pyro_relax.stochastic.block import AnnealedBlock, BlockOptions, BlockState
+from pyro_relax.stochastic.density import LogDensity
 
 
 class UnderdampedLangevin(AnnealedBlock):
@@ -45,13 +50,11 @@ class UnderdampedLangevin(AnnealedBlock):
         step_size: ``h > 0``; float or tensor broadcasting to the event.
         friction: ``gamma > 0``.
         mass: diagonal mass ``M > 0``; float or tensor broadcasting to the event.
-        lam: annealing parameter in ``[0, 1]`` or a schedule entry.
-        learn_step_size: learn ``h``.
         learn_friction: learn ``gamma``.
         learn_mass: learn ``M``.
-        learn_lam: learn ``lam``.
-        n_steps: number of OBABO steps (the velocity persists across them).
-        event_dim: event dimensions of the data side.
+        **options: ``lam``, ``learn_step_size``, ``learn_lam``, ``n_steps`` (OBABO
+            steps; the velocity persists across them), ``event_dim``: see
+            :class:`~pyro_relax.stochastic.block.AnnealedBlock`.
 
     References:
         Wu, Koehler and Noe. Stochastic Normalizing Flows. NeurIPS 2020.
@@ -59,7 +62,7 @@ class UnderdampedLangevin(AnnealedBlock):
 
     Example:
         >>> import torch
-        >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
+        >>> from pyro_relax.stochastic.density import standard_normal_log_prob
         >>> block = UnderdampedLangevin(standard_normal_log_prob, step_size=0.2, n_steps=4)
         >>> y, delta_s = block.decode(torch.randn(3, 2))
         >>> delta_s.shape
@@ -73,43 +76,36 @@ class UnderdampedLangevin(AnnealedBlock):
         step_size: float | Tensor = 0.1,
         friction: float | Tensor = 1.0,
         mass: float | Tensor = 1.0,
-        lam: float | nn.Module = 1.0,
-        learn_step_size: bool = False,
         learn_friction: bool = False,
         learn_mass: bool = False,
-        learn_lam: bool = False,
-        n_steps: int = 1,
-        event_dim: int = 1,
+        **options: Unpack[BlockOptions],
     ) -> None:
-        super().__init__(target, base, lam, learn_lam, n_steps, event_dim)
-        self._register_positive("step_size", step_size, learn_step_size)
+        super().__init__(target, base, step_size, **options)
         self._register_positive("friction", friction, learn_friction)
         self._register_positive("mass", mass, learn_mass)
 
     def _start(self, x: Tensor) -> BlockState:
-        v = self.positive("mass", x).sqrt() * torch.randn_like(x)
-        return BlockState(x, v=v)
+        return BlockState(x, v=scale_noise(torch.randn_like(x), self.positive("mass", x)))
 
-    def _refresh(self, v: Tensor, a: Tensor, mass: Tensor) -> Tensor:
-        """The O half-step: partial refresh, exact for ``N(0, M)``."""
-        return a * v + (1.0 - a.square()).clamp_min(0.0).sqrt() * mass.sqrt() * torch.randn_like(v)
-
-    def _step(self, state: BlockState) -> tuple[BlockState, Tensor, Tensor | None]:
-        x, v = state.x, state.v
+    def _step(self, state: BlockState) -> tuple[BlockState, Tensor, MetropolisInfo | None]:
+        state = self.with_gradient(state)
+        x, v, ed = state.x, state.v, self.event_dim
         assert v is not None
-        if state.grad is None:
-            state.lp, state.grad = self.log_pi_and_grad(x)
         h = self.positive("step_size", x)
         mass = self.positive("mass", x)
         inv_mass = 1.0 / mass
         a = torch.exp(-0.5 * h * self.positive("friction", x))
-        v1 = self._refresh(v, a, mass)
-        y, v2, lp_y, grad_y = leapfrog(x, v1, state.grad, h, inv_mass, 1, self.log_pi_and_grad)
-        v3 = self._refresh(v2, a, mass)
+        v1 = partial_momentum_refresh(v, a, torch.randn_like(v), mass)
+        start = IntegratorState(x, v1, state.lp, state.grad)  # type: ignore[arg-type]
+        end = leapfrog(start, self.log_pi_and_grad, h, 1, inv_mass)
+        v3 = partial_momentum_refresh(end.momentum, a, torch.randn_like(v), mass)
         # The O steps' Delta S and the augment/drop energy terms telescope to minus
         # the kinetic energy change of the deterministic BAB part.
-        delta = self._half_sq_norm(v1, inv_mass) - self._half_sq_norm(v2, inv_mass)
-        return BlockState(y, lp_y, grad_y, v3), delta, None
+        delta = kinetic_energy(v1, inv_mass, event_dim=ed) - kinetic_energy(
+            end.momentum, inv_mass, event_dim=ed
+        )
+        return BlockState(end.position, end.log_density, end.grad, v3), delta, None
 
     def extra_repr(self) -> str:
+        """The module's settings, for ``repr``."""
         return f"n_steps={self.n_steps}"

@@ -67,9 +67,11 @@ class VAELayer(RelaxedLayer):
         self.decoder = ConditionalNormal(latent_dim, dim, hidden, context_dim)
 
     def expected_data_shape(self) -> torch.Size:
+        """The data event shape ``(dim,)`` the layer was built for."""
         return torch.Size((self.dim,))
 
     def latent_shape(self, data_shape: torch.Size) -> torch.Size:
+        """``(latent_dim,)`` for the data shape ``(dim,)``; any other is a ``ValueError``."""
         if tuple(data_shape) != (self.dim,):
             raise ValueError(
                 f"VAELayer: expected data shape ({self.dim},), got {tuple(data_shape)}"
@@ -77,6 +79,7 @@ class VAELayer(RelaxedLayer):
         return torch.Size((self.latent_dim,))
 
     def data_shape(self, latent_shape: torch.Size) -> torch.Size:
+        """``(dim,)`` for the latent shape ``(latent_dim,)``; any other is a ``ValueError``."""
         if tuple(latent_shape) != (self.latent_dim,):
             raise ValueError(
                 f"VAELayer: expected latent shape ({self.latent_dim},), got {tuple(latent_shape)}"
@@ -94,5 +97,6 @@ class VAELayer(RelaxedLayer):
         return x, log_q - log_p
 
     def extra_repr(self) -> str:
+        """The module's settings, for ``repr``."""
         return (f"dim={self.dim}, latent_dim={self.latent_dim}, "
                 f"context_dim={self.encoder.context_dim}")

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.stochastic.annealing import standard_normal_log_prob
+from pyro_relax.stochastic.density import standard_normal_log_prob
 from pyro_relax.stochastic.hmc import HMCBlock
 from pyro_relax.stochastic.langevin import MALABlock, OverdampedLangevin
 from pyro_relax.stochastic.mh import RandomWalkMH

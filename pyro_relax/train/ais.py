@@ -18,21 +18,20 @@ from __future__ import annotations
 __all__ = ["CountingDensity", "LatentAIS", "SquaredOverFlow", "check_exact_flow"]
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Independent, Normal
 
 from pyro_relax.core.switch import validation
 from pyro_relax.distributions.flow import Flow
-from pyro_relax.stochastic.annealing import (
-    AnnealedBlock,
-    linear_schedule,
-    standard_normal_log_prob,
-)
+from pyro_relax.stochastic.block import AnnealedBlock
+from pyro_relax.stochastic.density import attach_log_density, standard_normal_log_prob
 from pyro_relax.stochastic.mh import RandomWalkMH
 from pyro_relax.stochastic.pullback import PulledBackDensity, annealed_hmc_levels
+from pyro_relax.stochastic.schedules import linear_schedule
+from pyro_relax.stochastic.trace import BlockInfo
 
 KERNELS = ("hmc", "metropolis")
 
@@ -58,17 +57,7 @@ class CountingDensity(nn.Module):
 
     def __init__(self, target: object) -> None:
         super().__init__()
-        if isinstance(target, nn.Module):
-            self.target = target
-            self._fn = getattr(target, "log_prob", target)
-        elif isinstance(target, Distribution):
-            self._fn = target.log_prob
-        elif callable(target):
-            self._fn = target
-        else:
-            raise TypeError(
-                f"CountingDensity: expected a callable log density, got {type(target).__name__}"
-            )
+        self._fn = attach_log_density(self, "target", target)
         self.count = 0
 
     def forward(self, x: Tensor) -> Tensor:
@@ -162,6 +151,7 @@ class LatentAIS(nn.Module):
         self.dim = dim
         self.squared = squared
         self.escape_radius = escape_radius
+        self.last_infos: list[BlockInfo] = []
 
     def step_sizes(self) -> Tensor:
         """The blocks' step sizes (one per block)."""
@@ -173,16 +163,29 @@ class LatentAIS(nn.Module):
             for block, v in zip(self.blocks, values, strict=True):
                 block.log_step_size.fill_(float(v.log()))
 
-    def adapt(self, target_accept: float, rate: float) -> Tensor:
+    def adapt(
+        self, target_accept: float, rate: float, infos: Sequence[BlockInfo] | None = None
+    ) -> Tensor:
         """Move each block's log step size by ``rate * (acceptance - target_accept)``.
 
+        A Robbins-Monro step with a constant rate: FAB's target moves as the
+        flow trains, so the step sizes track it rather than converge.
+
+        Arguments:
+            target_accept: the goal acceptance rate.
+            rate: the step on the log scale.
+            infos: the blocks' infos of a run (:meth:`run`); ``None``: those of
+                the last call of the module (kept for callers of ``forward``).
+
         Returns:
-            The acceptance rates of the last run (one per block, ``NaN`` if unknown).
+            The acceptance rates used (one per block, ``NaN`` if unknown).
         """
+        if infos is None:
+            infos = self.last_infos
         rates = []
         with torch.no_grad():
-            for block in self.blocks:
-                acc = block.last_acceptance
+            for i, block in enumerate(self.blocks):
+                acc = infos[i].acceptance_rate if i < len(infos) else None
                 if acc is None:
                     rates.append(self.blocks[0].log_step_size.new_full((), math.nan))
                     continue
@@ -192,8 +195,8 @@ class LatentAIS(nn.Module):
         return torch.stack(rates)
 
     @torch.no_grad()
-    def forward(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Run ``n`` chains; return ``(x, log w, log q(x))`` in data space.
+    def run(self, n: int) -> tuple[Tensor, Tensor, Tensor, list[BlockInfo]]:
+        """Run ``n`` chains; return ``(x, log w, log q(x), infos)`` (one info per block).
 
         Chains whose target went NaN or inf, or that escaped (``escape_radius``), have a
         NaN weight (the caller drops them and counts them as rejected).
@@ -202,12 +205,14 @@ class LatentAIS(nn.Module):
         ref = self.blocks[0].log_step_size if ref is None else ref
         u = torch.randn((n, self.dim), device=ref.device, dtype=ref.dtype)
         log_w = -standard_normal_log_prob(u)
+        infos = []
         with validation(False):
             for block in self.blocks:
-                u, delta = block.decode(u)
+                u, delta, info = block.decode_with_info(u)
                 log_w = log_w + delta
+                infos.append(info)
             x, log_det = self.pulled.push(u)
-            lp_x = self.pulled._target_fn(x)
+            lp_x = self.pulled.target_log_prob(x)
         log_n = standard_normal_log_prob(u)
         log_q = log_n - log_det
         pulled = lp_x + log_det
@@ -218,17 +223,34 @@ class LatentAIS(nn.Module):
         if self.escape_radius is not None:
             bad |= u.square().sum(-1) > self.dim * self.escape_radius**2
         log_w = torch.where(bad, torch.full_like(log_w, math.nan), log_w)
+        return x, log_w, log_q, infos
+
+    def forward(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`run` without the infos (those are kept for :meth:`adapt` without ``infos``)."""
+        x, log_w, log_q, infos = self.run(n)
+        self.last_infos = infos
         return x, log_w, log_q
+
+
+def _is_standard_normal(base: object, dim_shape: torch.Size) -> bool:
+    """Whether ``base`` is ``N(0, I)`` on a vector of ``dim_shape`` (one host read, at setup)."""
+    if len(dim_shape) != 1 or not isinstance(base, Independent):
+        return False
+    inner = base.base_dist
+    if not isinstance(inner, Normal) or base.event_shape != dim_shape:
+        return False
+    return bool((inner.loc == 0).all()) and bool((inner.scale == 1).all())
 
 
 def check_exact_flow(flow: object, owner: str) -> int:
     """The size of an exact bijective flow with a standard-normal vector base; else raise."""
     if not isinstance(flow, Flow):
         raise TypeError(f"{owner}: expected a pyro_relax Flow (or SNF), got {type(flow).__name__}")
-    if flow._base is not None or len(flow.base_shape) != 1:
+    base = flow.base_distribution()
+    if not _is_standard_normal(base, flow.base_shape):
         raise ValueError(
             f"{owner}: expected a flow with the default standard-normal base on a vector, got "
-            f"base {type(flow._base).__name__} of shape {tuple(flow.base_shape)}"
+            f"base {type(base).__name__} of shape {tuple(flow.base_shape)}"
         )
     for i, layer in enumerate(flow.layers):
         if not (layer.bijective and layer.exact):

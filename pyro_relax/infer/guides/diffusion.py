@@ -38,7 +38,8 @@ densities reduce to (no degenerate bridge step at ``t = 0``)
     + \frac{\delta_k \cdot \varepsilon_k}{\sqrt{v_k}}\Big),
     \qquad \log w = \log \pi(y_K) - \log \hat q(y_K),
 
-(the affine layer adds its log-det). ``E[w] = Z`` for any drift, so
+(the affine layer adds its log-det); each step and its two transition
+densities are :func:`~pyro_relax.ops.gaussian.euler_maruyama_step`. ``E[w] = Z`` for any drift, so
 ``Trace_ELBO`` with the Delta trick of :mod:`pyro_relax.infer.guides.base`
 optimizes the valid bound ``E[log w] <= log p(x)`` (the discrete-time
 version of PIS/DDS's path KL). All noise is reparametrized.
@@ -62,6 +63,7 @@ from pyro_relax.infer.guides.base import RelaxedGuideMixin, check_init_scale, ch
 from pyro_relax.infer.guides.flow import LocScaleTransform
 from pyro_relax.infer.guides.whitening import CholeskyAffineTransform
 from pyro_relax.nn.score import ScoreMLP
+from pyro_relax.ops.gaussian import euler_maruyama_step, gaussian_transition_log_prob
 
 _REFERENCES = ("pis", "dds")
 
@@ -174,7 +176,6 @@ class AutoDiffusionGuide(RelaxedGuideMixin, AutoContinuous):
         like = affine.loc
         shape = torch.Size(sample_shape) + (self.latent_dim,)
         a, v, c, s_k = self._coefficients()
-        sqrt_v = math.sqrt(v)
         if self.reference == "pis":
             y = like.new_zeros(shape)
         else:
@@ -182,14 +183,10 @@ class AutoDiffusionGuide(RelaxedGuideMixin, AutoContinuous):
         correction = like.new_zeros(sample_shape)
         for k in range(self.num_steps):
             t = y.new_full(sample_shape, k / self.num_steps)
-            delta = c * drift(y, t)
-            eps = torch.randn_like(y)
-            y = a * y + delta + sqrt_v * eps
-            correction = correction + (0.5 / v) * delta.square().sum(-1)
-            correction = correction + (delta * eps).sum(-1) / sqrt_v
-        log_ref = -0.5 * (y / s_k).square().sum(-1) - self.latent_dim * (
-            math.log(s_k) + 0.5 * math.log(2 * math.pi)
-        )
+            y, step = euler_maruyama_step(y, a, c * drift(y, t), v, torch.randn_like(y))
+            # log F_k - log R_k = |delta|^2 / (2 v) + delta . eps / sqrt(v)
+            correction = correction + step.log_controlled - step.log_reference
+        log_ref = gaussian_transition_log_prob(y, torch.zeros_like(y), s_k**2, normalized=True)
         u = y / s_k
         z = affine(u)
         log_q = log_ref + correction + self.latent_dim * math.log(s_k)

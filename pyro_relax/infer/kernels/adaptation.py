@@ -1,132 +1,159 @@
-"""Warmup helpers shared by the kernels: config checks and an initial step-size search.
+"""Warmup adaptation of a kernel: Stan's windows, dual averaging of the step size, a diagonal mass.
 
-The adaptation itself is Pyro's: :class:`pyro.infer.mcmc.adaptation.WarmupAdapter`
-(dual averaging of the step size, Welford windows for a diagonal mass matrix).
-These helpers run during setup and at the ends of adaptation windows only, so
-the host synchronizations they make (Python floats) stay out of the per-step path.
+The step size follows dual averaging (:mod:`pyro_relax.ops.adaptation`,
+Hoffman and Gelman 2014) on every warmup step; the diagonal inverse mass
+matrix is the regularized variance of the positions in each slow window of
+Stan's schedule (a fast buffer of 75 steps, windows of 25, 50, 100, ...
+steps, a final fast buffer of 50), after which the step size search and the
+dual averaging start again. At the end of warmup the averaged step size is
+kept.
+
+References:
+    Stan Reference Manual, "HMC algorithm parameters" (adaptation windows).
 """
 
 from __future__ import annotations
 
-__all__ = [
-    "check_initial_params",
-    "check_positive",
-    "check_probability",
-    "find_reasonable_step_size",
-]
+__all__ = ["WindowedAdapter", "adaptation_windows"]
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
+from pyro_relax.core.checks import check_int
+from pyro_relax.ops.adaptation import (
+    DualAveragingState,
+    dual_averaging_init,
+    dual_averaging_update,
+)
 
-def check_initial_params(params: object, where: str) -> dict[str, Tensor] | None:
-    """Return ``params`` as a dict after checking it maps site names to tensors (or is None).
+
+def adaptation_windows(warmup_steps: int) -> list[tuple[int, int]]:
+    """Stan's warmup windows ``(first, last)`` (inclusive): fast buffer, slow windows, fast buffer.
+
+    Fewer than 20 warmup steps make one window; too few for the default buffers
+    (75 + 25 + 50) take 15% / 75% / 10% of them.
 
     Example:
-        >>> check_initial_params(None, "MALA") is None
-        True
+        >>> adaptation_windows(300)
+        [(0, 74), (75, 99), (100, 149), (150, 249), (250, 299)]
     """
-    if params is None:
-        return None
-    if not isinstance(params, Mapping) or not all(isinstance(v, Tensor) for v in params.values()):
-        raise TypeError(f"{where}: expected initial_params to be a dict of tensors, got {params!r}")
-    return dict(params)
+    warmup_steps = check_int(warmup_steps, "warmup_steps", "adaptation_windows", minimum=0)
+    if warmup_steps < 20:
+        return [(0, warmup_steps - 1)] if warmup_steps else []
+    start, end, first = 75, 50, 25
+    if start + end + first > warmup_steps:
+        start, end = int(0.15 * warmup_steps), int(0.1 * warmup_steps)
+        first = warmup_steps - start - end
+    windows = [(0, start - 1)]
+    end_start = warmup_steps - end
+    size, begin = first, start
+    while begin < end_start:
+        if 3 * size <= end_start - begin:
+            cur, size = size, 2 * size
+        else:
+            cur = end_start - begin
+        windows.append((begin, begin + cur - 1))
+        begin += cur
+    windows.append((end_start, warmup_steps - 1))
+    return windows
 
 
-def check_positive(name: str, value: object, where: str) -> float:
-    """Return ``value`` as a float after checking it is a finite number ``> 0``.
+class WindowedAdapter:
+    """Step size and diagonal inverse mass adaptation during a kernel's warmup.
 
     Arguments:
-        name: the argument's name, for the message.
-        value: the value to check.
-        where: the caller, for the message.
-
-    Returns:
-        ``float(value)``.
-
-    Example:
-        >>> check_positive("step_size", 0.1, "MALA")
-        0.1
+        step_size: the initial step size.
+        target_accept_prob: the acceptance probability dual averaging aims at.
+        adapt_step_size: adapt the step size.
+        adapt_mass_matrix: estimate the diagonal inverse mass matrix.
+        min_step_size: lower clip of the step size.
+        max_step_size: upper clip of the step size.
     """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{where}: expected {name} to be a float, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{where}: expected a finite {name} > 0, got {value!r}")
-    return float(value)
 
+    def __init__(
+        self,
+        step_size: float,
+        target_accept_prob: float,
+        adapt_step_size: bool = True,
+        adapt_mass_matrix: bool = True,
+        min_step_size: float = 1e-10,
+        max_step_size: float = 1e10,
+    ) -> None:
+        self.step_size = step_size
+        self.target_accept_prob = target_accept_prob
+        self.adapt_step_size = adapt_step_size
+        self.adapt_mass_matrix = adapt_mass_matrix
+        self.min_step_size, self.max_step_size = min_step_size, max_step_size
+        self.inverse_mass: Tensor | None = None
+        self.windows: list[tuple[int, int]] = []
+        self.window = 0
+        self.dual: DualAveragingState | None = None
+        self.find_step_size: Callable[[], float] | None = None
+        self.count = 0
+        self.mean: Tensor | None = None
+        self.m2: Tensor | None = None
 
-def check_probability(name: str, value: object, where: str) -> float:
-    """Return ``value`` as a float after checking it lies in the open interval ``(0, 1)``.
+    def configure(
+        self, warmup_steps: int, inverse_mass: Tensor, find_step_size: Callable[[], float]
+    ) -> None:
+        """Start a warmup of ``warmup_steps`` from ``inverse_mass`` (a diagonal).
 
-    Arguments:
-        name: the argument's name, for the message.
-        value: the value to check.
-        where: the caller, for the message.
+        Arguments:
+            warmup_steps: the number of warmup steps.
+            inverse_mass: the initial diagonal inverse mass (device and dtype of the chain).
+            find_step_size: the step-size search from the current point (algorithm 4).
+        """
+        self.windows = adaptation_windows(warmup_steps)
+        self.window = 0
+        self.inverse_mass = inverse_mass
+        self.find_step_size = find_step_size
+        self._restart_welford(inverse_mass)
+        if self.adapt_step_size:
+            self.restart_step_size()
 
-    Returns:
-        ``float(value)``.
+    def _restart_welford(self, like: Tensor) -> None:
+        self.count = 0
+        self.mean = torch.zeros_like(like)
+        self.m2 = torch.zeros_like(like)
 
-    Example:
-        >>> check_probability("target_accept_prob", 0.574, "MALA")
-        0.574
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{where}: expected {name} to be a float, got {type(value).__name__}")
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{where}: expected {name} in (0, 1), got {value!r}")
-    return float(value)
+    def restart_step_size(self) -> None:
+        """Search a reasonable step size and restart dual averaging there (``mu = log 10 eps``)."""
+        assert self.find_step_size is not None
+        self.step_size = self.find_step_size()
+        self.dual = dual_averaging_init(self.step_size)
 
+    def _clip(self, log_step: Tensor) -> float:
+        return min(max(math.exp(float(log_step)), self.min_step_size), self.max_step_size)
 
-def find_reasonable_step_size(
-    log_accept_ratio: Callable[[float], float],
-    step_size: float,
-    target_log_prob: float,
-    min_step_size: float = 1e-10,
-    max_step_size: float = 1e10,
-) -> float:
-    """Double or halve ``step_size`` until one trial's acceptance crosses the target.
-
-    The heuristic of Hoffman and Gelman (2014, algorithm 4): if a trial move
-    with the current step size has ``log r > target_log_prob``, keep doubling
-    until it drops below; otherwise keep halving until it rises above. A NaN
-    trial counts as "too large". The result is clipped to
-    ``[min_step_size, max_step_size]``.
-
-    Arguments:
-        log_accept_ratio: runs one trial move with the given step size and
-            returns its log acceptance ratio as a float.
-        step_size: starting value.
-        target_log_prob: the log acceptance probability to cross.
-        min_step_size: lower bound.
-        max_step_size: upper bound.
-
-    Returns:
-        The step size found.
-
-    References:
-        Hoffman and Gelman. The No-U-Turn Sampler. JMLR 15, 2014.
-
-    Example:
-        >>> find_reasonable_step_size(lambda eps: -eps, 1.0, math.log(0.5))
-        0.5
-    """
-    step_size = check_positive("step_size", step_size, "find_reasonable_step_size")
-    if not 0 < min_step_size <= max_step_size:
-        raise ValueError(
-            "find_reasonable_step_size: expected 0 < min_step_size <= max_step_size, "
-            f"got {min_step_size!r}, {max_step_size!r}"
-        )
-
-    def direction(eps: float) -> int:
-        log_r = log_accept_ratio(eps)
-        return 1 if log_r > target_log_prob else -1  # NaN compares False: shrink
-
-    first = direction(step_size)
-    scale = 2.0 if first > 0 else 0.5
-    while min_step_size < step_size < max_step_size:
-        step_size *= scale
-        if direction(step_size) != first:
-            break
-    return min(max(step_size, min_step_size), max_step_size)
+    def update(self, t: int, position: Tensor, accept_prob: Tensor) -> None:
+        """Adapt after warmup step ``t`` (0-based) at ``position`` with ``accept_prob``."""
+        if self.window >= len(self.windows):
+            return
+        first, last = self.windows[self.window]
+        slow = self.adapt_mass_matrix and 0 < self.window < len(self.windows) - 1
+        if self.adapt_step_size and self.dual is not None:
+            self.dual = dual_averaging_update(self.dual, accept_prob, self.target_accept_prob)
+            self.step_size = self._clip(self.dual.log_step_size)
+        if slow:  # Welford's running variance
+            assert self.mean is not None and self.m2 is not None
+            self.count += 1
+            delta = position - self.mean
+            self.mean = self.mean + delta / self.count
+            self.m2 = self.m2 + delta * (position - self.mean)
+        if t != last:
+            return
+        if self.window == len(self.windows) - 1:
+            if self.adapt_step_size and self.dual is not None:
+                self.step_size = self._clip(self.dual.log_step_size_avg)
+        elif slow and self.count > 1:
+            assert self.m2 is not None
+            n = self.count
+            var = self.m2 / (n - 1)
+            self.inverse_mass = (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))
+            self._restart_welford(var)
+            if self.adapt_step_size:
+                self.restart_step_size()
+        self.window += 1

@@ -11,23 +11,18 @@ from typing import Any
 
 import torch
 from pyro.infer.autoguide import AutoContinuous, init_to_uniform
-from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
-from pyro.infer.mcmc.util import initialize_model
 from torch import Tensor
 
-from pyro_relax.infer.kernels.adaptation import check_initial_params
-from pyro_relax.infer.kernels.ops import (
-    acceptance_probability,
-    imh_log_accept_ratio,
-    metropolis_accept,
-    unflatten_params,
+from pyro_relax.infer.kernels.base import ChainKernel, PotentialFn, unflatten_params
+from pyro_relax.infer.kernels.proposal import (
+    AutoContinuousProposal,
+    Proposal,
+    unconstrained_layout,
 )
-from pyro_relax.infer.kernels.proposal import AutoContinuousProposal, Proposal
-
-PotentialFn = Callable[[dict[str, Tensor]], Tensor]
+from pyro_relax.ops.metropolis import imh_log_accept_ratio, metropolis_accept
 
 
-class FlowIMH(MCMCKernel):
+class FlowIMH(ChainKernel):
     r"""Independence Metropolis-Hastings whose proposal is a trained guide.
 
     Each step draws ``(z', log q')`` from the guide, computes the log weight
@@ -46,17 +41,20 @@ class FlowIMH(MCMCKernel):
     pseudo-marginal setting of Andrieu and Roberts (2009), where the estimate
     attached to the current state must be kept, not redrawn.
 
-    Flat latents map to per-site values by the guide's own ``_unpack_latent``
-    when the guide (or the guide wrapped by :class:`AutoContinuousProposal`)
-    is a Pyro ``AutoContinuous`` (model order of sites, Pyro's default
-    ``biject_to`` transforms: leave ``transforms`` as ``None``); otherwise by
+    Flat latents map to per-site values in the guide's own layout
+    (:func:`~pyro_relax.infer.kernels.proposal.unconstrained_layout`) when the
+    guide (or the guide wrapped by :class:`AutoContinuousProposal`) is a Pyro
+    ``AutoContinuous`` (model order of sites, Pyro's default ``biject_to``
+    transforms: leave ``transforms`` as ``None``); otherwise by
     the sorted site names of the initial parameters, each site flattened in
     row-major order (then ``initial_params`` are required).
 
     The chain starts at a guide draw with its exact pair ``(z, log q)``. If
     initial parameters are given, the chain starts there with ``log w = -inf``,
     so the first finite proposal is accepted and the start is forgotten.
-    Proposals are drawn ``batch_size`` at a time and used one per step.
+    Proposals are drawn ``batch_size`` at a time and used one per step. The
+    accept step is :func:`~pyro_relax.ops.metropolis.imh_log_accept_ratio` and
+    :func:`~pyro_relax.ops.metropolis.metropolis_accept`.
 
     Arguments:
         guide: a proposal with ``sample_unconstrained(n) -> (z, log_q)`` and
@@ -99,11 +97,7 @@ class FlowIMH(MCMCKernel):
         max_plate_nesting: int | None = None,
         init_strategy: Callable[..., Any] = init_to_uniform,
     ) -> None:
-        if (model is None) == (potential_fn is None):
-            raise ValueError(
-                "FlowIMH: expected exactly one of `model` and `potential_fn`, got "
-                + ("neither" if model is None else "both")
-            )
+        super().__init__(model, potential_fn, transforms, max_plate_nesting, init_strategy)
         if isinstance(guide, AutoContinuous) and not hasattr(guide, "sample_unconstrained"):
             guide = AutoContinuousProposal(guide)
         if not callable(getattr(guide, "sample_unconstrained", None)) or not hasattr(
@@ -116,35 +110,15 @@ class FlowIMH(MCMCKernel):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"FlowIMH: expected batch_size >= 1, got {batch_size!r}")
         self.guide = guide
-        self.model = model
-        self.potential_fn = potential_fn
-        self.transforms = transforms
         self.batch_size = batch_size
-        self._max_plate_nesting = max_plate_nesting
-        self._init_strategy = init_strategy
-        self._initial_params: dict[str, Tensor] | None = None
-        self._reset()
 
     def _reset(self) -> None:
-        self._t = 0
-        self._warmup_steps = 0
+        super()._reset()
         self._state: dict[str, Tensor] | None = None
         self._shapes: OrderedDict[str, torch.Size] = OrderedDict()
         self._log_w: Tensor | None = None
         self._buffer: tuple[Tensor, Tensor] | None = None
         self._pos = 0
-        self._accept_count: Tensor | None = None
-        self._mean_accept_prob: Tensor | None = None
-        self._initial_params = None
-
-    @property
-    def initial_params(self) -> dict[str, Tensor] | None:
-        """Unconstrained starting values, keyed by site name."""
-        return self._initial_params
-
-    @initial_params.setter
-    def initial_params(self, params: Mapping[str, Tensor] | None) -> None:
-        self._initial_params = check_initial_params(params, "FlowIMH")
 
     # ------------------------------------------------------------------ layout and proposals
     def _auto_continuous(self) -> AutoContinuous | None:
@@ -156,9 +130,6 @@ class FlowIMH(MCMCKernel):
 
     def _unpack(self, z: Tensor) -> dict[str, Tensor]:
         """Flat unconstrained latent ``(D,)`` to the per-site dict of the potential."""
-        auto = self._auto_continuous()
-        if auto is not None:
-            return {site["name"]: value for site, value in auto._unpack_latent(z)}
         return unflatten_params(z, self._shapes)
 
     def _check_layout(self, params: Mapping[str, Tensor] | None) -> None:
@@ -167,7 +138,8 @@ class FlowIMH(MCMCKernel):
         if auto is not None:
             if auto.prototype_trace is None:
                 raise ValueError("FlowIMH: expected a guide that has been run (trained), got none")
-            names = set(auto._unconstrained_shapes)
+            self._shapes = unconstrained_layout(auto)
+            names = set(self._shapes)
             if params is not None and set(params) != names:
                 raise ValueError(
                     f"FlowIMH: expected the guide's sites {sorted(names)}, got {sorted(params)}"
@@ -213,7 +185,7 @@ class FlowIMH(MCMCKernel):
         return torch.as_tensor(-u - log_q).reshape(())
 
     # ------------------------------------------------------------------ MCMCKernel API
-    def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:
+    def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
         """Find the potential and transforms, check the layout and pick the start.
 
         Arguments:
@@ -221,29 +193,9 @@ class FlowIMH(MCMCKernel):
             *args: model arguments.
             **kwargs: model keyword arguments.
         """
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"FlowIMH.setup: expected warmup_steps >= 0, got {warmup_steps!r}")
-        self._warmup_steps = warmup_steps
-        self._t = 0
+        from_model, user_params = self.setup_model(warmup_steps, args, kwargs)
         self._buffer = None
-        user_params = self._initial_params
-        if self.model is not None:
-            params, potential_fn, transforms, _ = initialize_model(
-                self.model,
-                args,
-                kwargs,
-                transforms=self.transforms,
-                max_plate_nesting=self._max_plate_nesting,
-                init_strategy=self._init_strategy,
-                initial_params=user_params,
-            )
-            self.potential_fn = potential_fn
-            self.transforms = transforms
-            self._check_layout(params)
-        else:
-            if self.transforms is None:
-                self.transforms = {}
-            self._check_layout(user_params)
+        self._check_layout(from_model if self.model is not None else user_params)
         if user_params is not None:
             self._state = {k: v.detach() for k, v in user_params.items()}
             ref = next(iter(self._state.values()))
@@ -254,9 +206,7 @@ class FlowIMH(MCMCKernel):
             log_w = self._log_weight(self._state, log_q)
             self._log_w = torch.nan_to_num(log_w, nan=-math.inf)
         self._initial_params = dict(self._state)
-        ref = self._log_w
-        self._accept_count = torch.zeros((), dtype=torch.long, device=ref.device)
-        self._mean_accept_prob = torch.zeros((), dtype=ref.dtype, device=ref.device)
+        self.start_statistics(self._log_w)
 
     def sample(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """One independence MH step; returns the new unconstrained values.
@@ -272,41 +222,11 @@ class FlowIMH(MCMCKernel):
         z, log_q = self._next_proposal()
         proposal = self._unpack(z)
         log_w_new = self._log_weight(proposal, log_q)
-        log_r = imh_log_accept_ratio(log_w_new, self._log_w)
-        accept = metropolis_accept(log_r, torch.rand_like(log_r))
+        mh = metropolis_accept(imh_log_accept_ratio(log_w_new, self._log_w))
+        ok = mh.accepted
         self._state = {
-            k: torch.where(accept, proposal[k].to(v.dtype), v) for k, v in self._state.items()
+            k: torch.where(ok, proposal[k].to(v.dtype), v) for k, v in self._state.items()
         }
-        self._log_w = torch.where(accept, log_w_new, self._log_w)
-        accept_prob = acceptance_probability(log_r)
-        self._t += 1
-        if self._t <= self._warmup_steps:
-            n = self._t
-        else:
-            n = self._t - self._warmup_steps
-            assert self._accept_count is not None
-            self._accept_count = self._accept_count + accept.long()
-        assert self._mean_accept_prob is not None
-        self._mean_accept_prob = self._mean_accept_prob + (accept_prob - self._mean_accept_prob) / n
+        self._log_w = torch.where(ok, log_w_new, self._log_w)
+        self.record_step(ok, mh.acceptance_probability)
         return dict(self._state)
-
-    def end_warmup(self) -> None:
-        """Count the following steps as samples (there is nothing to adapt)."""
-        if self._t < self._warmup_steps:
-            self._warmup_steps = self._t
-
-    def cleanup(self) -> None:
-        """Forget the chain state (the next ``setup`` starts a new chain)."""
-        self._reset()
-
-    def logging(self) -> OrderedDict[str, str]:
-        """Mean acceptance probability, for the progress bar."""
-        acc = float(self._mean_accept_prob) if self._mean_accept_prob is not None else 0.0
-        return OrderedDict([("acc. prob", f"{acc:.3f}")])
-
-    def diagnostics(self) -> dict[str, float]:
-        """Acceptance rate over the sampling phase and mean acceptance probability."""
-        n = self._t - self._warmup_steps
-        count = float(self._accept_count) if self._accept_count is not None else 0.0
-        acc = float(self._mean_accept_prob) if self._mean_accept_prob is not None else 0.0
-        return {"acceptance rate": count / n if n > 0 else math.nan, "mean accept prob": acc}

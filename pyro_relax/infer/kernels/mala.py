@@ -7,55 +7,49 @@ __all__ = ["MALA"]
 import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import pyro
 import torch
 from pyro.infer.autoguide import init_to_uniform
-from pyro.infer.mcmc.adaptation import WarmupAdapter
-from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
-from pyro.infer.mcmc.util import initialize_model
 from pyro.ops.integrator import potential_grad
 from torch import Tensor
 
-from pyro_relax.infer.kernels.adaptation import (
-    check_initial_params,
-    check_positive,
-    check_probability,
-    find_reasonable_step_size,
-)
-from pyro_relax.infer.kernels.ops import (
-    acceptance_probability,
+from pyro_relax.infer.kernels.adaptation import WindowedAdapter
+from pyro_relax.infer.kernels.base import (
+    ChainKernel,
+    PotentialFn,
+    check_kernel_float,
     flatten_params,
-    mala_log_accept_ratio,
-    mala_propose,
-    metropolis_accept,
     unflatten_params,
 )
+from pyro_relax.ops.adaptation import find_reasonable_step_size
+from pyro_relax.ops.langevin import LangevinState, langevin_proposal, mala_log_accept_ratio
+from pyro_relax.ops.metropolis import metropolis_accept, select
 
-PotentialFn = Callable[[dict[str, Tensor]], Tensor]
 
-
-class MALA(MCMCKernel):
+class MALA(ChainKernel):
     r"""Metropolis-adjusted Langevin kernel in the unconstrained space of a Pyro model.
 
     One step proposes ``y = x - eps M^{-1} grad U(x) + sqrt(2 eps M^{-1}) xi``
     (``U`` the potential energy, ``M^{-1}`` a diagonal inverse mass matrix) and
     accepts it with the Metropolis-Hastings probability
     ``min(1, exp(U(x) - U(y)) q(x | y) / q(y | x))``. A proposal whose potential
-    or gradient is NaN/inf is rejected. The math lives in
-    :mod:`pyro_relax.infer.kernels.ops`; this class is the driver that
-    :class:`pyro.infer.MCMC` calls (``setup``, ``sample``, ``logging``,
-    ``diagnostics``, ``cleanup``).
+    or gradient is NaN/inf is rejected. The math is the package's one Langevin
+    move and Metropolis accept (:mod:`pyro_relax.ops.langevin`,
+    :mod:`pyro_relax.ops.metropolis`, in the log density ``-U``); this class is
+    the driver that :class:`pyro.infer.MCMC` calls, its bookkeeping in
+    :class:`~pyro_relax.infer.kernels.base.ChainKernel`.
 
     During warmup the step size is tuned by dual averaging towards
     ``target_accept_prob`` (0.574 is optimal for MALA in high dimension) and the
-    diagonal mass matrix is estimated in Stan's windows, both by Pyro's
-    :class:`~pyro.infer.mcmc.adaptation.WarmupAdapter`. Adaptation ends by
+    diagonal mass matrix is estimated in Stan's windows, both by
+    :class:`~pyro_relax.infer.kernels.adaptation.WindowedAdapter` (over
+    :mod:`pyro_relax.ops.adaptation`). Adaptation ends by
     itself after ``warmup_steps`` steps (or at :meth:`end_warmup`). Warmup steps
-    read the acceptance probability on the host (the dual averaging is in
-    Python floats); steps after warmup make no host synchronization.
+    read the adapted step size on the host once (the proposal takes a float);
+    steps after warmup make no host synchronization.
 
     Sites are packed into one vector in the sorted order of their names (as
     Pyro's HMC orders its mass matrix).
@@ -86,13 +80,12 @@ class MALA(MCMCKernel):
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
-        >>> def model():
-        ...     pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-        >>> mcmc = pyro.infer.MCMC(MALA(model), num_samples=20, warmup_steps=20,
-        ...                        disable_progbar=True)
-        >>> mcmc.run()
-        >>> mcmc.get_samples()["x"].shape
-        torch.Size([20, 2])
+        >>> kernel = MALA(lambda: pyro.sample("rate", dist.Gamma(2.0, 1.0)), step_size=0.5)
+        >>> chain = pyro.infer.MCMC(kernel, num_samples=30, warmup_steps=10, disable_progbar=True)
+        >>> chain.run()
+        >>> rate = chain.get_samples()["rate"]
+        >>> rate.shape, bool((rate > 0).all())
+        (torch.Size([30]), True)
     """
 
     def __init__(
@@ -111,35 +104,26 @@ class MALA(MCMCKernel):
         max_step_size: float = 1e10,
         init_inverse_mass: dict[str, Tensor] | None = None,
     ) -> None:
-        if (model is None) == (potential_fn is None):
-            raise ValueError(
-                "MALA: expected exactly one of `model` and `potential_fn`, got "
-                + ("neither" if model is None else "both")
-            )
-        for name, fn in (("model", model), ("potential_fn", potential_fn), ("init", init_strategy)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"MALA: expected {name} to be callable, got {type(fn).__name__}")
-        step_size = check_positive("step_size", step_size, "MALA")
-        target_accept_prob = check_probability("target_accept_prob", target_accept_prob, "MALA")
-        self._min_step = check_positive("min_step_size", min_step_size, "MALA")
-        self._max_step = check_positive("max_step_size", max_step_size, "MALA")
+        super().__init__(model, potential_fn, transforms, max_plate_nesting, init_strategy)
+        step_size = check_kernel_float("step_size", step_size, "MALA")
+        target_accept_prob = check_kernel_float(
+            "target_accept_prob", target_accept_prob, "MALA", "probability"
+        )
+        self._min_step = check_kernel_float("min_step_size", min_step_size, "MALA")
+        self._max_step = check_kernel_float("max_step_size", max_step_size, "MALA")
         if not self._min_step <= step_size <= self._max_step:
             raise ValueError(
                 f"MALA: expected min_step_size <= step_size <= max_step_size, got "
                 f"{self._min_step!r} <= {step_size!r} <= {self._max_step!r}"
             )
-        self.model = model
-        self.potential_fn = potential_fn
-        self.transforms = transforms
-        self._max_plate_nesting = max_plate_nesting
-        self._init_strategy = init_strategy
         self.target_accept_prob = target_accept_prob
-        self._adapter = WarmupAdapter(
+        self._adapter = WindowedAdapter(
             step_size,
+            target_accept_prob,
             adapt_step_size=adapt_step_size,
             adapt_mass_matrix=adapt_mass_matrix,
-            target_accept_prob=target_accept_prob,
-            dense_mass=False,
+            min_step_size=self._min_step,
+            max_step_size=self._max_step,
         )
         if init_inverse_mass is not None:
             if not isinstance(init_inverse_mass, dict) or not all(
@@ -151,31 +135,13 @@ class MALA(MCMCKernel):
                     f"tensor (a diagonal), got {type(init_inverse_mass).__name__}"
                 )
         self._init_inverse_mass = init_inverse_mass
-        self._initial_params: dict[str, Tensor] | None = None
-        self._reset()
 
-    # ------------------------------------------------------------------ state
     def _reset(self) -> None:
-        self._t = 0
-        self._warmup_steps = 0
+        super()._reset()
         self._names: tuple[str, ...] = ()
         self._shapes: OrderedDict[str, torch.Size] = OrderedDict()
-        self._z: Tensor | None = None
-        self._u: Tensor | None = None
-        self._grad: Tensor | None = None
-        self._accept_count: Tensor | None = None
-        self._mean_accept_prob: Tensor | None = None
-        self._initial_params = None
+        self._state: LangevinState | None = None
         self.prototype_trace = None
-
-    @property
-    def initial_params(self) -> dict[str, Tensor] | None:
-        """Unconstrained starting values, keyed by site name."""
-        return self._initial_params
-
-    @initial_params.setter
-    def initial_params(self, params: Mapping[str, Tensor] | None) -> None:
-        self._initial_params = check_initial_params(params, "MALA")
 
     @property
     def step_size(self) -> float:
@@ -187,31 +153,35 @@ class MALA(MCMCKernel):
         """Diagonal of the inverse mass matrix, in the sorted site order."""
         if not self._names:
             raise ValueError("MALA: expected setup() before reading inverse_mass_matrix")
-        return self._adapter.mass_matrix_adapter.inverse_mass_matrix[self._names]
+        assert self._adapter.inverse_mass is not None
+        return self._adapter.inverse_mass
 
     # ------------------------------------------------------------------ helpers
     def _unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         return unflatten_params(flat, self._shapes)
 
-    def _potential_and_grad(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+    def _state_at(self, flat: Tensor) -> LangevinState:
+        """The Langevin state at ``flat``: log density ``-U`` and its gradient."""
         assert self.potential_fn is not None
         z = {k: v.detach().clone() for k, v in self._unflatten(flat).items()}
         grads, u = potential_grad(self.potential_fn, z)
-        return u.detach(), flatten_params(grads, self._names).detach()
+        return LangevinState(flat, -u.detach(), -flatten_params(grads, self._names).detach())
 
-    def _trial_log_ratio(self, flat: Tensor, eps: float) -> float:
-        """One MALA trial from ``flat`` with step ``eps`` (used by the step-size search)."""
-        u, g = self._potential_and_grad(flat)
+    def _move(self, state: LangevinState, eps: float, quiet: bool) -> tuple[LangevinState, Tensor]:
+        """One Langevin proposal from ``state`` and its log acceptance ratio."""
         inv_mass = self.inverse_mass_matrix
-        y = mala_propose(flat, g, eps, inv_mass, torch.randn_like(flat))
-        with pyro.validation_enabled(False):
-            u_y, g_y = self._potential_and_grad(y)
-        return float(mala_log_accept_ratio(flat, y, u, u_y, g, g_y, eps, inv_mass))
+        noise = torch.randn_like(state.position)
+        y = langevin_proposal(state.position, state.grad, eps, noise, inv_mass)
+        # Out-of-support values and NaNs are expected with large warmup steps.
+        with pyro.validation_enabled(False) if quiet else contextlib.nullcontext():
+            proposal = self._state_at(y)
+        return proposal, mala_log_accept_ratio(state, proposal, eps, inv_mass)
 
-    def _find_reasonable_step_size(self, params: Mapping[str, Tensor]) -> float:
-        flat = flatten_params(params, self._names).detach()
+    def _find_reasonable_step_size(self) -> float:
+        assert self._state is not None
+        start = self._state
         return find_reasonable_step_size(
-            lambda eps: self._trial_log_ratio(flat, eps),
+            lambda eps: float(self._move(start, eps, quiet=True)[1]),
             self.step_size,
             math.log(self.target_accept_prob),
             self._min_step,
@@ -219,7 +189,7 @@ class MALA(MCMCKernel):
         )
 
     # ------------------------------------------------------------------ MCMCKernel API
-    def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:
+    def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
         """Find the potential, transforms and initial point; configure the adaptation.
 
         Arguments:
@@ -227,31 +197,14 @@ class MALA(MCMCKernel):
             *args: model arguments.
             **kwargs: model keyword arguments.
         """
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"MALA.setup: expected warmup_steps >= 0, got {warmup_steps!r}")
-        self._warmup_steps = warmup_steps
-        self._t = 0
-        if self.model is not None:
-            params, potential_fn, transforms, trace = initialize_model(
-                self.model,
-                args,
-                kwargs,
-                transforms=self.transforms,
-                max_plate_nesting=self._max_plate_nesting,
-                init_strategy=self._init_strategy,
-                initial_params=self._initial_params,
-            )
-            self.potential_fn = potential_fn
-            self.transforms = transforms
-            self.prototype_trace = trace
-            self._initial_params = params
+        from_model, _ = self.setup_model(warmup_steps, args, kwargs)
+        if from_model is not None:
+            self._initial_params = from_model
         elif self._initial_params is None:
             raise ValueError(
                 "MALA: with potential_fn, expected initial_params (pass "
                 "MCMC(..., initial_params=...) or set kernel.initial_params), got None"
             )
-        elif self.transforms is None:
-            self.transforms = {}
         params = self._initial_params
         assert params is not None
         if not params:
@@ -259,28 +212,21 @@ class MALA(MCMCKernel):
         self._names = tuple(sorted(params))
         self._shapes = OrderedDict((n, params[n].shape) for n in self._names)
         z = flatten_params(params, self._names).detach()
-        u, grad = self._potential_and_grad(z)
-        if not (math.isfinite(float(u)) and bool(torch.isfinite(grad).all())):
+        state = self._state_at(z)
+        if not (math.isfinite(float(state.log_density)) and bool(torch.isfinite(state.grad).all())):
             raise ValueError(
-                f"MALA: expected a finite potential and gradient at the initial point, got U={u}"
+                f"MALA: expected a finite potential and gradient at the initial point, "
+                f"got U={-state.log_density}"
             )
-        self._z, self._u, self._grad = z, u, grad
-        self._accept_count = torch.zeros((), dtype=torch.long, device=z.device)
-        self._mean_accept_prob = torch.zeros((), dtype=z.dtype, device=z.device)
-        self._adapter.configure(
-            warmup_steps,
-            mass_matrix_shape={self._names: (z.shape[-1],)},
-            find_reasonable_step_size_fn=self._find_reasonable_step_size,
-            options={"dtype": z.dtype, "device": z.device},
-        )
+        self._state = state
+        self.start_statistics(z)
+        inverse_mass = torch.ones_like(z)
         if self._init_inverse_mass is not None:  # e.g. Pathfinder's variances: a preconditioner
             missing = set(self._names) - set(self._init_inverse_mass)
             if missing:
                 raise ValueError(f"MALA: init_inverse_mass lacks the sites {sorted(missing)}")
-            diag = flatten_params(self._init_inverse_mass, self._names).to(z)
-            self._adapter.mass_matrix_adapter.inverse_mass_matrix = {self._names: diag}
-        if self._adapter.adapt_step_size:
-            self._adapter.reset_step_size_adaptation(self._unflatten(z))
+            inverse_mass = flatten_params(self._init_inverse_mass, self._names).to(z)
+        self._adapter.configure(warmup_steps, inverse_mass, self._find_reasonable_step_size)
 
     def sample(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """One MALA step from the cached state; returns the new unconstrained values.
@@ -291,58 +237,22 @@ class MALA(MCMCKernel):
         Returns:
             Dict of unconstrained values keyed by site name.
         """
-        if self._z is None:
+        if self._state is None:
             raise ValueError("MALA.sample: expected setup() to be called first")
-        z, u, grad = self._z, self._u, self._grad
-        assert u is not None and grad is not None
-        eps = self.step_size
-        inv_mass = self.inverse_mass_matrix
-        warmup = self._t < self._warmup_steps
-        y = mala_propose(z, grad, eps, inv_mass, torch.randn_like(z))
-        # Out-of-support values and NaNs are expected with large warmup steps.
-        with pyro.validation_enabled(False) if warmup else contextlib.nullcontext():
-            u_y, grad_y = self._potential_and_grad(y)
-        log_r = mala_log_accept_ratio(z, y, u, u_y, grad, grad_y, eps, inv_mass)
-        accept = metropolis_accept(log_r, torch.rand_like(log_r))
-        self._z = torch.where(accept, y, z)
-        self._u = torch.where(accept, u_y, u)
-        self._grad = torch.where(accept, grad_y, grad)
-        accept_prob = acceptance_probability(log_r)
-        self._t += 1
-        params_new = self._unflatten(self._z)
+        state, warmup = self._state, self.in_warmup
+        proposal, log_r = self._move(state, self.step_size, quiet=warmup)
+        mh = metropolis_accept(log_r)
+        ok = mh.accepted
+        self._state = LangevinState(
+            select(ok, proposal.position, state.position, 1),
+            torch.where(ok, proposal.log_density, state.log_density),
+            select(ok, proposal.grad, state.grad, 1),
+        )
+        self.record_step(ok, mh.acceptance_probability)
         if warmup:
-            n = self._t
-            grads_new = self._unflatten(self._grad)
-            self._adapter.step(self._t - 1, params_new, accept_prob, grads_new)
-        else:
-            n = self._t - self._warmup_steps
-            assert self._accept_count is not None
-            self._accept_count = self._accept_count + accept.long()
-        assert self._mean_accept_prob is not None
-        self._mean_accept_prob = self._mean_accept_prob + (accept_prob - self._mean_accept_prob) / n
-        return params_new
+            self._adapter.update(self._t - 1, self._state.position, mh.acceptance_probability)
+        return self._unflatten(self._state.position)
 
-    def end_warmup(self) -> None:
-        """Stop adapting now; the current step size and mass matrix are kept from here on."""
-        if self._t < self._warmup_steps:
-            self._warmup_steps = self._t
-
-    def cleanup(self) -> None:
-        """Forget the chain state (the next ``setup`` starts a new chain)."""
-        self._reset()
-
-    def logging(self) -> OrderedDict[str, str]:
-        """Step size and mean acceptance probability, for the progress bar."""
-        acc = float(self._mean_accept_prob) if self._mean_accept_prob is not None else 0.0
-        return OrderedDict([("step size", f"{self.step_size:.2e}"), ("acc. prob", f"{acc:.3f}")])
-
-    def diagnostics(self) -> dict[str, float]:
-        """Acceptance rate over the sampling phase, final step size, mean acceptance probability."""
-        n = self._t - self._warmup_steps
-        count = float(self._accept_count) if self._accept_count is not None else 0.0
-        acc = float(self._mean_accept_prob) if self._mean_accept_prob is not None else 0.0
-        return {
-            "acceptance rate": count / n if n > 0 else math.nan,
-            "mean accept prob": acc,
-            "step size": self.step_size,
-        }
+    def extra_statistics(self) -> dict[str, float]:
+        """The current step size."""
+        return {"step size": self.step_size}

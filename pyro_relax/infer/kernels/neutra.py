@@ -61,7 +61,10 @@ class NeuTraNUTS:
     """
 
     def __init__(
-        self, guide: AutoContinuous, model: Callable[..., Any], **nuts_kwargs: Any
+        self,
+        guide: AutoContinuous,
+        model: Callable[..., Any],
+        **nuts_kwargs: Any,  # noqa: ANN401 (Pyro's NUTS options)
     ) -> None:
         if not isinstance(guide, AutoContinuous):
             raise TypeError(
@@ -118,7 +121,9 @@ class NeuTraNUTS:
 
 
 def neutra(
-    guide: AutoContinuous, model: Callable[..., Any], **nuts_kwargs: Any
+    guide: AutoContinuous,
+    model: Callable[..., Any],
+    **nuts_kwargs: Any,  # noqa: ANN401 (Pyro's NUTS options)
 ) -> tuple[Callable[..., Any], NUTS, Callable[[Mapping[str, Tensor]], dict[str, Tensor]]]:
     """Reparametrize ``model`` by ``guide``'s transform and build NUTS on it.
 

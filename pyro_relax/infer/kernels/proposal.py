@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
-__all__ = ["AutoContinuousProposal", "Proposal"]
+__all__ = ["AutoContinuousProposal", "Proposal", "unconstrained_layout"]
 
+from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
 import torch
+from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoContinuous
 from torch import Tensor
+
+
+def unconstrained_layout(guide: AutoContinuous) -> OrderedDict[str, torch.Size]:
+    """Site name to unconstrained shape, in the packing order of a run ``AutoContinuous`` guide.
+
+    Read from the guide's prototype trace with Pyro's default ``biject_to``
+    transforms, as ``AutoContinuous`` packs its latent vector.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoMultivariateNormal
+        >>> pyro.clear_param_store()
+        >>> def model():
+        ...     pyro.sample("s", dist.LogNormal(0.0, 1.0))
+        ...     pyro.sample("x", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        >>> guide = AutoMultivariateNormal(model)
+        >>> _ = guide()
+        >>> dict(unconstrained_layout(guide))
+        {'s': torch.Size([]), 'x': torch.Size([3])}
+    """
+    if getattr(guide, "prototype_trace", None) is None:
+        raise ValueError("unconstrained_layout: expected a guide that has been run, got none")
+    return OrderedDict(
+        (name, biject_to(site["fn"].support).inv(site["value"]).shape)
+        for name, site in guide.prototype_trace.iter_stochastic_nodes()
+    )
 
 
 @runtime_checkable
@@ -35,15 +63,14 @@ class AutoContinuousProposal:
 
     Example:
         >>> import pyro, pyro.distributions as dist
-        >>> from pyro.infer.autoguide import AutoMultivariateNormal
+        >>> from pyro.infer.autoguide import AutoLowRankMultivariateNormal
         >>> pyro.clear_param_store()
-        >>> def model():
-        ...     pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-        >>> guide = AutoMultivariateNormal(model)
-        >>> _ = guide()
-        >>> z, log_q = AutoContinuousProposal(guide).sample_unconstrained(5)
-        >>> z.shape, log_q.shape
-        (torch.Size([5, 2]), torch.Size([5]))
+        >>> scale_model = lambda: pyro.sample("scale", dist.HalfCauchy(torch.ones(3)).to_event(1))
+        >>> low_rank = AutoLowRankMultivariateNormal(scale_model, rank=1)
+        >>> _ = low_rank()
+        >>> draws, log_q = AutoContinuousProposal(low_rank).sample_unconstrained(5)
+        >>> tuple(draws.shape), tuple(log_q.shape)
+        ((5, 3), (5,))
     """
 
     def __init__(self, guide: AutoContinuous) -> None:
