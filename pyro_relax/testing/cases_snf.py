@@ -20,7 +20,7 @@ from pyro_relax.stochastic.hmc import HMCBlock
 from pyro_relax.stochastic.langevin import MALABlock, OverdampedLangevin
 from pyro_relax.stochastic.mh import RandomWalkMH
 from pyro_relax.stochastic.underdamped import UnderdampedLangevin
-from pyro_relax.testing.registry import LayerCase
+from pyro_relax.testing.case import LayerCase
 
 
 class GaussianLogDensity(nn.Module):

@@ -151,7 +151,6 @@ class LatentAIS(nn.Module):
         self.dim = dim
         self.squared = squared
         self.escape_radius = escape_radius
-        self.last_infos: list[BlockInfo] = []
 
     def step_sizes(self) -> Tensor:
         """The blocks' step sizes (one per block)."""
@@ -164,7 +163,7 @@ class LatentAIS(nn.Module):
                 block.log_step_size.fill_(float(v.log()))
 
     def adapt(
-        self, target_accept: float, rate: float, infos: Sequence[BlockInfo] | None = None
+        self, target_accept: float, rate: float, infos: Sequence[BlockInfo]
     ) -> Tensor:
         """Move each block's log step size by ``rate * (acceptance - target_accept)``.
 
@@ -174,14 +173,11 @@ class LatentAIS(nn.Module):
         Arguments:
             target_accept: the goal acceptance rate.
             rate: the step on the log scale.
-            infos: the blocks' infos of a run (:meth:`run`); ``None``: those of
-                the last call of the module (kept for callers of ``forward``).
+            infos: the blocks' infos of a run (:meth:`run`).
 
         Returns:
             The acceptance rates used (one per block, ``NaN`` if unknown).
         """
-        if infos is None:
-            infos = self.last_infos
         rates = []
         with torch.no_grad():
             for i, block in enumerate(self.blocks):
@@ -226,9 +222,8 @@ class LatentAIS(nn.Module):
         return x, log_w, log_q, infos
 
     def forward(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
-        """:meth:`run` without the infos (those are kept for :meth:`adapt` without ``infos``)."""
-        x, log_w, log_q, infos = self.run(n)
-        self.last_infos = infos
+        """:meth:`run` without the infos."""
+        x, log_w, log_q, _ = self.run(n)
         return x, log_w, log_q
 
 

@@ -215,8 +215,8 @@ class FABTrainer:
     # -- one iteration --------------------------------------------------------------
     def _ais_batch(self) -> tuple[Tensor, Tensor, Tensor, int]:
         self.flow.eval()
-        x, log_w, log_q = self.ais(self.batch_size)
-        self.ais.adapt(self.target_accept, 0.1)
+        x, log_w, log_q, infos = self.ais.run(self.batch_size)
+        self.ais.adapt(self.target_accept, 0.1, infos)
         bad = torch.isnan(log_w)
         n_bad = int(bad.sum())
         keep = ~bad
