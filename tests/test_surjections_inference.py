@@ -432,7 +432,7 @@ def test_vector_layer_sizes_and_shape_errors():
 
 
 def test_check_size_refuses_bools_floats_and_small_values_with_a_value_error():
-    from pyro_relax.core import check_size
+    from pyro_relax.core.checks import check_size
 
     assert check_size(3, "dim", "demo") == 3
     for bad in (True, 2.0, "3", 0):

@@ -1,7 +1,8 @@
 """The layer contract and the shared checks that every family builds on.
 
 * :class:`RelaxedLayer` (``core.layer``): the base class of every layer;
-* ``core.checks``: the input checks (``check_int``, ``check_real``, ...);
+* :mod:`~pyro_relax.core.checks`: the input checks every public function uses
+  (``check_int``, ``check_real``, ``check_event_shape``, ...), imported from there;
 * ``core.switch``: the switch for the checks that synchronize with the device.
 
 The names are loaded on first use, so ``import pyro_relax`` does not import torch.
@@ -13,18 +14,6 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what the names are, for type checkers and the API reference
-    from pyro_relax.core.checks import (
-        check_callable,
-        check_event_shape,
-        check_finite,
-        check_int,
-        check_positive,
-        check_positive_int,
-        check_probability,
-        check_real,
-        check_size,
-        floating_input,
-    )
     from pyro_relax.core.layer import RelaxedLayer, VectorLayer, append_context, sum_event
     from pyro_relax.core.switch import validation, validation_enabled
 
@@ -33,16 +22,6 @@ _HOMES = {
     "VectorLayer": "layer",
     "append_context": "layer",
     "sum_event": "layer",
-    "check_callable": "checks",
-    "check_event_shape": "checks",
-    "check_finite": "checks",
-    "check_int": "checks",
-    "check_positive": "checks",
-    "check_positive_int": "checks",
-    "check_probability": "checks",
-    "check_real": "checks",
-    "check_size": "checks",
-    "floating_input": "checks",
     "validation": "switch",
     "validation_enabled": "switch",
 }
@@ -51,16 +30,6 @@ __all__ = [
     "RelaxedLayer",
     "VectorLayer",
     "append_context",
-    "check_callable",
-    "check_event_shape",
-    "check_finite",
-    "check_int",
-    "check_positive",
-    "check_positive_int",
-    "check_probability",
-    "check_real",
-    "check_size",
-    "floating_input",
     "sum_event",
     "validation",
     "validation_enabled",

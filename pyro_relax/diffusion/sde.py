@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from pyro_relax.core import check_event_shape, check_finite
+from pyro_relax.core.checks import check_event_shape, check_finite
 from pyro_relax.core.switch import validation_enabled
 
 

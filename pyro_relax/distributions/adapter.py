@@ -9,7 +9,8 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import Tensor, nn
 from torch.distributions import Transform
 
-from pyro_relax.core import RelaxedLayer, check_int, sum_event
+from pyro_relax.core.checks import check_int
+from pyro_relax.core.layer import RelaxedLayer, sum_event
 
 
 class TransformLayer(RelaxedLayer):

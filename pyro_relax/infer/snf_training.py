@@ -1,4 +1,15 @@
-"""Training loops for stochastic normalizing flows: reverse KL, forward KL, and their mix."""
+"""Training loops for stochastic normalizing flows: reverse KL, forward KL, and their mix.
+
+Example (the losses on an SNF whose only layer is the identity, towards ``N(0, I)``):
+    >>> import torch, pyro.distributions.transforms as T
+    >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
+    >>> identity = [T.AffineTransform(0.0, 1.0)]
+    >>> snf = StochasticNormalizingFlow((2,), identity, standard_normal_log_prob)
+    >>> abs(float(reverse_kl_loss(snf, 4))) < 1e-6  # q is the target: log w = log Z = 0
+    True
+    >>> round(float(forward_kl_loss(snf, torch.zeros(3, 2))), 4)  # -log N(0; 0, I_2)
+    1.8379
+"""
 
 from __future__ import annotations
 
@@ -20,19 +31,14 @@ from pyro_relax.train.checkpoint import (
     config_differences,
     read_checkpoint,
     save_checkpoint,
+    trainer_state,
 )
 
 
 def reverse_kl_loss(snf: StochasticNormalizingFlow, n: int) -> Tensor:
     """``-mean(log w)`` over ``n`` samples: ``KL(q_path || p_path) - log Z`` (reverse KL).
 
-    Example:
-        >>> import torch, pyro.distributions.transforms as T
-        >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
-        >>> layers = [T.AffineTransform(0.0, 1.0)]
-        >>> snf = StochasticNormalizingFlow((2,), layers, standard_normal_log_prob)
-        >>> abs(float(reverse_kl_loss(snf, 4))) < 1e-6
-        True
+    See the module's example.
     """
     return -snf.sample_with_log_weights(n)[1].mean()
 
@@ -40,13 +46,7 @@ def reverse_kl_loss(snf: StochasticNormalizingFlow, n: int) -> Tensor:
 def forward_kl_loss(snf: StochasticNormalizingFlow, data: Tensor) -> Tensor:
     """``-mean(log_prob(data))`` through the backward path: maximum likelihood (a path-KL bound).
 
-    Example:
-        >>> import torch, pyro.distributions.transforms as T
-        >>> from pyro_relax.stochastic.annealing import standard_normal_log_prob
-        >>> layers = [T.AffineTransform(0.0, 1.0)]
-        >>> snf = StochasticNormalizingFlow((2,), layers, standard_normal_log_prob)
-        >>> round(float(forward_kl_loss(snf, torch.zeros(3, 2))), 4)
-        1.8379
+    See the module's example.
     """
     return -snf.log_prob(data).mean()
 
@@ -224,15 +224,9 @@ class SNFTrainer:
     # -- state ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: model, optimizer, scheduler, RNG, step, history, config."""
-        return {
-            "config": self.config,
-            "model": self.snf.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "step": self.step,
-            "history": self.history,
-        }
+        return trainer_state(
+            self.config, self.snf, self.optimizer, self.scheduler, self.step, self.history
+        )
 
     def load_state_dict(self, state: dict[str, Any], source: str = "the state dict") -> None:
         """Restore a :meth:`state_dict` (the RNG state is applied when :meth:`run` continues).

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from pyro_relax.core import check_int
+from pyro_relax.core.checks import check_int
 
 
 class MLP(nn.Module):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.core import check_int, check_positive_int
+from pyro_relax.core.checks import check_int, check_positive_int
 from pyro_relax.nn.mlp import MLP
 
 

@@ -10,7 +10,7 @@ synchronizes with the host inside a step.
   dense inverse mass, kinetic energy, the Euler-Maruyama step.
 * :mod:`~pyro_relax.ops.langevin`: the Langevin move and its forward and
   backward transition densities, the MALA ratio.
-* :mod:`~pyro_relax.ops.leapfrog`: the leapfrog integrator, the Hamiltonian,
+* :mod:`~pyro_relax.ops.integrators`: the leapfrog integrator, the Hamiltonian,
   the partial momentum refresh.
 * :mod:`~pyro_relax.ops.metropolis`: Metropolis-Hastings log ratios and the
   accept step (a NaN is a rejection).
@@ -33,6 +33,12 @@ from pyro_relax.ops.gaussian import (
     kinetic_energy,
     scale_noise,
 )
+from pyro_relax.ops.integrators import (
+    IntegratorState,
+    hamiltonian,
+    leapfrog,
+    partial_momentum_refresh,
+)
 from pyro_relax.ops.langevin import (
     LangevinInfo,
     LangevinState,
@@ -40,12 +46,6 @@ from pyro_relax.ops.langevin import (
     langevin_proposal,
     langevin_step,
     mala_log_accept_ratio,
-)
-from pyro_relax.ops.leapfrog import (
-    IntegratorState,
-    hamiltonian,
-    leapfrog,
-    partial_momentum_refresh,
 )
 from pyro_relax.ops.metropolis import (
     MetropolisInfo,

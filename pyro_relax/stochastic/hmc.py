@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from pyro_relax.ops.gaussian import scale_noise
-from pyro_relax.ops.leapfrog import IntegratorState, hamiltonian, leapfrog
+from pyro_relax.ops.integrators import IntegratorState, hamiltonian, leapfrog
 from pyro_relax.ops.metropolis import (
     MetropolisInfo,
     metropolis_accept,
@@ -32,7 +32,7 @@ class HMCBlock(AnnealedBlock):
     accepted or not. The output is ``where(accept, y', x)`` (SNF paper):
     gradients flow through the trajectory to ``eps``, ``M``, ``lam`` and the
     input when accepted. A trajectory that meets NaN is rejected. The math is
-    :func:`~pyro_relax.ops.leapfrog.leapfrog` and
+    :func:`~pyro_relax.ops.integrators.leapfrog` and
     :func:`~pyro_relax.ops.metropolis.metropolis_accept`.
 
     Arguments:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from pyro_relax.ops.gaussian import kinetic_energy, scale_noise
-from pyro_relax.ops.leapfrog import IntegratorState, leapfrog, partial_momentum_refresh
+from pyro_relax.ops.integrators import IntegratorState, leapfrog, partial_momentum_refresh
 from pyro_relax.ops.metropolis import MetropolisInfo
 from pyro_relax.stochastic.block import AnnealedBlock, BlockOptions, BlockState
 from pyro_relax.stochastic.density import LogDensity

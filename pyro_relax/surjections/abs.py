@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from pyro_relax.core import RelaxedLayer, check_size, sum_event
+from pyro_relax.core.checks import check_size
+from pyro_relax.core.layer import RelaxedLayer, sum_event
 from pyro_relax.nn.mlp import MLP
 
 

@@ -11,7 +11,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.core import VectorLayer, check_event_shape, check_finite, check_size
+from pyro_relax.core.checks import check_event_shape, check_finite, check_size
+from pyro_relax.core.layer import VectorLayer
 from pyro_relax.nn.mlp import MLP
 
 

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pyro_relax.core import VectorLayer, append_context, check_size
+from pyro_relax.core.checks import check_size
+from pyro_relax.core.layer import VectorLayer, append_context
 from pyro_relax.nn.mlp import MLP
 
 

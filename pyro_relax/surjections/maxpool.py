@@ -9,7 +9,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from pyro_relax.core import RelaxedLayer, check_size, sum_event
+from pyro_relax.core.checks import check_size
+from pyro_relax.core.layer import RelaxedLayer, sum_event
 from pyro_relax.surjections.max import decode_max, max_contribution, split_max
 
 

@@ -7,7 +7,8 @@ __all__ = ["StochasticPermutation"]
 import torch
 from torch import Tensor
 
-from pyro_relax.core import RelaxedLayer, check_size
+from pyro_relax.core.checks import check_size
+from pyro_relax.core.layer import RelaxedLayer
 
 
 class StochasticPermutation(RelaxedLayer):

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import softplus
 
-from pyro_relax.core import VectorLayer, append_context, check_size
+from pyro_relax.core.checks import check_size
+from pyro_relax.core.layer import VectorLayer, append_context
 from pyro_relax.nn.mlp import MLP
 
 _LOG_2PI = math.log(2.0 * math.pi)

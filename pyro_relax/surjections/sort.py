@@ -9,7 +9,8 @@ import math
 import torch
 from torch import Tensor
 
-from pyro_relax.core import RelaxedLayer, check_size
+from pyro_relax.core.checks import check_size
+from pyro_relax.core.layer import RelaxedLayer
 
 
 class SortSurjection(RelaxedLayer):

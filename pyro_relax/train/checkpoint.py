@@ -4,13 +4,21 @@
   target and renames it into place, so a crash never leaves half a file;
 * :func:`read_checkpoint` loads it with ``torch.load(weights_only=True)`` (no
   pickled code runs) and names the file in every error;
+* :func:`trainer_state` gathers the parts every trainer saves (configuration,
+  model, optimizer, scheduler, RNG state, step, history, plus its own);
 * :func:`config_differences` lists the options that differ from the saved
   ones, and :func:`check_state_parts` the parts a state lacks.
 """
 
 from __future__ import annotations
 
-__all__ = ["check_state_parts", "config_differences", "read_checkpoint", "save_checkpoint"]
+__all__ = [
+    "check_state_parts",
+    "config_differences",
+    "read_checkpoint",
+    "save_checkpoint",
+    "trainer_state",
+]
 
 import os
 import tempfile
@@ -99,3 +107,50 @@ def check_state_parts(state: object, parts: Iterable[str], where: str, owner: st
     missing = sorted(needed - set(state)) if isinstance(state, dict) else sorted(needed)
     if missing:
         raise ValueError(f"{where} lacks {missing} (expected a file written by {owner}.save)")
+
+
+def trainer_state(
+    config: Mapping[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: object,
+    step: int,
+    history: Mapping[str, Any],
+    **extra: object,
+) -> dict[str, Any]:
+    """The resumable state of a trainer as one dict of tensors, numbers, lists and dicts.
+
+    Arguments:
+        config: the options that shape the run (compared on resume).
+        model: the trained module (its ``state_dict``).
+        optimizer: its optimizer (its ``state_dict``).
+        scheduler: its learning-rate scheduler (anything with ``state_dict()``).
+        step: the number of steps done.
+        history: the logged values so far.
+        extra: the trainer's own parts (e.g. a replay buffer's state).
+
+    Returns:
+        The parts above and torch's global RNG state under ``"rng"``.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.Adam(net.parameters())
+        >>> sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+        >>> sorted(trainer_state({"lr": 1e-3}, net, opt, sched, 0, {}, buffer={}))
+        ['buffer', 'config', 'history', 'model', 'optimizer', 'rng', 'scheduler', 'step']
+    """
+    state_dict = getattr(scheduler, "state_dict", None)
+    if not callable(state_dict):
+        raise TypeError(
+            f"trainer_state: expected a scheduler with state_dict(), got {type(scheduler).__name__}"
+        )
+    return {
+        "config": dict(config),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": state_dict(),
+        **extra,
+        "rng": torch.get_rng_state(),
+        "step": step,
+        "history": history,
+    }

@@ -11,7 +11,7 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 
-from pyro_relax.core import check_finite, check_positive, check_positive_int
+from pyro_relax.core.checks import check_finite, check_positive, check_positive_int
 from pyro_relax.transforms.lu_linear import check_feature_dim
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = ["InvertibleConv1x1"]
 
-from pyro_relax.core import check_positive_int
+from pyro_relax.core.checks import check_positive_int
 from pyro_relax.transforms.lu_linear import LUTransform
 
 

@@ -10,7 +10,7 @@ from pyro.distributions import constraints
 from pyro.nn import DenseNN
 from torch import Tensor
 
-from pyro_relax.core import check_positive_int
+from pyro_relax.core.checks import check_positive_int
 
 
 class FlipTransform(T.Transform):

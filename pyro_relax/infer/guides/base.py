@@ -59,7 +59,7 @@ import torch
 from pyro.poutine.runtime import get_plates
 from torch import Tensor
 
-from pyro_relax.core import check_finite, check_int, check_positive
+from pyro_relax.core.checks import check_finite, check_int, check_positive
 from pyro_relax.diagnostics.psis import importance_ess, khat_verdict, psis_khat
 from pyro_relax.infer.guides.potential import PotentialMixin, plate_nesting
 from pyro_relax.stochastic.snf import log_Z_from_log_weights

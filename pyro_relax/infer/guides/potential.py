@@ -33,7 +33,7 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.poutine.runtime import get_plates
 from torch import Tensor
 
-from pyro_relax.core import check_event_shape, check_finite
+from pyro_relax.core.checks import check_event_shape, check_finite
 from pyro_relax.infer.guides.layout import shapes_of_trace, unpack_trace
 
 _PARTICLE_PLATE = "_pyro_relax_log_joint_particles"

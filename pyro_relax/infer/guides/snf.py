@@ -33,7 +33,8 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from torch import Tensor
 
-from pyro_relax.core import RelaxedLayer, check_callable, check_int
+from pyro_relax.core.checks import check_callable, check_int
+from pyro_relax.core.layer import RelaxedLayer
 from pyro_relax.infer.guides.base import RelaxedGuideMixin, default_dtype
 from pyro_relax.infer.guides.flow import AutoFlowGuide, FlowStackMixin, LayerSpec, make_flow
 from pyro_relax.stochastic.annealing import AnnealedBlock

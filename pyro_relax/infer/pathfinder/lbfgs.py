@@ -55,6 +55,7 @@ def strong_wolfe(
     g0: Tensor,
     direction: Tensor,
     step: float = 1.0,
+    *,
     max_evals: int = 25,
     c1: float = 1e-4,
     c2: float = 0.9,

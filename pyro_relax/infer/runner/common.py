@@ -171,14 +171,13 @@ def guide_draws(
     ``log p(x, z) - log q(z)`` (path weights for the stochastic guides), so
     ``E[exp(log_w)] = p(x)``.
 
-    Example:
+    Example (a short fit through the runner, then 5 weighted draws):
         >>> import pyro, pyro.distributions as dist
-        >>> from pyro.infer.autoguide import AutoDiagonalNormal
+        >>> from pyro_relax.infer.runner import fit_guide
         >>> def model():
         ...     pyro.sample("x", dist.Normal(0.0, 1.0))
-        >>> pyro.clear_param_store()
-        >>> guide = AutoDiagonalNormal(model); _ = guide()
-        >>> samples, log_w = guide_draws(FitResult(guide, [0.0], 0.0, "normal"), model, 5)
+        >>> fit = fit_guide(model, "normal", steps=3, progress=False)
+        >>> samples, log_w = guide_draws(fit, model, 5)
         >>> samples["x"].shape, log_w.dtype
         (torch.Size([5]), torch.float64)
     """
