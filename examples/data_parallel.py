@@ -46,7 +46,7 @@ def exact_posterior(x: Tensor = data) -> tuple[float, float]:
     Example:
         >>> mean, sd = exact_posterior(torch.zeros(4))
         >>> round(mean, 6), round(sd, 4)
-        (0.0, 0.4994)
+        (0.0, 2.4254)
     """
     precision = 1.0 / PRIOR_SCALE**2 + x.shape[0] / SCALE**2
     return float(x.sum()) / SCALE**2 / precision, math.sqrt(1.0 / precision)
