@@ -119,6 +119,9 @@ def _fit(args: argparse.Namespace) -> int:
 
     if args.dtype is None:
         args.dtype = "float64" if args.devices is None else "float32"
+    stray = [k for k in ("strategy", "batch_size", "data") if getattr(args, k) is not None]
+    if args.devices is None and stray:
+        raise ValueError(f"--{stray[0].replace('_', '-')} only applies with --devices N")
     model, model_args, output = _prepare(args)
     steps = args.steps if args.steps is not None else GUIDES[args.guide].default_steps
     with output.writing() as tmp:
@@ -278,8 +281,8 @@ def _parser() -> argparse.ArgumentParser:
     mc = sub.add_parser("mcmc", help="run an MCMC kernel on a Pyro model file")
     for s, option, table, default in ((fit, "--guide", GUIDES, "auto"),
                                       (mc, "--kernel", KERNELS, "nuts")):
-        s.add_argument("model", help="MODEL.py[:name], a zero-argument Pyro model "
-                                     "(default name: model)")
+        s.add_argument("model", help="MODEL.py[:name], a zero-argument Pyro model (default "
+                                     "name: model; fit --devices: model(ind, *data))")
         s.add_argument(option, choices=list(table), default=default,
                        help="; ".join(f"{k}: {m.description}" for k, m in table.items()))
     fit.add_argument("--particles", type=int, default=8, help="ELBO particles per step")

@@ -210,14 +210,18 @@ DEVICES_HELP = (
 
 def add_devices_options(fit: argparse.ArgumentParser) -> None:
     """Add ``--devices``, ``--strategy``, ``--batch-size`` and ``--data`` to the ``fit`` parser."""
-    fit.add_argument("--devices", type=int, default=None, metavar="N", help=DEVICES_HELP)
+    from pyro_relax.infer.runner import GUIDES
+
+    svi = ", ".join(k for k, m in GUIDES.items() if m.make is not None)  # lightning's GUIDE_NAMES
+    fit.add_argument("--devices", type=int, default=None, metavar="N",
+                     help=f"{DEVICES_HELP} (guides: {svi})")
     fit.add_argument("--strategy", default=None,
                      help="with --devices: auto (one process) or ddp (DistributedDataParallel, "
                           "workers spawned from this process); default ddp for N > 1")
     fit.add_argument("--batch-size", type=int, default=None,
                      help="with --devices: indices per step, over all workers (divisible by "
                           "N; default 64 or the data size, rounded down to a multiple of N)")
-    fit.add_argument("--data", default="data", metavar="NAME",
+    fit.add_argument("--data", default=None, metavar="NAME",
                      help="with --devices: the model file's data, a tensor or tuple of tensors "
                           "sharing their first dimension, or a function NAME() returning it "
                           "(default: data)")
@@ -271,6 +275,7 @@ def prepare_data_parallel(args: argparse.Namespace) -> tuple[FileModel, tuple[Te
         and for a ``--batch-size`` not divisible by the devices or larger than the data.
     """
     _, devices = check_devices_options(args)
+    args.data = args.data or "data"
     path, _, name = args.model.partition(":")
     model = FileModel(path, name or "model")
     data = load_data(model.module, args.data)

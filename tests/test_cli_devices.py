@@ -99,6 +99,18 @@ def test_load_data_accepts_tensors_tuples_and_functions(model_file):
     assert [tuple(t.shape) for t in load_data(module, "made")] == [(20,)]
 
 
+def test_fit_guide_distributed_sets_its_own_log_and_elbo(model_file):
+    from pyro_relax.lightning import fit_guide_distributed
+
+    fm = FileModel(model_file)
+    (x,) = load_data(fm.module)
+    for option in ("log_dir", "elbo"):
+        with pytest.raises(TypeError, match=f"{option} is set here"):
+            fit_guide_distributed(fm, "normal", 1, x, **{option: None})
+    with pytest.raises(ValueError, match="num_particles"):
+        fit_guide_distributed(fm, "normal", 1, x, num_particles=0)
+
+
 def _devices_fit(model, out, *extra):
     return main(["fit", str(model), "--devices", "1", "--guide", "normal", "--steps", "2",
                  "--num-samples", "4", "--out", str(out), *extra])
@@ -142,6 +154,15 @@ def test_indexed_model_without_devices_says_so(model_file, tmp_path, capsys):
                  str(tmp_path / "out")])
     assert code == 1
     assert "needs --devices N" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--strategy", "ddp"], ["--batch-size", "8"],
+                                    ["--data", "data"]])
+def test_devices_options_need_devices(model_file, tmp_path, capsys, option):
+    code = main(["fit", f"{model_file}:plain", "--guide", "normal", *option, "--out",
+                 str(tmp_path / "out")])
+    assert code == 1 and not (tmp_path / "out").exists()
+    assert f"{option[0]} only applies with --devices N" in capsys.readouterr().err
 
 
 def test_one_device_fit_writes_every_output(model_file, tmp_path, capsys):
