@@ -2,12 +2,20 @@
 
     pyro-relax demo
     pyro-relax fit MODEL.py[:name] --guide NAME --steps N --num-samples M --out DIR
+    pyro-relax fit MODEL.py[:name] --devices N --guide normal --batch-size B --out DIR
     pyro-relax mcmc MODEL.py[:name] --kernel NAME --num-samples M --out DIR
     pyro-relax density DATA --flow NAME --out DIR
 
 The names and their help come from the method tables
 :data:`~pyro_relax.infer.runner.GUIDES`, :data:`~pyro_relax.infer.runner.KERNELS`
 and :data:`~pyro_relax.density_fit.FLOWS`.
+
+``fit --devices N`` is data-parallel SVI (``pyro_relax.lightning``, one of its
+``GUIDE_NAMES``): the file then defines ``model(ind, *data)``, with
+``pyro.plate(name, size, subsample=ind)`` over the data, and the data as a tensor,
+a tuple of tensors or a function returning one (``data``, or ``--data NAME``); see
+``examples/data_parallel.py`` and :mod:`pyro_relax.modelfile`. The draws come from
+the model on all indices, ``model(torch.arange(size), *data)``.
 
 Everything that can be checked (counts, ``--out``, the device, the model file and
 one trial run of the model) is checked before fitting. Outputs are written to a
@@ -24,7 +32,7 @@ from __future__ import annotations
 __all__ = ["load_model", "main"]
 
 import argparse
-import importlib.util
+import functools
 import inspect
 import math
 import os
@@ -37,10 +45,7 @@ from typing import Any
 
 from pyro_relax._outdir import Interrupted, Output, check_out, signals_raise, write_results
 from pyro_relax.infer.runner import DTYPES, GUIDES, KERNELS
-
-# Errors reported as one line and exit code 1 (OSError covers missing files,
-# existing folders and unwritable paths; RuntimeError covers device failures).
-ERRORS = (ValueError, TypeError, OSError, FloatingPointError, ImportError, RuntimeError)
+from pyro_relax.modelfile import ERRORS, add_devices_options, import_file, trial_run
 
 
 # -- model files -------------------------------------------------------------
@@ -55,26 +60,7 @@ def load_model(spec: str) -> Callable[[], Any]:
     """
     path, _, name = spec.partition(":")
     name = name or "model"
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    mod_spec = importlib.util.spec_from_file_location(f"_pyro_relax_user_{file.stem}", file)
-    if mod_spec is None or mod_spec.loader is None:
-        raise ImportError(f"cannot import {path} as a Python module")
-    module = importlib.util.module_from_spec(mod_spec)
-    sys.path.insert(0, str(file.resolve().parent))
-    bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ there
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as err:  # the user's file: a syntax error, a failing import, ...
-        detail = str(err).strip().splitlines()
-        raise ImportError(
-            f"importing {path} failed: {type(err).__name__}: {detail[0] if detail else ''}"
-        ) from err
-    finally:
-        sys.path.pop(0)
-        sys.dont_write_bytecode = bytecode
-    fn = getattr(module, name, None)
+    fn = getattr(import_file(path), name, None)
     if fn is None or not callable(fn):
         raise ValueError(f"{path} has no callable {name!r}; name the model as {path}:NAME")
     required = [
@@ -83,41 +69,33 @@ def load_model(spec: str) -> Callable[[], Any]:
         if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
     if required:
-        raise ValueError(
-            f"expected a zero-argument model, {name}() takes {[p.name for p in required]}"
-        )
+        raise ValueError(f"expected a zero-argument model, {name}() takes "
+                         f"{[p.name for p in required]} (model(ind, *data) needs --devices N)")
     return fn
 
 
 # -- checks before anything runs ------------------------------------------------
-def _trial_run(model: Callable[[], Any]) -> None:
-    """Run the model once under a trace: it must run, and its log density must not be NaN."""
-    from pyro import poutine
+def _prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], tuple[Any, ...], Output]:
+    """Check --out, the device and the model (in that order): the model, its arguments, output.
 
-    from pyro_relax.infer.runner import check_continuous_model
-
-    try:
-        check_continuous_model(model)
-        log_p = float(poutine.trace(model).get_trace().log_prob_sum())
-    except ERRORS:
-        raise
-    except Exception as err:
-        detail = str(err).strip().splitlines()
-        raise ValueError(
-            f"the model raised {type(err).__name__} on a trial run: {detail[0] if detail else ''}"
-        ) from err
-    if math.isnan(log_p):
-        raise FloatingPointError("the model's log density is NaN at a draw from its prior")
-
-
-def _prepare(args: argparse.Namespace) -> tuple[Callable[[], Any], Output]:
-    """Check --out, the device and the model (in that order); return the model and its output."""
+    With ``--devices`` the model is ``model(ind, *data)`` and its arguments all
+    indices and the data; otherwise a zero-argument model and no arguments.
+    """
     target = check_out(args.out, force=args.force, model_file=args.model.partition(":")[0])
     _setup_device(args.device)
-    model = load_model(args.model)
-    _trial_run(model)
+    model: Callable[..., Any]
+    if getattr(args, "devices", None) is None:
+        model, model_args = load_model(args.model), ()
+    else:
+        import torch
+
+        from pyro_relax.modelfile import prepare_data_parallel
+
+        model, data = prepare_data_parallel(args)
+        model_args = (torch.arange(data[0].shape[0], device=data[0].device), *data)
+    trial_run(functools.partial(model, *model_args))
     record = {k: v for k, v in vars(args).items() if k != "func"}  # the run's options
-    return model, Output(target, record, force=args.force)
+    return model, model_args, Output(target, record, force=args.force)
 
 
 def _setup_device(device: str) -> None:
@@ -139,14 +117,23 @@ def _fit(args: argparse.Namespace) -> int:
     from pyro_relax.diagnostics import weighted_report
     from pyro_relax.infer.runner import fit_guide, guide_draws
 
-    model, output = _prepare(args)
+    if args.dtype is None:
+        args.dtype = "float64" if args.devices is None else "float32"
+    stray = [k for k in ("strategy", "batch_size", "data") if getattr(args, k) is not None]
+    if args.devices is None and stray:
+        raise ValueError(f"--{stray[0].replace('_', '-')} only applies with --devices N")
+    model, model_args, output = _prepare(args)
     steps = args.steps if args.steps is not None else GUIDES[args.guide].default_steps
     with output.writing() as tmp:
-        fit = fit_guide(
-            model, args.guide, steps=steps, lr=args.lr, seed=args.seed, progress=args.progress,
-            num_particles=args.particles, dtype=args.dtype, budget=args.budget,
-        )
-        samples, log_w = guide_draws(fit, model, args.num_samples)
+        if args.devices is None:
+            fit = fit_guide(
+                model, args.guide, steps=steps, lr=args.lr, seed=args.seed,
+                progress=args.progress, num_particles=args.particles, dtype=args.dtype,
+                budget=args.budget,
+            )
+        else:
+            fit = _fit_devices(args, model, model_args[1:], steps)
+        samples, log_w = guide_draws(fit, model, args.num_samples, model_args)
         diag: dict[str, Any] = {
             "guide": args.guide,
             "steps": steps,
@@ -164,6 +151,24 @@ def _fit(args: argparse.Namespace) -> int:
     print(f"\nfinal ELBO {fit.elbo[-1]:.3f}; wrote {args.out}/ (the posterior is PSIS-corrected)")
     print(_verdict_line(diag))
     return 0
+
+
+def _fit_devices(
+    args: argparse.Namespace, model: Callable[..., Any], data: tuple[Any, ...], steps: int
+) -> Any:  # noqa: ANN401 - a FitResult (lightning is imported only here)
+    """Train the guide by SVI on ``--devices`` workers (see ``pyro_relax.lightning``)."""
+    import pyro
+
+    from pyro_relax.lightning import fit_guide_distributed
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(args.seed)
+    return fit_guide_distributed(
+        model, args.guide, args.devices, *data, num_particles=args.particles, steps=steps,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        strategy="ddp_spawn" if args.strategy == "ddp" else "auto",  # this process keeps --out
+        accelerator="gpu" if args.device == "cuda" else "cpu",
+    )
 
 
 def _verdict_line(diag: dict[str, Any]) -> str:
@@ -185,7 +190,7 @@ def _verdict_line(diag: dict[str, Any]) -> str:
 def _mcmc(args: argparse.Namespace) -> int:
     from pyro_relax.infer.runner import run_mcmc
 
-    model, output = _prepare(args)
+    model, _, output = _prepare(args)
     with output.writing() as tmp:
         res = run_mcmc(
             model,
@@ -271,23 +276,26 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--density-only", action="store_true", help="skip the posterior part")
     demo.set_defaults(func=_demo)
 
-    fit = sub.add_parser("fit", help="fit a guide to a Pyro model file")
+    fit = sub.add_parser("fit", help="fit a guide to a Pyro model file (--devices N: "
+                                     "data-parallel SVI on a model(ind, *data))")
     mc = sub.add_parser("mcmc", help="run an MCMC kernel on a Pyro model file")
     for s, option, table, default in ((fit, "--guide", GUIDES, "auto"),
                                       (mc, "--kernel", KERNELS, "nuts")):
-        s.add_argument("model", help="MODEL.py[:name], a zero-argument Pyro model "
-                                     "(default name: model)")
+        s.add_argument("model", help="MODEL.py[:name], a zero-argument Pyro model (default "
+                                     "name: model; fit --devices: model(ind, *data))")
         s.add_argument(option, choices=list(table), default=default,
                        help="; ".join(f"{k}: {m.description}" for k, m in table.items()))
     fit.add_argument("--particles", type=int, default=8, help="ELBO particles per step")
     fit.add_argument("--steps", type=int, default=None,
                      help="SVI steps (default 2000; for auto the most, default 5000)")
-    fit.add_argument("--dtype", choices=list(DTYPES), default="float64",
-                     help="dtype of the fit (the draws written keep the model's dtype)")
+    fit.add_argument("--dtype", choices=list(DTYPES), default=None,
+                     help="dtype of the fit (default float64; float32 with --devices; the "
+                          "draws written keep the model's dtype)")
     fit.add_argument("--budget", type=float, default=600.0,
                      help="seconds after which auto starts no further escalation")
     fit.add_argument("--lr", type=float, default=1e-2)
     fit.add_argument("--num-samples", type=int, default=1000)
+    add_devices_options(fit)
     fit.set_defaults(func=_fit)
 
     mc.add_argument("--num-samples", type=int, default=1000)

@@ -4,7 +4,8 @@ Install with ``pip install pyro-relax[distributed]`` (it needs ``lightning``).
 The core package never imports this subpackage.
 
 - :class:`DensityModule`: density fitting of any :class:`~pyro_relax.distributions.Flow`.
-- :class:`SVIModule`: SVI with any guide on a model with a subsampled data plate.
+- :class:`SVIModule`: SVI with any guide on a model with a subsampled data plate
+  (:func:`fit_svi_distributed`; :func:`fit_guide_distributed` for ``pyro-relax fit --devices``).
 - :class:`SNFModule`: stochastic normalizing flows against a target.
 - :func:`make_trainer`, :class:`ShardedData`: a Trainer and data sharding that
   give the same global batches for any number of workers (``devices=N``,
@@ -28,7 +29,13 @@ from pyro_relax.lightning._trainer import (
 )
 from pyro_relax.lightning.density import DensityModule
 from pyro_relax.lightning.snf import SNFModule, StepData
-from pyro_relax.lightning.svi import GUIDE_NAMES, IndexedDataset, SVIModule, fit_svi_distributed
+from pyro_relax.lightning.svi import (
+    GUIDE_NAMES,
+    IndexedDataset,
+    SVIModule,
+    fit_guide_distributed,
+    fit_svi_distributed,
+)
 
 __all__ = [
     "ACCELERATORS",
@@ -42,6 +49,7 @@ __all__ = [
     "StepData",
     "check_devices",
     "check_strategy",
+    "fit_guide_distributed",
     "fit_svi_distributed",
     "make_trainer",
 ]

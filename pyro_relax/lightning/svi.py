@@ -9,10 +9,19 @@ Here the subsample is the worker's shard of the indices: the model is called as
 
 from __future__ import annotations
 
-__all__ = ["GUIDE_NAMES", "IndexedDataset", "SVIModule", "fit_svi_distributed"]
+__all__ = [
+    "GUIDE_NAMES",
+    "IndexedDataset",
+    "SVIModule",
+    "fit_guide_distributed",
+    "fit_svi_distributed",
+]
 
+import csv
 import math
 import os
+import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,7 +34,8 @@ from pyro.infer.elbo import ELBO
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pyro_relax.infer.runner import GUIDES, make_guide
+from pyro_relax.core.checks import check_int
+from pyro_relax.infer.runner import GUIDES, FitResult, make_guide
 from pyro_relax.lightning._trainer import RNGStateMixin, ShardedData, finite_or_raise, make_trainer
 
 # guides that train by plain SVI steps (the pipelines auto / pathfinder / flow-ais do not)
@@ -147,6 +157,7 @@ def fit_svi_distributed(
     log_dir: str | os.PathLike[str] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     callbacks: Sequence[Callback] = (),
+    elbo: ELBO | None = None,
 ) -> tuple[SVIModule, L.Trainer]:
     """Fit one of :data:`GUIDE_NAMES` to ``model`` by SVI on ``devices`` workers.
 
@@ -168,6 +179,7 @@ def fit_svi_distributed(
         log_dir: folder of the CSV log (``train_loss`` per step).
         checkpoint_dir: folder of the checkpoints (``last.ckpt``).
         callbacks: more Lightning callbacks.
+        elbo: the ELBO (default ``Trace_ELBO()``).
 
     Returns:
         The trained module (``module.guide`` is the guide) and the trainer.
@@ -189,6 +201,53 @@ def fit_svi_distributed(
     guide = make_guide(model, guide_name)
     example = tuple(torch.stack(c) for c in zip(*(data[i] for i in range(batch_size)),
                                                  strict=True))
-    module = SVIModule(model, guide, example, lr=lr, seed=seed)
+    module = SVIModule(model, guide, example, lr=lr, elbo=elbo, seed=seed)
     trainer.fit(module, datamodule=shards)
     return module, trainer
+
+
+def fit_guide_distributed(
+    model: Callable[..., Any],
+    guide_name: str,
+    devices: int,
+    *tensors: Tensor,
+    num_particles: int = 1,
+    **options: Any,  # noqa: ANN401 - those of fit_svi_distributed
+) -> FitResult:
+    """:func:`fit_svi_distributed`, its result packed like :func:`~pyro_relax.infer.fit_guide`'s.
+
+    The ``elbo`` of the result is the ELBO estimate of every step (the mean
+    over the workers, each scaled to the whole data), read from the run's CSV
+    log. Draw from the guide with
+    ``guide_draws(fit, model, n, (torch.arange(N), *tensors))``: the model on
+    all indices.
+
+    Arguments:
+        model: a Pyro model ``model(ind, *tensors)`` (see :func:`fit_svi_distributed`).
+        guide_name: one of :data:`GUIDE_NAMES`.
+        devices: number of workers.
+        tensors: the data.
+        num_particles: ELBO particles per step and worker.
+        options: more options of :func:`fit_svi_distributed` (not ``log_dir``, ``elbo``).
+
+    Returns:
+        A :class:`~pyro_relax.infer.runner.FitResult` (its ``dtype`` is torch's default).
+    """
+    for name in ("log_dir", "elbo"):
+        if name in options:
+            raise TypeError(f"fit_guide_distributed: {name} is set here, got {name}=...")
+    check_int(num_particles, "num_particles", "fit_guide_distributed", 1)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pyro-relax-log-") as log_dir:
+        module, _ = fit_svi_distributed(
+            model, guide_name, devices, *tensors, log_dir=log_dir,
+            elbo=Trace_ELBO(num_particles=num_particles), **options)
+        with open(os.path.join(log_dir, "metrics.csv")) as f:
+            losses = [float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")]
+    seconds = time.perf_counter() - start
+    elbo = [-v for v in losses]
+    stage = {"stage": f"svi ({guide_name}) on {devices} workers", "seconds": seconds,
+             "steps": len(elbo), "final_elbo": elbo[-1] if elbo else math.nan,
+             "particles": num_particles, "devices": devices,
+             "strategy": options.get("strategy") or ("ddp_spawn" if devices > 1 else "auto")}
+    return FitResult(module.guide, elbo, seconds, guide_name, [stage], torch.get_default_dtype())

@@ -161,9 +161,12 @@ def with_annealing(fit: FitResult, levels: int, owner: str) -> FitResult:
 
 @torch.no_grad()
 def guide_draws(
-    fit: FitResult, model: Callable[[], Any], num_samples: int
+    fit: FitResult, model: Callable[..., Any], num_samples: int, model_args: tuple[Any, ...] = ()
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Posterior draws of the latent sites and their log importance weights.
+
+    ``model_args`` are the model's arguments (none for a zero-argument model),
+    e.g. all indices and the data of a model fitted on subsamples.
 
     Runs in the fit's dtype, in one batched pass of the model (plate, ``vmap``
     or loop, as in fitting); the draws come back in the caller's default dtype,
@@ -186,11 +189,11 @@ def guide_draws(
     guide = fit.guide
     with default_dtype(fit.dtype):
         if hasattr(guide, "importance_weights"):
-            samples, log_w = guide.importance_weights(n)
+            samples, log_w = guide.importance_weights(n, *model_args)
         else:
             post = guide.get_posterior()
             z = post.sample(torch.Size([n]))
-            potential = ModelPotential(guide, model)
+            potential = ModelPotential(guide, model, tuple(model_args))
             log_w = potential.log_joint_rows(z) - post.log_prob(z)
             samples = potential.unconstrained_to_samples(z)
     return to_dtype(samples, out_dtype), log_w.to(torch.float64)
