@@ -38,6 +38,7 @@ from torch import Tensor
 # Errors the command reports as one line and exit code 1 (OSError covers missing
 # files, existing folders and unwritable paths; RuntimeError covers device failures).
 ERRORS = (ValueError, TypeError, OSError, FloatingPointError, ImportError, RuntimeError)
+"""The exceptions a bad model file or bad data raise here; the CLI prints them as one line."""
 
 
 def import_file(path: str | os.PathLike[str]) -> ModuleType:
@@ -206,6 +207,7 @@ DEVICES_HELP = (
     "file then defines model(ind, *data), with pyro.plate(name, size, subsample=ind) over the "
     "data, and the data (see --data); each step's --batch-size indices are split between the "
     "workers. The posterior is drawn with the model on all indices")
+"""The ``--devices`` help text, shared by the parser and the error messages."""
 
 
 def add_devices_options(fit: argparse.ArgumentParser) -> None:
