@@ -229,8 +229,10 @@ class PrioritizedBuffer:
         """Cap the stored log weights at the largest ``frac`` fraction's smallest value.
 
         A defence against a few chains that escaped to where ``q`` is far lighter-tailed
-        than ``p^2`` (there ``p^2/q`` is not normalizable and a weight is astronomic);
-        FAB's reference code clips the same way. ``frac=0`` does nothing.
+        than ``p^2`` (there ``p^2/q`` is not normalizable and a weight is astronomic).
+        Not in FAB's reference buffers (fab-torch and fab-jax clip only the loss's
+        ratio ``q_old / q``; fab-torch's many-well config sets ``log_w_clip_frac: null``).
+        ``frac=0`` does nothing.
         """
         k = int(frac * self.size)
         if k < 1:
