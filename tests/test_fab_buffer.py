@@ -55,6 +55,20 @@ def test_batches_are_without_replacement_and_skip_zero_weights() -> None:
         buf.sample(4)
 
 
+def test_entries_whose_probability_underflows_are_still_drawn_heaviest_first() -> None:
+    # float32: w / sum w of the light entries underflows to 0 (exp(-200)); the sampler works
+    # on the log weights (Gumbel top-k), so the batch does not shrink to the heavy entry
+    buf = PrioritizedBuffer(1, max_size=5)
+    buf.add(torch.arange(5.0).unsqueeze(-1), torch.tensor([-200.0, 0.0, -200.0, -210.0, -math.inf]),
+            torch.zeros(5))
+    assert int((buf.probabilities() > 0).sum()) == 1 and buf.count_positive() == 4
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        idx = buf.sample(4, generator=g)[3].tolist()
+        assert idx[0] == 1 and sorted(idx) == [0, 1, 2, 3]
+        assert idx[3] == 3  # exp(-10) less likely than either -200 entry at each pick
+
+
 def test_q_ratio_correction_is_exact_for_gaussians() -> None:
     # x ~ g = N(0, 2^2), target p = N(1, 1); AIS-free FAB weights w = p^2 / (q g).
     # Stored with q_old = N(0, 1.5^2); after q changes to q_mid and then q_new (closed forms)

@@ -153,12 +153,15 @@ class PrioritizedBuffer:
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Draw ``n`` distinct entries, each pick with probability proportional to its weight.
 
-        Successive sampling without replacement (``torch.multinomial``): the first
-        pick follows ``w / sum w`` exactly, later picks renormalize over what is left.
+        Successive sampling without replacement by the Gumbel top-``k`` trick (as FAB's
+        reference code): the first pick follows ``w / sum w`` exactly, later picks
+        renormalize over what is left. It works on the log weights, so entries whose
+        ``w / sum w`` underflows to 0 in floating point are still drawn (after the heavier
+        ones) instead of shrinking the batch.
 
         Arguments:
             n: the batch size, at most the number of entries with positive weight.
-            generator: an optional torch generator.
+            generator: an optional torch generator (on the buffer's device).
 
         Returns:
             ``(x, log_w, log_q, indices)`` of shapes ``(n, dim)``, ``(n,)``, ``(n,)``, ``(n,)``.
@@ -173,15 +176,21 @@ class PrioritizedBuffer:
                 f"PrioritizedBuffer.sample: the buffer holds {self.size} entries, fewer than "
                 f"min_size={self.min_size} (fill it with AIS samples before the first step)"
             )
-        probs = self.probabilities()
-        positive = int((probs > 0).sum())
+        positive = self.count_positive()
         if n > positive:
             raise ValueError(
                 f"PrioritizedBuffer.sample: expected n <= {positive} (entries of positive weight), "
                 f"got {n}"
             )
-        idx = torch.multinomial(probs, n, replacement=False, generator=generator)
+        log_w = self.log_w[: self.size]
+        u = torch.rand(log_w.shape, generator=generator, device=log_w.device, dtype=log_w.dtype)
+        gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(u.dtype).tiny)))
+        idx = torch.topk(log_w + gumbel, n).indices
         return self.x[idx], self.log_w[idx], self.log_q[idx], idx
+
+    def count_positive(self) -> int:
+        """The number of stored entries of positive weight (finite ``log w``)."""
+        return int(torch.isfinite(self.log_w[: self.size]).sum())
 
     def adjust(self, indices: Tensor, log_q_new: Tensor) -> Tensor:
         """Correct stored weights for a changed flow: ``log w += log q_old - log q_new``.
@@ -220,8 +229,10 @@ class PrioritizedBuffer:
         """Cap the stored log weights at the largest ``frac`` fraction's smallest value.
 
         A defence against a few chains that escaped to where ``q`` is far lighter-tailed
-        than ``p^2`` (there ``p^2/q`` is not normalizable and a weight is astronomic);
-        FAB's reference code clips the same way. ``frac=0`` does nothing.
+        than ``p^2`` (there ``p^2/q`` is not normalizable and a weight is astronomic).
+        Not in FAB's reference buffers (fab-torch and fab-jax clip only the loss's
+        ratio ``q_old / q``; fab-torch's many-well config sets ``log_w_clip_frac: null``).
+        ``frac=0`` does nothing.
         """
         k = int(frac * self.size)
         if k < 1:

@@ -263,7 +263,7 @@ class FABTrainer:
                 )
 
     def _buffer_update(self) -> float:
-        n = min(self.batch_size, int((self.buffer.probabilities() > 0).sum()))
+        n = min(self.batch_size, self.buffer.count_positive())  # w/sum w may underflow
         x, _, log_q_old, idx = self.buffer.sample(n)
         self.flow.train()
         log_q = self.flow.log_prob(x)
