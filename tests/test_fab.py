@@ -17,6 +17,7 @@ from pyro_relax.infer.guides.flow import LocScaleTransform
 from pyro_relax.infer.guides.whitening import identity_splines
 from pyro_relax.surjections import AbsSurjection
 from pyro_relax.train import FABTrainer, fab_loss
+from pyro_relax.train.optim import GradientGuard
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -51,15 +52,29 @@ def _small(flow: Flow, target: object, **kw: object) -> FABTrainer:
     return FABTrainer(flow, target, **{**opts, **kw})  # type: ignore[arg-type]
 
 
+def _tight_guard() -> GradientGuard:
+    """A guard that acts within a few steps (so its saved norms matter on resume)."""
+    return GradientGuard(window=4, ignore_factor=1.5, clip_factor=1.0, min_history=2)
+
+
+@pytest.mark.parametrize("guarded", [False, True])
 @pytest.mark.parametrize("buffer", [True, False])
-def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, buffer: bool) -> None:
-    whole = _small(_flow_2d(), _gauss, steps=6, buffer=buffer, seed=3)
+def test_resume_reproduces_the_uninterrupted_run(
+    tmp_path: Path, buffer: bool, guarded: bool
+) -> None:
+    def trainer(**kw: object) -> FABTrainer:
+        extra = {"warmup": 2, "grad_guard": _tight_guard()} if guarded else {}
+        return _small(_flow_2d(), _gauss, steps=6, buffer=buffer, seed=3, **extra, **kw)
+
+    whole = trainer()
     whole.run()
+    if guarded:  # the guard did act, so resuming it matters
+        assert whole.guard.clipped + whole.guard.ignored > 0
     path = tmp_path / "fab.pt"
-    first = _small(_flow_2d(), _gauss, steps=6, buffer=buffer, seed=3, checkpoint=path)
+    first = trainer(checkpoint=path)
     first.run(until=3)
     torch.manual_seed(123)  # anything drawn in between must not matter
-    second = _small(_flow_2d(), _gauss, steps=6, buffer=buffer, seed=3, checkpoint=path)
+    second = trainer(checkpoint=path)
     assert second.step == 3
     second.run()
     for a, b in zip(whole.flow.parameters(), second.flow.parameters(), strict=True):
@@ -68,6 +83,37 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, buffer: bool) -
     assert whole.target_evals == second.target_evals
     torch.testing.assert_close(whole.buffer.log_w, second.buffer.log_w, rtol=0, atol=0)
     torch.testing.assert_close(whole.ais.step_sizes(), second.ais.step_sizes(), rtol=0, atol=0)
+    if guarded:
+        assert whole.guard.state_dict() == second.guard.state_dict()
+        assert whole.skipped_steps == second.skipped_steps
+
+
+def test_warmup_raises_the_learning_rate_then_the_cosine_lowers_it() -> None:
+    trainer = _small(_flow_2d(), _gauss, steps=6, lr=1e-2, warmup=2, updates_per_ais=1)
+    lrs = []
+    for k in range(1, 7):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.run(until=k)
+    assert lrs[:3] == pytest.approx([1e-3, 5.5e-3, 1e-2])  # lr / 10 up to lr in 2 steps
+    assert lrs[3] < lrs[2] and lrs[4] < lrs[3] and lrs[5] < lrs[4]
+    with pytest.raises(ValueError, match="warmup < steps=6"):
+        _small(_flow_2d(), _gauss, steps=6, warmup=6)
+    with pytest.raises(TypeError, match="GradientGuard, got float"):
+        _small(_flow_2d(), _gauss, steps=6, grad_guard=2.0)
+
+
+def test_a_checkpoint_saved_before_warmup_and_the_guard_still_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "fab.pt"
+    _small(_flow_2d(), _gauss, steps=4, checkpoint=path).run(until=2)
+    state = torch.load(path, weights_only=True)
+    del state["guard"], state["config"]["warmup"], state["config"]["grad_guard"]
+    state["step_sizes"] = state.pop("log_step_sizes").exp()
+    torch.save(state, path)  # what an older version wrote
+    again = _small(_flow_2d(), _gauss, steps=4, checkpoint=path)
+    assert again.step == 2
+    torch.testing.assert_close(again.ais.step_sizes(), state["step_sizes"])
+    with pytest.raises(ValueError, match="another configuration: grad_guard"):
+        _small(_flow_2d(), _gauss, steps=4, checkpoint=path, grad_guard=True)
 
 
 def test_resume_refuses_another_configuration_and_a_bad_file(tmp_path: Path) -> None:

@@ -152,19 +152,21 @@ class LatentAIS(nn.Module):
         self.squared = squared
         self.escape_radius = escape_radius
 
-    def step_sizes(self) -> Tensor:
-        """The blocks' step sizes (one per block)."""
-        return torch.stack([b.log_step_size.detach().exp().reshape(-1)[0] for b in self.blocks])
+    def step_sizes(self, log: bool = False) -> Tensor:
+        """The blocks' step sizes, one per block (their logs, exactly as held, with ``log``)."""
+        logs = torch.stack([b.log_step_size.detach().reshape(-1)[0] for b in self.blocks])
+        return logs if log else logs.exp()
 
-    def set_step_sizes(self, values: Tensor) -> None:
-        """Set the blocks' step sizes (as saved by :meth:`step_sizes`)."""
+    def set_step_sizes(self, values: Tensor, log: bool = False) -> None:
+        """Set the blocks' step sizes (as given by :meth:`step_sizes`, with the same ``log``).
+
+        Saving and restoring the logs is exact; ``exp`` then ``log`` may not be.
+        """
         with torch.no_grad():
             for block, v in zip(self.blocks, values, strict=True):
-                block.log_step_size.fill_(float(v.log()))
+                block.log_step_size.fill_(float(v) if log else float(v.log()))
 
-    def adapt(
-        self, target_accept: float, rate: float, infos: Sequence[BlockInfo]
-    ) -> Tensor:
+    def adapt(self, target_accept: float, rate: float, infos: Sequence[BlockInfo]) -> Tensor:
         """Move each block's log step size by ``rate * (acceptance - target_accept)``.
 
         A Robbins-Monro step with a constant rate: FAB's target moves as the

@@ -45,8 +45,11 @@ from pyro_relax.train.checkpoint import (
     save_checkpoint,
 )
 from pyro_relax.train.fab_losses import buffer_loss, fab_loss, relative_ess
+from pyro_relax.train.optim import GradientGuard, WarmupCosine, apply_loss, make_guard
 
 _OWNER = "FABTrainer"
+_ADDED_OPTIONS = {"warmup": 0, "grad_guard": None}  # what checkpoints saved before them mean
+_ADDED_PARTS = {"guard", "log_step_sizes"}  # older checkpoints lack them
 
 
 class FABTrainer:
@@ -82,14 +85,16 @@ class FABTrainer:
         updates_per_ais: optimizer steps per AIS batch with the buffer.
         max_weight_ratio: clip of the ``q_old / q`` correction in the buffer loss.
         clip_weights_frac: cap the largest AIS (and buffer) log weights at the
-            ``1 - frac`` quantile. The default 0 does not clip, as FAB's reference
-            code does not: clipping biases the fit towards the modes ``q`` already
-            holds (with 0.01, many-well-8 lost its shallow wells: their mass under
-            the flow fell from 0.16 to 0.01 in 400 iterations; without, it stayed
-            at 0.16).
+            ``1 - frac`` quantile. The default 0 does not clip, as FAB's reference code:
+            clipping biases the fit towards the modes ``q`` holds (with 0.01 the flow's
+            mass on many-well-8's shallow wells fell from 0.16 to 0.01 in 400 iterations).
         alpha: the divergence's alpha; only 2 is supported.
-        lr: Adam's learning rate (cosine decay over the run).
-        clip_grad: gradient-norm clip (``None``: none).
+        lr: Adam's peak learning rate (cosine decay to 0 over the run).
+        warmup: iterations of linear warm-up from ``lr / 10`` to ``lr`` (fab-jax: 10).
+        clip_grad: fixed gradient-norm clip (``None``: none).
+        grad_guard: ``True`` for fab-jax's guard (skip a step whose gradient norm is
+            over 10 times the median of the last 100, clip at 2 times), or a
+            :class:`~pyro_relax.train.optim.GradientGuard`; skips count in :attr:`skipped_steps`.
         seed: torch seed of the run.
         checkpoint: checkpoint file (``None``: none).
         checkpoint_every: iterations between checkpoints.
@@ -131,7 +136,9 @@ class FABTrainer:
         clip_weights_frac: float = 0.0,
         alpha: float = 2.0,
         lr: float = 3e-4,
+        warmup: int = 0,
         clip_grad: float | None = 100.0,
+        grad_guard: bool | GradientGuard | None = None,
         seed: int = 0,
         checkpoint: str | os.PathLike[str] | None = None,
         checkpoint_every: int = 100,
@@ -172,9 +179,16 @@ class FABTrainer:
             )
         self.clip_weights_frac = float(clip_weights_frac)
         self.lr = check_real(lr, "lr", _OWNER, 0.0)
+        self.warmup = check_int(warmup, "warmup", _OWNER, 0)
+        if self.warmup >= self.steps:
+            raise ValueError(f"FABTrainer: expected warmup < steps={steps}, got {warmup!r}")
         self.clip_grad = (
             None if clip_grad is None else check_real(clip_grad, "clip_grad", _OWNER, 0.0)
         )
+        try:
+            self.guard = make_guard(grad_guard)
+        except TypeError as err:
+            raise TypeError(f"FABTrainer: {err}") from None
         self.seed = check_int(seed, "seed", _OWNER, 0)
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
         self.checkpoint_every = check_int(checkpoint_every, "checkpoint_every", _OWNER, 1)
@@ -190,10 +204,10 @@ class FABTrainer:
             self.dim, self.buffer_size, self.min_buffer_size, like["device"], like["dtype"]
         )
         self.optimizer = torch.optim.Adam(params, lr=self.lr)
-        total = self.steps * (self.updates_per_ais if buffer else 1)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, total)
-        self.step = 0
-        self.skipped_steps = 0
+        per = self.updates_per_ais if buffer else 1
+        schedule = WarmupCosine(self.steps * per, self.warmup * per, start=0.1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.step = self.skipped_steps = 0
         self.history: dict[str, list[float]] = {"loss": [], "ess_ais": [], "rejected": []}
         self._rng: Tensor | None = None
         if self.checkpoint is not None and os.path.exists(self.checkpoint):
@@ -211,9 +225,10 @@ class FABTrainer:
         keys = (
             "steps", "batch_size", "levels", "kernel", "n_leapfrog", "step_size",
             "target_accept", "use_buffer", "buffer_size", "min_buffer_size", "updates_per_ais",
-            "max_weight_ratio", "clip_weights_frac", "lr", "clip_grad", "seed",
+            "max_weight_ratio", "clip_weights_frac", "lr", "warmup", "clip_grad", "seed",
         )  # fmt: skip
-        return {k: getattr(self, k) for k in keys}
+        guard = None if self.guard is None else self.guard.spec
+        return {**{k: getattr(self, k) for k in keys}, "grad_guard": guard}
 
     # -- one iteration --------------------------------------------------------------
     def _ais_batch(self) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -230,27 +245,11 @@ class FABTrainer:
         return x, log_w, log_q, n_bad
 
     def _apply(self, loss: Tensor) -> float:
-        """One optimizer step if the loss is finite; return its value (NaN if skipped)."""
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            self.skipped_steps += 1
-            self.scheduler.step()
-            return math.nan
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.clip_grad)
-        grads_ok = all(
-            p.grad is None or bool(torch.isfinite(p.grad).all())
-            for p in self.optimizer.param_groups[0]["params"]
-        )
-        if not grads_ok:
-            self.skipped_steps += 1
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.optimizer.step()
+        """One guarded optimizer step; return the loss (NaN if the step was skipped)."""
+        ok = apply_loss(loss, self.optimizer, self.clip_grad, self.guard)
+        self.skipped_steps += not ok
         self.scheduler.step()
-        return value if grads_ok else math.nan
+        return float(loss.detach()) if ok else math.nan
 
     def _fill_buffer(self) -> None:
         rounds = 0
@@ -283,13 +282,10 @@ class FABTrainer:
             values = [self._buffer_update() for _ in range(self.updates_per_ais)]
             finite = [v for v in values if math.isfinite(v)]
             loss = sum(finite) / len(finite) if finite else math.nan
-        elif x.shape[0] == 0 or not bool(torch.isfinite(log_w).any()):
-            self.skipped_steps += 1
-            self.scheduler.step()
-            loss = math.nan
-        else:
+        else:  # one step on the batch; no finite weight: a non-finite loss, skipped
             self.flow.train()
-            loss = self._apply(fab_loss(self.flow.log_prob(x), log_w))
+            ok = x.shape[0] > 0 and bool(torch.isfinite(log_w).any())
+            loss = self._apply(fab_loss(self.flow.log_prob(x), log_w) if ok else log_w.sum() / 0)
         self.history["loss"].append(loss)
         self.history["ess_ais"].append(ess)
         self.history["rejected"].append(float(n_bad))
@@ -353,13 +349,14 @@ class FABTrainer:
             "model": self.flow.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "step_sizes": self.ais.step_sizes().cpu(),
+            "log_step_sizes": self.ais.step_sizes(log=True).cpu(),
             "buffer": self.buffer.state_dict(),
             "rng": torch.get_rng_state(),
             "step": self.step,
             "skipped_steps": self.skipped_steps,
             "target_evals": self.target.count,
             "history": self.history,
+            "guard": None if self.guard is None else self.guard.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "the state dict") -> None:
@@ -369,11 +366,11 @@ class FABTrainer:
             ValueError: if a part is missing, does not fit, or the configuration differs.
         """
         where = f"FABTrainer: checkpoint {source!r}"
-        check_state_parts(state, self.state_dict(), where, _OWNER)
+        check_state_parts(state, set(self.state_dict()) - _ADDED_PARTS, where, _OWNER)
         saved = state["config"]
         if not isinstance(saved, dict):
             raise ValueError(f"{where}: expected a config dict, got {type(saved).__name__}")
-        diffs = config_differences(saved, self.config)
+        diffs = config_differences({**_ADDED_OPTIONS, **saved}, self.config)
         if diffs:
             raise ValueError(
                 f"{where} was saved with another configuration: {'; '.join(diffs)} "
@@ -383,8 +380,11 @@ class FABTrainer:
             self.flow.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.ais.set_step_sizes(state["step_sizes"])
+            old = "log_step_sizes" not in state  # saved before the logs were
+            self.ais.set_step_sizes(state["step_sizes" if old else "log_step_sizes"], log=not old)
             self.buffer.load_state_dict(state["buffer"])
+            if self.guard is not None:  # the configs agree, so the file has its state
+                self.guard.load_state_dict(state["guard"])
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ValueError(f"{where} does not fit this flow ({first})") from err
