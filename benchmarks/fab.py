@@ -5,8 +5,10 @@ softplus(1)) and many-well-32 (FAB's constants). Per target and seed:
 
 * ``fab``: FAB with the prioritized buffer (RealNVP; AIS towards p^2/q in the
   flow's latent space: GMM 1 intermediate distribution, many-well 8, HMC with
-  5 leapfrog steps), evaluated by importance sampling with the flow alone and
-  (``fab+ais``) by AIS towards p with the flow's annealed sampler;
+  5 leapfrog steps; fab-jax's optimizer: a 10-iteration warm-up from lr/10, then
+  cosine decay, and its median gradient guard), evaluated by importance sampling
+  with the flow alone and (``fab+ais``) by AIS towards p with the flow's annealed
+  sampler;
 * ``fab-nobuf``: the same without the buffer;
 * ``rkl``: the same flow trained by reverse KL, with as many target evaluations
   as ``fab`` spent (``steps = fab evals / batch``);
@@ -69,10 +71,11 @@ TARGETS: dict[str, dict[str, Any]] = {
 }
 CONFIGS = {
     "default": {"iters": {"gmm40": 1000, "many_well32": 800}, "batch": 128, "samples": 10_000,
-                "curve_points": 5, "seeds": 3, "lr": 1e-3, "pilot": 10, "pilot_batch": 512},
+                "curve_points": 5, "seeds": 3, "lr": 1e-3, "pilot": 10, "pilot_batch": 512,
+                "warmup": 10},
     "quick": {"iters": {"gmm40": 4, "many_well32": 2}, "batch": 16, "samples": 400,
               "curve_points": 2, "seeds": 1, "lr": 1e-3, "pilot": 2, "pilot_batch": 64,
-              "couplings": 2},
+              "couplings": 2, "warmup": 1},
 }
 
 
@@ -140,7 +143,8 @@ def run_seed(name: str, cfg: dict[str, Any], seed: int) -> tuple[list[dict[str, 
         low, high = (cfg["batch"] * k for k in spec.get("buffer_batches", (10, 100)))
         trainer = FABTrainer(flow, target, iters, batch_size=cfg["batch"], levels=spec["levels"],
                              n_leapfrog=5, buffer=buffer, lr=lr, seed=seed, progress=False,
-                             buffer_size=high, min_buffer_size=low)
+                             buffer_size=high, min_buffer_size=low, grad_guard=True,
+                             warmup=min(cfg["warmup"], iters - 1))
         start = time.process_time()
         points = cfg["curve_points"] if buffer else 1
         for k in range(1, points + 1):

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-__all__ = ["CountingDensity", "FABTrainer", "LatentAIS", "PrioritizedBuffer", "fab_loss"]
+__all__ = [
+    "CountingDensity",
+    "FABTrainer",
+    "GradientGuard",
+    "LatentAIS",
+    "PrioritizedBuffer",
+    "WarmupCosine",
+    "fab_loss",
+]
 
 from pyro_relax.train.ais import CountingDensity, LatentAIS
 from pyro_relax.train.buffer import PrioritizedBuffer
 from pyro_relax.train.fab import FABTrainer, fab_loss
+from pyro_relax.train.optim import GradientGuard, WarmupCosine
