@@ -6,10 +6,11 @@ softplus(1)) and many-well-32 (FAB's constants). Per target and seed:
 * ``fab``: FAB with the prioritized buffer (RealNVP; AIS towards p^2/q in the
   flow's latent space: GMM 1 intermediate distribution, many-well 8, HMC with
   5 leapfrog steps; fab-jax's optimizer: a 10-iteration warm-up from lr/10, then
-  cosine decay, and its median gradient guard), evaluated by importance sampling
+  cosine decay, and its median gradient guard, the trainer's default with a
+  buffer), evaluated by importance sampling
   with the flow alone and (``fab+ais``) by AIS towards p with the flow's annealed
   sampler;
-* ``fab-nobuf``: the same without the buffer;
+* ``fab-nobuf``: the same without the buffer (and so without the guard);
 * ``rkl``: the same flow trained by reverse KL, with as many target evaluations
   as ``fab`` spent (``steps = fab evals / batch``);
 * ``snf``: the reverse-KL flow with annealed HMC blocks in its latent space;
@@ -143,8 +144,8 @@ def run_seed(name: str, cfg: dict[str, Any], seed: int) -> tuple[list[dict[str, 
         low, high = (cfg["batch"] * k for k in spec.get("buffer_batches", (10, 100)))
         trainer = FABTrainer(flow, target, iters, batch_size=cfg["batch"], levels=spec["levels"],
                              n_leapfrog=5, buffer=buffer, lr=lr, seed=seed, progress=False,
-                             buffer_size=high, min_buffer_size=low, grad_guard=True,
-                             warmup=min(cfg["warmup"], iters - 1))
+                             buffer_size=high, min_buffer_size=low,
+                             warmup=min(cfg["warmup"], iters - 1))  # guard: with the buffer
         start = time.process_time()
         points = cfg["curve_points"] if buffer else 1
         for k in range(1, points + 1):

@@ -98,22 +98,24 @@ def test_warmup_raises_the_learning_rate_then_the_cosine_lowers_it() -> None:
     assert lrs[3] < lrs[2] and lrs[4] < lrs[3] and lrs[5] < lrs[4]
     with pytest.raises(ValueError, match="warmup < steps=6"):
         _small(_flow_2d(), _gauss, steps=6, warmup=6)
-    with pytest.raises(TypeError, match="GradientGuard, got float"):
+    with pytest.raises(TypeError, match="FABTrainer: expected grad_guard .*got float"):
         _small(_flow_2d(), _gauss, steps=6, grad_guard=2.0)
+    assert _small(_flow_2d(), _gauss, steps=6).guard is not None  # "auto": on with the buffer
+    assert _small(_flow_2d(), _gauss, steps=6, buffer=False).guard is None
 
 
 def test_a_checkpoint_saved_before_warmup_and_the_guard_still_resumes(tmp_path: Path) -> None:
     path = tmp_path / "fab.pt"
-    _small(_flow_2d(), _gauss, steps=4, checkpoint=path).run(until=2)
+    _small(_flow_2d(), _gauss, steps=4, checkpoint=path, grad_guard=False).run(until=2)
     state = torch.load(path, weights_only=True)
     del state["guard"], state["config"]["warmup"], state["config"]["grad_guard"]
     state["step_sizes"] = state.pop("log_step_sizes").exp()
     torch.save(state, path)  # what an older version wrote
-    again = _small(_flow_2d(), _gauss, steps=4, checkpoint=path)
+    with pytest.raises(ValueError, match="another configuration: grad_guard: saved None"):
+        _small(_flow_2d(), _gauss, steps=4, checkpoint=path)  # the guard is on by default now
+    again = _small(_flow_2d(), _gauss, steps=4, checkpoint=path, grad_guard=False)
     assert again.step == 2
     torch.testing.assert_close(again.ais.step_sizes(), state["step_sizes"])
-    with pytest.raises(ValueError, match="another configuration: grad_guard"):
-        _small(_flow_2d(), _gauss, steps=4, checkpoint=path, grad_guard=True)
 
 
 def test_resume_refuses_another_configuration_and_a_bad_file(tmp_path: Path) -> None:

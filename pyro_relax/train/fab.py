@@ -92,8 +92,9 @@ class FABTrainer:
         lr: Adam's peak learning rate (cosine decay to 0 over the run).
         warmup: iterations of linear warm-up from ``lr / 10`` to ``lr`` (fab-jax: 10).
         clip_grad: fixed gradient-norm clip (``None``: none).
-        grad_guard: ``True`` for fab-jax's guard (skip a step whose gradient norm is
-            over 10 times the median of the last 100, clip at 2 times), or a
+        grad_guard: fab-jax's guard (skip a step whose gradient norm is over 10 times the
+            median of the last 100, clip at 2 times): ``"auto"`` uses it with the buffer only
+            (without, it cost GMM-40 modes), ``True``, ``False``, or a
             :class:`~pyro_relax.train.optim.GradientGuard`; skips count in :attr:`skipped_steps`.
         seed: torch seed of the run.
         checkpoint: checkpoint file (``None``: none).
@@ -138,7 +139,7 @@ class FABTrainer:
         lr: float = 3e-4,
         warmup: int = 0,
         clip_grad: float | None = 100.0,
-        grad_guard: bool | GradientGuard | None = None,
+        grad_guard: bool | str | GradientGuard | None = "auto",
         seed: int = 0,
         checkpoint: str | os.PathLike[str] | None = None,
         checkpoint_every: int = 100,
@@ -185,10 +186,8 @@ class FABTrainer:
         self.clip_grad = (
             None if clip_grad is None else check_real(clip_grad, "clip_grad", _OWNER, 0.0)
         )
-        try:
-            self.guard = make_guard(grad_guard)
-        except TypeError as err:
-            raise TypeError(f"FABTrainer: {err}") from None
+        auto = isinstance(grad_guard, str) and grad_guard == "auto"
+        self.guard = make_guard(self.use_buffer if auto else grad_guard, _OWNER)
         self.seed = check_int(seed, "seed", _OWNER, 0)
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
         self.checkpoint_every = check_int(checkpoint_every, "checkpoint_every", _OWNER, 1)

@@ -175,7 +175,7 @@ class GradientGuard:
         self.norms, self.ignored, self.clipped = norms, ignored, clipped
 
 
-def make_guard(guard: object) -> GradientGuard | None:
+def make_guard(guard: object, owner: str = "make_guard") -> GradientGuard | None:
     """``None``/``False``: no guard; ``True``: fab-jax's guard; or a :class:`GradientGuard`."""
     if guard is None or guard is False:
         return None
@@ -184,7 +184,8 @@ def make_guard(guard: object) -> GradientGuard | None:
     if isinstance(guard, GradientGuard):
         return guard
     raise TypeError(
-        f"expected grad_guard to be a bool, None or a GradientGuard, got {type(guard).__name__}"
+        f"{owner}: expected grad_guard to be a bool, None or a GradientGuard, "
+        f"got {type(guard).__name__}"
     )
 
 
