@@ -245,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--targets", nargs="*", default=list(TARGETS), choices=list(TARGETS))
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--iters", type=int, default=None, help="FAB iterations (all targets)")
+    parser.add_argument("--batch", type=int, default=None, help="AIS chains per iteration")
     args = parser.parse_args(argv)
     cfg = dict(CONFIGS["quick" if args.quick else "default"])
     if args.seeds is not None:
@@ -255,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.iters < 1:
             parser.error(f"--iters must be >= 1, got {args.iters}")
         cfg["iters"] = {k: args.iters for k in TARGETS}
+    if args.batch is not None:
+        if args.batch < 1:
+            parser.error(f"--batch must be >= 1, got {args.batch}")
+        cfg["batch"] = args.batch
     rows: list[dict[str, Any]] = []
     curve: list[dict[str, Any]] = []
     start = time.process_time()

@@ -295,8 +295,10 @@ def test_benchmark_quick_mode_writes_json(tmp_path: Path) -> None:
     import fab as bench
 
     out = tmp_path / "fab.json"
-    assert bench.main(["--quick", "--targets", "gmm40", "--iters", "2", "--json", str(out)]) == 0
+    args = ["--quick", "--targets", "gmm40", "--iters", "2", "--batch", "8", "--json", str(out)]
+    assert bench.main(args) == 0
     res = json.loads(out.read_text())
+    assert res["config"]["batch"] == 8
     methods = {r["method"] for r in res["table"]}
     assert methods == {"fab", "fab+ais", "fab-nobuf", "rkl", "snf", "ais"}
     assert not res["partial"] and len(res["curve"]) == 2  # quick: 2 curve points
