@@ -281,10 +281,11 @@ class FABTrainer:
             values = [self._buffer_update() for _ in range(self.updates_per_ais)]
             finite = [v for v in values if math.isfinite(v)]
             loss = sum(finite) / len(finite) if finite else math.nan
-        else:  # one step on the batch; no finite weight: a non-finite loss, skipped
+        else:  # one step on the batch
             self.flow.train()
             ok = x.shape[0] > 0 and bool(torch.isfinite(log_w).any())
-            loss = self._apply(fab_loss(self.flow.log_prob(x), log_w) if ok else log_w.sum() / 0)
+            nan = log_w.new_tensor(math.nan)  # no finite weight: a NaN loss, a skipped step
+            loss = self._apply(fab_loss(self.flow.log_prob(x), log_w) if ok else nan)
         self.history["loss"].append(loss)
         self.history["ess_ais"].append(ess)
         self.history["rejected"].append(float(n_bad))

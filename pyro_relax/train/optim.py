@@ -19,6 +19,7 @@ __all__ = ["GradientGuard", "WarmupCosine", "apply_loss"]
 
 import math
 import numbers
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -128,28 +129,28 @@ class GradientGuard:
             f"clip={self.clip_factor:g},min={self.min_history}"
         )
 
-    def check(self, params: Sequence[Tensor]) -> bool:
+    def check(self, params: Sequence[Tensor], norm: float | None = None) -> bool:
         """Record the gradient norm of ``params``; clip in place; ``False``: skip the step.
 
-        A non-finite norm is a skip and is not recorded.
+        ``norm``: their total gradient norm if the caller has it already (computed
+        here otherwise). A non-finite norm is a skip and is not recorded.
         """
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return True
-        norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        if norm is None:
+            norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
         if not math.isfinite(norm):
             self.ignored += 1
             return False
         ok = True
         if len(self.norms) >= self.min_history:
-            median = float(torch.tensor(self.norms).median())
+            median = statistics.median_low(self.norms)
             if norm > self.ignore_factor * median:
                 self.ignored += 1
                 ok = False
             elif norm > self.clip_factor * median > 0.0:
-                scale = self.clip_factor * median / norm
-                for g in grads:
-                    g.mul_(scale)
+                torch.nn.utils.clip_grad_norm_(params, self.clip_factor * median)
                 self.clipped += 1
         self.norms = [*self.norms, norm][-self.window :]
         return ok
@@ -219,11 +220,13 @@ def apply_loss(
         return False
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    norm = None  # the total gradient norm after the cap, for the guard
     if clip_grad is not None:
-        torch.nn.utils.clip_grad_norm_(params, float(clip_grad))
+        before = float(torch.nn.utils.clip_grad_norm_(params, float(clip_grad)))
+        norm = min(before, float(clip_grad))
     ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
     if ok and guard is not None:
-        ok = guard.check(params)
+        ok = guard.check(params, norm)
     if ok:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
