@@ -21,7 +21,7 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_relax.infer.guides.base import check_dtype, default_dtype
+from pyro_relax.infer.guides.base import check_dtype
 from pyro_relax.infer.guides.flow import AutoFlowGuide
 from pyro_relax.infer.guides.layout import check_continuous_model
 from pyro_relax.train.fab import FABTrainer
@@ -88,11 +88,11 @@ def fit_fab_guide(
     owner = "fit_fab_guide"
     run_dtype = check_dtype(dtype, owner)
     check_continuous_model(model)
-    with default_dtype(run_dtype):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(seed)
+    pyro.set_rng_seed(seed)
+    with pyro.get_param_store().scope():  # the user's pyro.param values are left alone
         guide = AutoFlowGuide(
-            model, kind="affine", num_layers=num_layers, hidden=hidden, init_scale=init_scale
+            model, kind="affine", num_layers=num_layers, hidden=hidden, init_scale=init_scale,
+            dtype=run_dtype,
         )
         guide()  # trace the model: latent_dim and the flow exist from here on
 

@@ -38,7 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_relax.infer.guides.base import RelaxedGuideMixin
-from pyro_relax.infer.guides.potential import ModelPotential
+from pyro_relax.infer.model import Potential
 
 
 @dataclass
@@ -128,10 +128,13 @@ def fit_particles(
     start = time.perf_counter()
     if getattr(guide, "prototype_trace", None) is None:
         guide()
-    potential = ModelPotential(guide, model)
     params = [p for p in guide.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{owner}: the guide has no trainable parameters")
+    if isinstance(guide, RelaxedGuideMixin):
+        potential = guide.potential
+    else:  # Pyro's own guides: a potential in the dtype of their parameters
+        potential = Potential(model, dtype=params[0].dtype)
     optim = torch.optim.Adam(params, lr=lr)
     decay = 0.1 ** (1.0 / max(steps, 1))
     stats = LoopStats([], 0.0, 0, num_particles, final_lr=lr)
@@ -142,7 +145,7 @@ def fit_particles(
         n = stats.particles
         z, log_q = particle_draw(guide, n)
         zd = z.detach().requires_grad_(True)
-        lp = potential.log_joint_rows(zd)
+        lp = potential.log_density(zd)
         if stats.vectorization is None and potential.vectorization is not None:
             stats.vectorization = potential.vectorization
             if stats.vectorization == "loop" and n > 2:
@@ -153,6 +156,7 @@ def fit_particles(
         (grad,) = torch.autograd.grad(lp.sum(), zd, allow_unused=True)
         if grad is None:
             grad = torch.zeros_like(zd)
+        log_q = log_q.to(lp.dtype)
         ok = torch.isfinite(lp) & torch.isfinite(grad).all(-1) & torch.isfinite(log_q)
         ok = ok & torch.isfinite(z).all(-1)
         m = int(ok.sum())

@@ -37,6 +37,7 @@ The model's density in unconstrained space is in
 from __future__ import annotations
 
 __all__ = [
+    "DEFAULT_DTYPE",
     "DTYPES",
     "RelaxedGuideMixin",
     "check_dtype",
@@ -61,13 +62,16 @@ from torch import Tensor
 
 from pyro_relax.core.checks import check_finite, check_int, check_positive
 from pyro_relax.diagnostics.psis import importance_ess, khat_verdict, psis_khat
-from pyro_relax.infer.guides.potential import PotentialMixin, plate_nesting
+from pyro_relax.infer.guides.potential import PotentialMixin
+from pyro_relax.infer.model import Potential
 from pyro_relax.stochastic.snf import log_Z_from_log_weights
 
 _QUANTILE_SAMPLES = 1000
 _FLOW_KINDS = ("spline", "affine", "iaf")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 """The dtypes a fit may run in, by name."""
+DEFAULT_DTYPE = torch.float64
+"""The dtype of the guides' parameters, latents and weights unless told otherwise."""
 
 
 @contextmanager
@@ -186,17 +190,20 @@ class RelaxedGuideMixin(PotentialMixin):
 
     latent_dim: int
     prototype_trace: Any
-    _unpack_latent: Callable[[Tensor], Any]
     _init_loc: Callable[[], Tensor]
 
     def _init_relaxed(
-        self, model: Callable[..., Any], init_gaussian: tuple[Tensor, Tensor] | None = None
+        self,
+        model: Callable[..., Any],
+        init_gaussian: tuple[Tensor, Tensor] | None = None,
+        dtype: torch.dtype | str | None = None,
     ) -> None:
-        self._init_gaussian = check_init_gaussian(init_gaussian, type(self).__name__)
+        owner = type(self).__name__
+        self._init_gaussian = check_init_gaussian(init_gaussian, owner)
+        self._fit_dtype = DEFAULT_DTYPE if dtype is None else check_dtype(dtype, owner)
         self._raw_model = (model,)  # a tuple: never registered as a submodule
         self._model_args: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})
-        self._max_plate_nesting = 0
-        self._vectorize: bool | None = None
+        self._potential: Potential | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """The pickled state, without the model and its arguments."""
@@ -210,6 +217,9 @@ class RelaxedGuideMixin(PotentialMixin):
         """Give an unpickled guide its model back (needed for the model's log density)."""
         check_model(model, f"{type(self).__name__}.attach_model")
         self._raw_model = (model,)
+        if self._potential is not None:
+            self._potential.model = model
+            self._potential.args, self._potential.kwargs = self._model_args
 
     def _initial_gaussian(self, init_loc: Tensor) -> tuple[Tensor, Tensor | None]:
         """``(loc, scale_tril)`` to start from: ``init_gaussian``, else ``(init_loc, None)``."""
@@ -237,17 +247,33 @@ class RelaxedGuideMixin(PotentialMixin):
     def setup(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401 - the model's arguments
         """Trace the model with these arguments and build the guide's modules, without drawing.
 
-        What the guide's first call does; the modules are made in torch's
-        default dtype.
+        What the guide's first call does: the model becomes a
+        :class:`~pyro_relax.infer.model.Potential` (evaluated once at the start,
+        which settles the dtype rule), and the modules are made in the guide's
+        ``dtype`` (float64 by default), on the model's device.
         """
         self._setup_prototype(*args, **kwargs)
 
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
         super()._setup_prototype(*args, **kwargs)  # type: ignore[misc]
         self._model_args = (args, kwargs)
-        self._max_plate_nesting = plate_nesting(self._raw_model[0], args, kwargs)
-        self._vectorize = None
-        self._build(self._init_loc())
+        pot = Potential(self._raw_model[0], tuple(args), kwargs, dtype=self._fit_dtype)
+        if pot.latent_dim != self.latent_dim:
+            raise ValueError(
+                f"{type(self).__name__}: the model's layout changed between two traces "
+                f"({self.latent_dim} then {pot.latent_dim} unconstrained latents)"
+            )
+        self._potential = pot
+        init = self._init_loc().detach().to(self._fit_dtype)
+        with torch.no_grad():
+            pot.log_density(init[None])  # the first evaluation settles the dtype rule
+        self._build(init)
+
+    def _unpack_latent(self, latent: Tensor) -> Iterator[tuple[dict[str, Any], Tensor]]:
+        """Pyro's unpacking, with each value in its site's dtype when the model needs it."""
+        cast = self._potential is not None and self._potential.evaluation == "site dtype"
+        for site, u in super()._unpack_latent(latent):  # type: ignore[misc]
+            yield site, (u.to(site["value"].dtype) if cast else u)
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> dist.Delta:  # noqa: ANN401
         """Draw a path sample and return it as a Delta carrying its log-density estimate.

@@ -86,6 +86,7 @@ class AutoDiffusionGuide(RelaxedGuideMixin, AutoContinuous):
             zero the guide starts as ``N(init_loc, init_scale^2 I)``.
         init_gaussian: ``(loc, scale_tril)`` in the unconstrained space; the
             output layer is then a whitening affine map started there.
+        dtype: the dtype of the guide's parameters and latents (``None``: float64).
 
     References:
         Zhang and Chen. Path Integral Sampler. ICLR 2022 (arXiv 2111.15141).
@@ -114,6 +115,7 @@ class AutoDiffusionGuide(RelaxedGuideMixin, AutoContinuous):
         init_loc_fn: Callable[[dict], Tensor] = init_to_median,
         init_scale: float = 0.1,
         init_gaussian: tuple[Tensor, Tensor] | None = None,
+        dtype: torch.dtype | str | None = None,
     ) -> None:
         owner = type(self).__name__
         check_model(model, owner)
@@ -138,7 +140,7 @@ class AutoDiffusionGuide(RelaxedGuideMixin, AutoContinuous):
         self._drift_spec = drift
         self._init_scale = check_init_scale(init_scale, owner)
         super().__init__(model, init_loc_fn=init_loc_fn)
-        self._init_relaxed(model, init_gaussian)
+        self._init_relaxed(model, init_gaussian, dtype)
 
     def _build(self, init_loc: Tensor) -> None:
         d = self.latent_dim

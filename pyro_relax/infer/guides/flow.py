@@ -261,6 +261,8 @@ class AutoFlowGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
             the default stack then ends in a whitening
             :class:`~pyro_relax.infer.guides.whitening.CholeskyAffineTransform`
             started there, instead of the loc/scale layer.
+        dtype: the dtype of the guide's parameters and latents (``None``: float64;
+            see :mod:`pyro_relax.infer.model` for how a float32 model is evaluated).
 
     References:
         Rezende and Mohamed. Variational Inference with Normalizing Flows. ICML 2015.
@@ -289,10 +291,11 @@ class AutoFlowGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
         init_loc_fn: Callable[[dict], Tensor] = init_to_median,
         init_scale: float = 0.1,
         init_gaussian: tuple[Tensor, Tensor] | None = None,
+        dtype: torch.dtype | str | None = None,
     ) -> None:
         self._set_stack(model, layers, num_layers, hidden, kind, init_scale)
         super().__init__(model, init_loc_fn=init_loc_fn)
-        self._init_relaxed(model, init_gaussian)
+        self._init_relaxed(model, init_gaussian, dtype)
 
     def _build(self, init_loc: Tensor) -> None:
         flow = make_flow(self._stack(init_loc), self.latent_dim, type(self).__name__)

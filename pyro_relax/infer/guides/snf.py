@@ -35,7 +35,7 @@ from torch import Tensor
 
 from pyro_relax.core.checks import check_callable, check_int
 from pyro_relax.core.layer import RelaxedLayer
-from pyro_relax.infer.guides.base import RelaxedGuideMixin, default_dtype
+from pyro_relax.infer.guides.base import RelaxedGuideMixin
 from pyro_relax.infer.guides.flow import AutoFlowGuide, FlowStackMixin, LayerSpec, make_flow
 from pyro_relax.stochastic.annealing import AnnealedBlock
 from pyro_relax.stochastic.hmc import HMCBlock
@@ -105,6 +105,7 @@ class AutoSNFGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
         init_scale: initial scale of the default flow part.
         init_gaussian: ``(loc, scale_tril)`` in the unconstrained space: the default
             flow part then ends in a whitening affine layer started there.
+        dtype: the dtype of the guide's parameters and latents (``None``: float64).
         placement: ``"data"`` (default): the blocks follow the flow and target the
             model's log density in unconstrained space. ``"base"``: the blocks come
             first, in the flow's base space, and target the model's density pulled
@@ -135,7 +136,7 @@ class AutoSNFGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
     """The flow guide :meth:`warm_start` fits first, unless its options say otherwise."""
 
     FLOW_OPTIONS: tuple[str, ...] = (
-        "num_layers", "hidden", "kind", "init_loc_fn", "init_scale", "init_gaussian",
+        "num_layers", "hidden", "kind", "init_loc_fn", "init_scale", "init_gaussian", "dtype",
     )
     """The options of :meth:`warm_start` that go to its flow guide (the rest to the SNF)."""
 
@@ -152,6 +153,7 @@ class AutoSNFGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
         init_scale: float = 0.1,
         placement: str = "data",
         init_gaussian: tuple[Tensor, Tensor] | None = None,
+        dtype: torch.dtype | str | None = None,
     ) -> None:
         owner = type(self).__name__
         self._set_stack(model, layers, num_layers, hidden, kind, init_scale)
@@ -161,7 +163,7 @@ class AutoSNFGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
         self._placement = placement
         self._block_spec = blocks
         super().__init__(model, init_loc_fn=init_loc_fn)
-        self._init_relaxed(model, init_gaussian)
+        self._init_relaxed(model, init_gaussian, dtype)
 
     def target_log_density(self, z: Tensor) -> Tensor:
         """The blocks' target: ``log_joint_unconstrained`` with the last model arguments."""
@@ -262,13 +264,11 @@ class AutoSNFGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
             blocks = annealed
         args, kwargs = guide.model_args
         # The layers are given, so the initial point only seeds the prototype trace.
-        new = cls(guide.raw_model, list(guide.flow.layers), blocks=blocks,
-                  **{"placement": "base", **options})
         # built in the flow guide's dtype: the layers are shared, so building in another
-        # default dtype would convert the flow guide's own layers (a float64 fit, then
-        # from_flow_guide under float32, left the flow guide half float32)
-        with default_dtype(dtype):
-            new.setup(*args, **kwargs)
+        # dtype would convert the flow guide's own layers
+        new = cls(guide.raw_model, list(guide.flow.layers), blocks=blocks,
+                  **{"placement": "base", **options, "dtype": dtype})
+        new.setup(*args, **kwargs)
         if tune_rounds:
             new.tune_step_sizes(rounds=tune_rounds, batch_size=tune_batch)
         return new
@@ -321,6 +321,7 @@ class AutoSNFGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
             flow()
         rest = {k: v for k, v in options.items() if k not in cls.FLOW_OPTIONS}
         blocks = rest.pop("blocks", cls.DEFAULT_BLOCKS)
+        rest.pop("dtype", None)  # the SNF takes the trained flow's dtype
         if "init_loc_fn" in flow_options:
             rest["init_loc_fn"] = flow_options["init_loc_fn"]
         return cls.from_flow_guide(flow, blocks, tune_rounds=0, **rest)

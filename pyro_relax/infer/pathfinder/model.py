@@ -1,11 +1,10 @@
 """Pathfinder for a zero-argument Pyro model, in its unconstrained space.
 
-The log density is :meth:`~pyro_relax.infer.guides.potential.PotentialMixin.log_joint_unconstrained`
-of a tiny ``AutoContinuous`` that only holds the model's layout (site names,
-shapes and ``biject_to`` transforms). It is vectorized over rows and falls
-back to a loop, with a warning, for a model that cannot take a particle
-plate. Every call of the model runs with float64 as the default dtype (restored
-afterwards), so data the model makes with the default dtype are float64 too.
+The log density is the model's :class:`~pyro_relax.infer.model.Potential`
+(vectorized over rows: a particle plate, else ``torch.func.vmap``, else a
+loop, said once in a warning). Torch's default dtype is never changed: the
+latents are passed in ``dtype`` (see :mod:`pyro_relax.infer.model` for a
+model whose float32 tensors refuse them).
 """
 
 from __future__ import annotations
@@ -16,29 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from pyro.infer.autoguide import AutoContinuous
-from pyro.infer.autoguide.initialization import init_to_median
 from torch import Tensor
 
 from pyro_relax.core.checks import check_int
-from pyro_relax.infer.guides.base import RelaxedGuideMixin, check_model, default_dtype
+from pyro_relax.infer.model import Potential
 from pyro_relax.infer.pathfinder.api import PathfinderResult, pathfinder
 
 _NAME = "pathfinder_for_model"
-
-
-class _ModelLayout(RelaxedGuideMixin, AutoContinuous):
-    """The model's unconstrained layout and log density (never used as a guide)."""
-
-    def __init__(self, model: Callable[[], Any]) -> None:
-        super().__init__(model, init_loc_fn=init_to_median)
-        self._init_relaxed(model)
-
-    def _build(self, init_loc: Tensor) -> None:
-        self._median_init = init_loc.detach()
-
-    def _draw(self, sample_shape: torch.Size) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError("this layout object only evaluates the model's density")
 
 
 def pathfinder_for_model(
@@ -60,13 +43,14 @@ def pathfinder_for_model(
     any unconstrained draws ``(n, d)`` (e.g. from ``result.draw(n)``) the same way.
 
     Arguments:
-        model: a Pyro model taking no arguments, with continuous latent sites.
+        model: a Pyro model taking no arguments, with continuous latent sites, or its
+            :class:`~pyro_relax.infer.model.Potential`.
         num_paths: the number of paths (``>= 1``).
         num_draws: the number of draws (see :func:`pathfinder`).
         init: an unconstrained initial point ``(d,)`` or one per path ``(num_paths, d)``.
         init_radius: the jitter of a ``(d,)`` init.
-        dtype: the default dtype while the model runs (float64; the computation
-            itself is always float64).
+        dtype: the dtype of the latents passed to the model (float64; the
+            computation itself is always float64).
         device: where the unconstrained draws live (``None``: the default device);
             the model must make its tensors there.
         **kwargs: further options of :func:`pathfinder` (``max_iters``, ``hessian``,
@@ -90,25 +74,23 @@ def pathfinder_for_model(
         >>> fit.samples["s"].shape, bool((fit.samples["s"] > 0).all())
         (torch.Size([100]), True)
     """
-    check_model(model, _NAME)
+    if not callable(model) and not isinstance(model, Potential):
+        raise TypeError(f"{_NAME}: expected a callable Pyro model, got {type(model).__name__}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"{_NAME}: expected a floating torch.dtype, got {dtype!r}")
     num_paths = check_int(num_paths, "num_paths", _NAME, 1)
     dev = torch.get_default_device() if device is None else torch.device(device)
-    layout = _ModelLayout(model)
-    with default_dtype(dtype):
-        layout.setup()
-    d = int(layout.latent_dim)
+    potential = model if isinstance(model, Potential) else Potential(model, dtype=dtype)
+    d = potential.latent_dim
     if d < 1:
         raise ValueError(f"{_NAME}: expected a model with continuous latent sites, got none")
 
     def log_p(z: Tensor) -> Tensor:
-        with default_dtype(dtype):
-            return layout.log_joint(z.to(device=dev, dtype=dtype)).to(torch.float64)
+        return potential.log_density(z.to(device=dev, dtype=dtype)).to(torch.float64)
 
     def constrain(z: Tensor) -> dict[str, Tensor]:
-        with default_dtype(dtype), torch.no_grad():
-            return layout.unconstrained_to_samples(z.to(device=dev, dtype=dtype))
+        with torch.no_grad():
+            return potential.constrain(z.to(device=dev, dtype=dtype))
 
     # Two rows, so that a model that cannot take a particle plate is found (and looped
     # over, with a warning) before the paths' one-row gradient calls.

@@ -10,9 +10,11 @@ __all__ = [
     "FitOptions",
     "FitResult",
     "McmcResult",
+    "own_param_store",
     "PathfinderGuide",
     "guide_draws",
     "pathfinder_log_p",
+    "potential_of",
     "run_pathfinder",
     "to_dtype",
     "with_annealing",
@@ -20,18 +22,19 @@ __all__ = [
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import pyro
 import torch
 from pyro.infer import MCMC
-from pyro.infer.autoguide import AutoDiagonalNormal
 from torch import Tensor
 
 from pyro_relax.infer.guides import AutoFlowGuide, AutoSNFGuide
-from pyro_relax.infer.guides.base import check_num_samples, default_dtype
-from pyro_relax.infer.guides.potential import ModelPotential
+from pyro_relax.infer.guides.base import RelaxedGuideMixin, check_num_samples
+from pyro_relax.infer.model import Potential
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,10 @@ class PathfinderGuide:
 def run_pathfinder(
     model: Callable[[], Any], seed: int, dtype: torch.dtype, **kwargs: Any  # noqa: ANN401
 ) -> Any:  # noqa: ANN401 - a PathfinderResult
-    """Multi-path Pathfinder on the model (4 paths), seeded; raises if no path starts finite."""
+    """Multi-path Pathfinder on the model or its Potential (4 paths), seeded.
+
+    Raises ``ValueError`` if no path starts at a finite point.
+    """
     from pyro_relax.infer.pathfinder import pathfinder_for_model
 
     device = torch.get_default_device()
@@ -127,16 +133,34 @@ def run_pathfinder(
 
 def pathfinder_log_p(model: Callable[[], Any], dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
     """The model's unconstrained log density, laid out as Pathfinder's (and our guides') latent."""
-    with default_dtype(dtype):
-        layout = AutoDiagonalNormal(model)
-        layout()
-        potential = ModelPotential(layout, model)
+    return Potential(model, dtype=dtype).log_density
 
-    def log_p(z: Tensor) -> Tensor:
-        with default_dtype(dtype):
-            return potential.log_joint_rows(z.to(dtype))
 
-    return log_p
+@contextmanager
+def own_param_store() -> Iterator[None]:
+    """Run a fit in a parameter store of its own: the user's ``pyro.param`` values are untouched.
+
+    The fitted guides keep their parameters as module attributes, so they work
+    after the block too.
+
+    Example:
+        >>> _ = pyro.param("mine", torch.tensor(1.0))
+        >>> with own_param_store():
+        ...     _ = pyro.param("theirs", torch.tensor(2.0))
+        >>> "mine" in pyro.get_param_store(), "theirs" in pyro.get_param_store()
+        (True, False)
+    """
+    with pyro.get_param_store().scope():
+        yield
+
+
+def potential_of(guide: Any, model: Callable[..., Any], args: tuple = ()) -> Potential:  # noqa: ANN401
+    """The potential of a set-up guide: its own (ours), else one built in its parameters' dtype."""
+    if isinstance(guide, RelaxedGuideMixin):
+        return guide.potential.bind(tuple(args), {}) if args else guide.potential
+    params = [p for p in guide.parameters() if p.is_floating_point()]
+    dtype = params[0].dtype if params else torch.get_default_dtype()
+    return Potential(model, tuple(args), dtype=dtype)
 
 
 def with_annealing(fit: FitResult, levels: int, owner: str) -> FitResult:
@@ -151,8 +175,7 @@ def with_annealing(fit: FitResult, levels: int, owner: str) -> FitResult:
     if not isinstance(fit.guide, AutoFlowGuide):
         raise ValueError(f"{owner} needs a flow guide, got {fit.name!r}")
     start = time.perf_counter()
-    with default_dtype(fit.dtype):
-        ais = AutoSNFGuide.from_flow_guide(fit.guide, levels=levels)
+    ais = AutoSNFGuide.from_flow_guide(fit.guide, levels=levels)
     seconds = time.perf_counter() - start
     stages = fit.stages + [{"stage": f"ais ({levels} levels)", "seconds": seconds}]
     return FitResult(ais, fit.elbo, fit.seconds + seconds, "flow-ais", stages, fit.dtype,
@@ -187,15 +210,14 @@ def guide_draws(
     n = check_num_samples(num_samples, "guide_draws")
     out_dtype = torch.get_default_dtype()
     guide = fit.guide
-    with default_dtype(fit.dtype):
-        if hasattr(guide, "importance_weights"):
-            samples, log_w = guide.importance_weights(n, *model_args)
-        else:
-            post = guide.get_posterior()
-            z = post.sample(torch.Size([n]))
-            potential = ModelPotential(guide, model, tuple(model_args))
-            log_w = potential.log_joint_rows(z) - post.log_prob(z)
-            samples = potential.unconstrained_to_samples(z)
+    if hasattr(guide, "importance_weights"):
+        samples, log_w = guide.importance_weights(n, *model_args)
+    else:
+        post = guide.get_posterior()
+        z = post.sample(torch.Size([n]))
+        potential = potential_of(guide, model, tuple(model_args))
+        log_w = potential.log_density(z) - post.log_prob(z).to(potential.dtype)
+        samples = potential.constrain(z)
     return to_dtype(samples, out_dtype), log_w.to(torch.float64)
 
 

@@ -11,20 +11,18 @@ __all__ = ["KERNELS", "KernelMethod", "pathfinder_preconditioner", "run_mcmc"]
 
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import pyro
 import torch
 from pyro.infer import MCMC, NUTS
-from pyro.infer.autoguide import AutoDiagonalNormal
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from torch import Tensor
 
 from pyro_relax.core.checks import check_int
-from pyro_relax.infer.guides.base import default_dtype
-from pyro_relax.infer.guides.layout import check_continuous_model, unpack_latent
+from pyro_relax.infer.guides.layout import check_continuous_model
+from pyro_relax.infer.model import Potential
 from pyro_relax.infer.runner.common import (
     FitOptions,
     FitResult,
@@ -70,13 +68,12 @@ def pathfinder_preconditioner(
         >>> round(float(loc["x"]), 2), round(float(var["x"]), 1)
         (1.0, 4.0)
     """
-    pf = run_pathfinder(model, seed, torch.float64)
-    layout = AutoDiagonalNormal(model)
-    layout()
-    dtype = torch.get_default_dtype()
+    potential = Potential(model)
+    pf = run_pathfinder(potential, seed, torch.float64)
+    dtypes = {s.name: s.dtype for s in potential.sites}  # the chain runs in the model's dtypes
     var = pf.scale_tril.square().sum(-1)
-    loc = {k: u.detach() for k, u in unpack_latent(layout, pf.loc.to(dtype)).items()}
-    scale = {k: u.detach() for k, u in unpack_latent(layout, var.to(dtype)).items()}
+    loc = {k: u.detach().to(dtypes[k]) for k, u in potential.unpack(pf.loc).items()}
+    scale = {k: u.detach().to(dtypes[k]) for k, u in potential.unpack(var).items()}
     return loc, scale
 
 
@@ -176,19 +173,18 @@ def run_mcmc(
             fit = with_annealing(fit, 10, f"run_mcmc: {kernel}")
         extra["guide_final_elbo"] = fit.elbo[-1]
         extra["guide_seconds"] = fit.seconds
-    # a guide-based kernel runs in the guide's dtype (float64 by default), so the model's
-    # tensors, the chain and the guide agree; the draws come back in the caller's dtype
+    # torch's default dtype is left alone: the chain runs in the model's own dtypes (a
+    # guide-based kernel's proposals in the guide's); the draws come back in the caller's dtype
     out_dtype = torch.get_default_dtype()
-    with default_dtype(fit.dtype) if fit is not None else nullcontext():
-        pyro.set_rng_seed(seed)
-        k, back = method.build(model, fit, seed)
-        mcmc = MCMC(k, num_samples=num_samples, warmup_steps=warmup_steps,
-                    num_chains=num_chains, disable_progbar=not progress)
-        mcmc.run()
-        samples = mcmc.get_samples(group_by_chain=True)
-        if back is not None:
-            flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
-            samples = {k: v.reshape((num_chains, num_samples) + v.shape[1:])
-                       for k, v in back(flat).items()}
+    pyro.set_rng_seed(seed)
+    k, back = method.build(model, fit, seed)
+    mcmc = MCMC(k, num_samples=num_samples, warmup_steps=warmup_steps,
+                num_chains=num_chains, disable_progbar=not progress)
+    mcmc.run()
+    samples = mcmc.get_samples(group_by_chain=True)
+    if back is not None:
+        flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
+        samples = {k: v.reshape((num_chains, num_samples) + v.shape[1:])
+                   for k, v in back(flat).items()}
     samples = {k: v for k, v in to_dtype(samples, out_dtype).items() if k in sites}
     return McmcResult(samples, time.perf_counter() - start, kernel, extra, mcmc)

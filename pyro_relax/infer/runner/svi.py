@@ -20,7 +20,6 @@ __all__ = [
     "whitening_start",
 ]
 
-import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -33,11 +32,12 @@ from pyro.infer.autoguide.initialization import init_to_feasible
 
 from pyro_relax.infer.fitting import LoopStats, fit_particles
 from pyro_relax.infer.guides import AutoDiffusionGuide, AutoFlowGuide, AutoSNFGuide
-from pyro_relax.infer.guides.base import default_dtype
+from pyro_relax.infer.guides.base import RelaxedGuideMixin
 from pyro_relax.infer.runner.common import (
     FitOptions,
     FitResult,
     PathfinderGuide,
+    own_param_store,
     pathfinder_log_p,
     run_pathfinder,
     with_annealing,
@@ -54,6 +54,13 @@ GuideFactory = Callable[..., AutoContinuous]
 # on centered eight schools against 0.20-0.24 for affine couplings.
 # With init_gaussian (Pathfinder's) the stack ends in a whitening layer instead.
 _START: dict[str, Any] = {"init_loc_fn": init_to_feasible, "init_scale": 1.0}
+
+
+def _with_dtype(make: GuideFactory, kwargs: dict[str, Any], dtype: torch.dtype) -> dict:
+    """``kwargs`` with the fit's ``dtype`` for our guides (Pyro's are converted after set-up)."""
+    ours = make in (make_flow_guide, make_snf_guide, make_diffusion_guide) or (
+        isinstance(make, type) and issubclass(make, RelaxedGuideMixin))
+    return {"dtype": dtype, **kwargs} if ours else kwargs
 
 
 def make_flow_guide(model: Callable[..., Any], **options: Any) -> AutoFlowGuide:  # noqa: ANN401
@@ -98,15 +105,13 @@ def whitening_start(
     return [stage], pf
 
 
-def _in_fit_dtype(fit: Callable[..., FitResult]) -> Callable[..., FitResult]:
-    """Run a fit with ``opts.dtype`` as torch's default dtype."""
-
-    @functools.wraps(fit)
-    def run(model: Callable[[], Any], opts: FitOptions, **kwargs: Any) -> FitResult:  # noqa: ANN401
-        with default_dtype(opts.dtype):
-            return fit(model, opts, **kwargs)
-
-    return run
+def _in_dtype(guide: AutoContinuous, dtype: torch.dtype) -> AutoContinuous:
+    """Set up a guide and give it ``dtype`` (ours take it as an option; Pyro's are converted)."""
+    if getattr(guide, "prototype_trace", None) is None:
+        guide()
+    if not isinstance(guide, RelaxedGuideMixin):
+        guide.to(dtype)
+    return guide
 
 
 def _svi(
@@ -128,7 +133,6 @@ def _stage(name: str, stats: LoopStats) -> dict[str, Any]:
             "notes": stats.notes}
 
 
-@_in_fit_dtype
 def fit_svi(
     model: Callable[[], Any], opts: FitOptions, *, name: str, make: GuideFactory,
     whitened: bool = False,
@@ -139,16 +143,15 @@ def fit_svi(
     """
     kwargs = dict(opts.guide_kwargs)
     stages, pf = whitening_start(model, opts, kwargs) if whitened else ([], None)
-    pyro.clear_param_store()
     pyro.set_rng_seed(opts.seed)
-    guide = make(model, **kwargs)
-    stats = _svi(guide, model, opts.steps, opts, name)
+    with own_param_store():
+        guide = _in_dtype(make(model, **_with_dtype(make, kwargs, opts.dtype)), opts.dtype)
+        stats = _svi(guide, model, opts.steps, opts, name)
     stages.append(_stage(name, stats))
     spent = sum(st["seconds"] for st in stages)
     return FitResult(guide, stats.elbo, spent, name, stages, opts.dtype, pf)
 
 
-@_in_fit_dtype
 def fit_pathfinder(model: Callable[[], Any], opts: FitOptions) -> FitResult:
     """Pathfinder alone: its best Gaussian, importance weighted (:class:`PathfinderGuide`)."""
     stages, pf = whitening_start(model, opts.but(init="pathfinder"), {})
@@ -156,7 +159,6 @@ def fit_pathfinder(model: Callable[[], Any], opts: FitOptions) -> FitResult:
     return FitResult(guide, [pf.elbo], pf.wall_time, "pathfinder", stages, opts.dtype, pf)
 
 
-@_in_fit_dtype
 def fit_flow_ais(model: Callable[[], Any], opts: FitOptions) -> FitResult:
     """The ``flow`` fit followed by ``opts.ais_levels`` annealed HMC levels in its base space."""
     fit = fit_svi(model, opts, name="flow-ais", make=make_flow_guide, whitened=True)
@@ -164,7 +166,6 @@ def fit_flow_ais(model: Callable[[], Any], opts: FitOptions) -> FitResult:
     return with_annealing(fit, opts.ais_levels, "fit_guide: flow-ais")
 
 
-@_in_fit_dtype
 def fit_snf(model: Callable[[], Any], opts: FitOptions) -> FitResult:
     """The ``snf`` fit: warm-started (:meth:`~pyro_relax.infer.guides.AutoSNFGuide.warm_start`).
 
@@ -180,14 +181,14 @@ def fit_snf(model: Callable[[], Any], opts: FitOptions) -> FitResult:
 
     def train_flow(flow: AutoFlowGuide) -> None:
         warm.append(_svi(flow, model, flow_steps, opts, "flow"))
-        pyro.clear_param_store()  # the SNF starts as a fresh fit would
         pyro.set_rng_seed(opts.seed)
 
-    pyro.clear_param_store()
     pyro.set_rng_seed(opts.seed)
-    guide = AutoSNFGuide.warm_start(model, train_flow, **{**_START, **kwargs})
-    stages.append({**_stage("flow", warm[0]), "stage": "warm start: svi (flow)"})
-    stats = _svi(guide, model, opts.steps - flow_steps, opts, "snf")
+    with own_param_store():
+        guide = AutoSNFGuide.warm_start(model, train_flow,
+                                        **{**_START, "dtype": opts.dtype, **kwargs})
+        stages.append({**_stage("flow", warm[0]), "stage": "warm start: svi (flow)"})
+        stats = _svi(guide, model, opts.steps - flow_steps, opts, "snf")
     stages.append(_stage("snf", stats))
     spent = sum(st["seconds"] for st in stages)
     return FitResult(guide, warm[0].elbo + stats.elbo, spent, "snf", stages, opts.dtype, pf)
@@ -199,7 +200,7 @@ def fit_fab(model: Callable[[], Any], opts: FitOptions) -> FitResult:
 
     g, st = fit_fab_guide(model, opts.steps, seed=opts.seed, progress=opts.progress,
                           dtype=opts.dtype, **opts.guide_kwargs)
-    with default_dtype(opts.dtype), torch.no_grad():
+    with torch.no_grad():
         _, log_w = g.importance_weights(256)
     finite = log_w[torch.isfinite(log_w)]
     elbo = [float(finite.mean())] if finite.numel() else [-math.inf]
