@@ -12,7 +12,7 @@ from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal
 from pyro_relax.cli import _parser
 from pyro_relax.infer.guides import AutoFlowGuide, AutoSNFGuide
 from pyro_relax.infer.guides.layout import latent_shapes, unpack_latent
-from pyro_relax.infer.guides.potential import ModelPotential
+from pyro_relax.infer.model import Potential
 from pyro_relax.infer.runner import (
     GUIDES,
     KERNELS,
@@ -98,15 +98,20 @@ def test_unpack_latent_matches_pyro_and_our_guides():
     pyro.clear_param_store()
 
 
-def test_model_potential_lays_out_like_the_guide():
+def test_potential_lays_out_like_pyros_guide():
     pyro.clear_param_store()
     guide = AutoDiagonalNormal(model)
     guide()
-    potential = ModelPotential(guide, model)
+    potential = Potential(model, dtype=torch.float32)
     z = torch.randn(4, guide.latent_dim)
+    expected = {site["name"]: u for site, u in guide._unpack_latent(z)}
+    got = potential.unpack(z)
+    assert list(got) == list(expected)
+    for k, v in expected.items():
+        assert torch.equal(got[k].reshape(v.shape), v)
     flow = AutoFlowGuide(model, num_layers=1, hidden=8)
     flow()
-    torch.testing.assert_close(potential.log_joint_rows(z), flow.log_joint(z))
+    torch.testing.assert_close(potential.log_density(z), flow.log_joint(z))
     torch.testing.assert_close(flow.log_joint(z), flow.log_joint_unconstrained(z))
     assert flow.raw_model is model and flow.model_args == ((), {})
     # a non-finite proposal is a value, not an error, for log_joint

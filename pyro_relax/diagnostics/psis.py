@@ -17,6 +17,8 @@ import numpy as np
 from pyro_relax.diagnostics._compat import Numbers, as_numpy, psis_smooth
 
 __all__ = [
+    "KHAT_GOOD",
+    "KHAT_RELIABLE",
     "MIN_IS_DRAWS",
     "MIN_PSIS_DRAWS",
     "check_log_weights",
@@ -136,6 +138,12 @@ def psis_khat(log_weights: Numbers) -> tuple[np.ndarray, float | np.ndarray]:
     return out.reshape(lw.shape), _scalar_or_array(khat.reshape(lw.shape[1:]))
 
 
+KHAT_GOOD = 0.5
+"""Below this k-hat the importance weights have finite variance (Yao et al. 2018)."""
+KHAT_RELIABLE = 0.7
+"""At or above this k-hat PSIS estimates may be far off; below it they converge."""
+
+
 def khat_verdict(k: float) -> str:
     """Classify a Pareto k-hat by the thresholds of Yao et al. (2018).
 
@@ -163,9 +171,9 @@ def khat_verdict(k: float) -> str:
     k = float(arr)
     if np.isnan(k):
         raise ValueError("khat_verdict: expected a k-hat value, got NaN")
-    if k < 0.5:
+    if k < KHAT_GOOD:
         return "good"
-    if k < 0.7:
+    if k < KHAT_RELIABLE:
         return "acceptable"
     return "unreliable"
 

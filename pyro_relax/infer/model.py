@@ -30,7 +30,6 @@ from __future__ import annotations
 
 __all__ = ["LatentSite", "Potential", "is_dtype_mismatch"]  # the first and last from sites.py
 
-import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -197,7 +196,8 @@ class Potential:
             return self
         if not isinstance(args, tuple):
             raise TypeError(f"Potential.bind: expected args as a tuple, got {type(args).__name__}")
-        other = copy.copy(self)
+        other = object.__new__(Potential)  # not copy.copy: __getstate__ drops the model
+        other.__dict__.update(self.__dict__)
         other.args, other.kwargs = args, dict(kwargs or {})
         return other
 

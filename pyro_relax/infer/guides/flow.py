@@ -13,7 +13,14 @@ auxiliary-variable bound.
 
 from __future__ import annotations
 
-__all__ = ["AutoFlowGuide", "FlowStackMixin", "LocScaleTransform", "build_flow_layers", "make_flow"]
+__all__ = [
+    "IAF_MAX_DIM",
+    "AutoFlowGuide",
+    "FlowStackMixin",
+    "LocScaleTransform",
+    "build_flow_layers",
+    "make_flow",
+]
 
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,7 +49,11 @@ from pyro_relax.infer.guides.whitening import (
     identity_splines,
     start_as_identity,
 )
+from pyro_relax.infer.memory import check_allocation
 from pyro_relax.transforms.stacks import coupling_stack
+
+IAF_MAX_DIM = 256
+"""The largest latent size given IAF layers (their conditioners need ``d^2`` parameters)."""
 
 LayerSpec = (
     Sequence[RelaxedLayer | Transform] | Callable[[int], Sequence[RelaxedLayer | Transform]] | None
@@ -101,9 +112,11 @@ def build_flow_layers(
 ) -> list[RelaxedLayer]:
     """The stack of a flow guide: the given layers, or the default one (as relaxed layers).
 
-    The default is ``coupling_stack(latent_dim, num_layers, hidden, kind)`` (an
-    IAF stack for ``kind="iaf"``; elementwise splines starting as the identity
-    for ``latent_dim == 1``) followed by a :class:`LocScaleTransform` starting
+    The default is ``coupling_stack(latent_dim, num_layers, hidden, kind)`` (for
+    ``kind="iaf"`` an IAF stack of width ``max(hidden, latent_dim)`` up to
+    :data:`IAF_MAX_DIM` dimensions and affine couplings of width ``hidden`` above,
+    whose cost is linear in ``latent_dim``; elementwise splines starting as the
+    identity for ``latent_dim == 1``) followed by a :class:`LocScaleTransform` starting
     at ``(init_loc, init_scale)``, or, given ``init_scale_tril``, by a whitening
     :class:`~pyro_relax.infer.guides.whitening.CholeskyAffineTransform` starting
     at ``(init_loc, init_scale_tril)``.
@@ -128,17 +141,22 @@ def build_flow_layers(
     if layers is None:
         if latent_dim == 1:
             stack = list(identity_splines(num_layers))
-        elif kind == "iaf":
+        elif kind == "iaf" and latent_dim <= IAF_MAX_DIM:
+            # an autoregressive conditioner needs a width of at least d (d^2 parameters)
+            width = max(hidden, latent_dim)
+            check_allocation(8.0 * num_layers * (3 * latent_dim + width) * width,
+                             f"an IAF stack of width {width}", "build_flow_layers")
             stack: list[Any] = []
             for i in range(num_layers):
-                stack.append(T.affine_autoregressive(latent_dim, hidden_dims=[hidden, hidden]))
+                stack.append(T.affine_autoregressive(latent_dim, hidden_dims=[width, width]))
                 if i < num_layers - 1:
                     stack.append(T.Permute(torch.arange(latent_dim - 1, -1, -1)))
-        else:
-            stack = coupling_stack(
-                latent_dim, num_layers, hidden, "spline" if kind == "iaf" else kind
-            )
+        else:  # couplings: parameters and time linear in d at a fixed width
+            stack = coupling_stack(latent_dim, num_layers, hidden,
+                                   "affine" if kind == "iaf" else kind)
         if init_scale_tril is not None:
+            check_allocation(8.0 * 3 * latent_dim**2, f"a {latent_dim} x {latent_dim} whitening "
+                             "factor with its gradients", "build_flow_layers")
             # zero-initialized conditioners: the guide starts at the whitening Gaussian
             start_as_identity(stack)
             stack.append(CholeskyAffineTransform(init_loc, init_scale_tril))

@@ -77,7 +77,7 @@ class PotentialMixin:
         :attr:`model_args`.
         """
         self._ensure_setup(args, kwargs)
-        return self._log_joint(z, *self._args(args, kwargs))
+        return self._log_joint(z, *self._args(args, kwargs)).to(z.dtype)
 
     def _ensure_setup(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self.prototype_trace is None:
@@ -97,13 +97,14 @@ class PotentialMixin:
             **kwargs: the model's keyword arguments (same default).
 
         Returns:
-            A tensor of shape ``batch_shape``.
+            A tensor of shape ``batch_shape``, in ``z``'s dtype (computed in the
+            potential's, float64 by default).
         """
         name = f"{type(self).__name__}.log_joint_unconstrained"
         self._ensure_setup(args, kwargs)
         check_event_shape(z, (self.latent_dim,), name)
         check_finite(z, name)
-        return self._log_joint(z, *self._args(args, kwargs))
+        return self._log_joint(z, *self._args(args, kwargs)).to(z.dtype)
 
     @property
     def vectorization(self) -> str | None:

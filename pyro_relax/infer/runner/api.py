@@ -20,6 +20,7 @@ from pyro.infer.autoguide import (
 from pyro_relax.core.checks import check_int, check_positive
 from pyro_relax.infer.guides.base import check_dtype
 from pyro_relax.infer.guides.layout import check_continuous_model
+from pyro_relax.infer.model import Potential
 from pyro_relax.infer.runner.auto import fit_auto
 from pyro_relax.infer.runner.common import FitOptions, FitResult
 from pyro_relax.infer.runner.svi import (
@@ -132,10 +133,12 @@ def fit_guide(
 ) -> FitResult:
     """Fit a guide to a zero-argument model with the robust particle ELBO.
 
-    The fit runs with ``dtype`` (float64 by default) as torch's default dtype,
-    so the guide's parameters, the model's data made inside it and the
-    potential are all float64: a model whose recursion overflows float32 in
-    the prior's tails fits. Each step draws ``num_particles`` particles,
+    The guide's parameters, the latents and the log-density sums are in
+    ``dtype`` (float64 by default); torch's default dtype and the user's
+    parameter store are left alone. A model whose float32 tensors refuse
+    float64 latents (``X @ beta``) is evaluated with each latent in its own
+    site's dtype (:mod:`pyro_relax.infer.model`). A model with a ``pyro.param``
+    is refused (the fit would hold it at its start value). Each step draws ``num_particles`` particles,
     evaluated in one batched pass (a particle plate, else ``torch.func.vmap``,
     else 2 particles in a loop); non-finite particles are dropped and counted,
     non-finite steps skipped with the learning rate halved
@@ -202,4 +205,5 @@ def fit_guide(
     if init not in ("pathfinder", "feasible"):
         raise ValueError(f"{owner}: expected init 'pathfinder' or 'feasible', got {init!r}")
     check_continuous_model(model)
+    Potential(model).check_inferable(owner)
     return GUIDES[guide].fit(model, opts)

@@ -33,7 +33,8 @@ import torch
 from torch import Tensor
 
 from pyro_relax.core.checks import check_int, check_positive
-from pyro_relax.diagnostics.psis import khat_verdict, psis_khat
+from pyro_relax.diagnostics.psis import KHAT_GOOD, KHAT_RELIABLE
+from pyro_relax.infer.draws import MIN_DRAWS_PER_DIM, Verdict, WeightedDraws, verdict
 from pyro_relax.infer.guides.base import check_dtype, check_num_samples
 from pyro_relax.infer.guides.layout import check_continuous_model
 from pyro_relax.infer.runner.common import FitOptions, FitResult, guide_draws, with_annealing
@@ -71,12 +72,12 @@ class DrawsGuide:
         return out, torch.zeros(n, dtype=torch.float64, device=like.device)
 
 
-def _khat(fit: FitResult, model: Callable[[], Any], n: int) -> float:
-    _, log_w = guide_draws(fit, model, n)
-    if not bool(torch.isfinite(log_w).any()):
-        return math.inf
-    _, khat = psis_khat(log_w)
-    return float(khat)
+def _check(fit: FitResult, model: Callable[[], Any], n: int, source: str) -> Verdict:
+    """The verdict on ``n`` draws of a stage's answer (the same rule the CLI applies)."""
+    samples, log_w = guide_draws(fit, model, n)
+    dim = fit.guide.latent_dim if hasattr(fit.guide, "latent_dim") else 0
+    return verdict(WeightedDraws(samples, log_w, source, latent_dim=int(dim),
+                                 converged=fit.converged))
 
 
 def fit_auto(
@@ -122,7 +123,7 @@ def fit_auto(
         >>> import pyro, pyro.distributions as dist
         >>> def model():
         ...     pyro.sample("x", dist.Normal(0.0, 1.0))
-        >>> fit = fit_auto(model, progress=False, max_steps=300, num_check=200)
+        >>> fit = fit_auto(model, progress=False, max_steps=1000, num_check=200)
         >>> fit.extra["method"], fit.extra["verdict"]
         ('flow', 'good')
     """
@@ -136,12 +137,15 @@ def fit_auto(
                       progress=progress, dtype=check_dtype(dtype, "fit_auto"),
                       until_converged=True)
     fit = fit_svi(model, opts, name="flow", make=make_flow_guide, whitened=True)
+    # enough draws for a k-hat in this dimension (see pyro_relax.infer.draws)
+    num_check = max(num_check, MIN_DRAWS_PER_DIM * fit.guide.latent_dim)
     start = time.perf_counter()
-    khat = _khat(fit, model, num_check)
+    check = _check(fit, model, num_check, "flow")
+    khat = math.inf if math.isnan(check.khat) else check.khat
     fit.stages[-1]["khat"] = khat
     fit.stages[-1]["seconds"] += time.perf_counter() - start
     method, best = "flow", fit
-    if khat > 0.7:
+    if khat >= KHAT_RELIABLE:
         levels = 10
         # the first annealing stage always runs; doubling goes on while the budget lasts,
         # and a stage is not started when its estimated time (twice the last) would overrun
@@ -152,17 +156,18 @@ def fit_auto(
             torch.manual_seed(seed)
             start = time.perf_counter()
             ais = with_annealing(fit, levels, "fit_auto")
-            k = _khat(ais, model, num_check)
+            ais_check = _check(ais, model, num_check, f"flow-ais ({levels} levels)")
+            k = math.inf if math.isnan(ais_check.khat) else ais_check.khat
             ais.stages[-1]["khat"] = k
             ais.stages[-1]["seconds"] = last = time.perf_counter() - start
             fit.stages.append(ais.stages[-1])
             if k < khat:
-                khat, method, best = k, f"flow-ais ({levels} levels)", ais
-            if k < 0.5:
+                khat, method, best, check = k, f"flow-ais ({levels} levels)", ais, ais_check
+            if k < KHAT_GOOD:
                 break
             levels *= 2
     extra: dict[str, Any] = {}
-    if khat > 0.7:
+    if khat >= KHAT_RELIABLE:
         start = time.perf_counter()
         res = run_mcmc(model, "neutra", num_samples=num_check, warmup_steps=num_check // 2,
                        seed=seed, progress=progress, guide=fit)
@@ -173,15 +178,12 @@ def fit_auto(
         extra["neutra_flow_khat"] = khat
     seconds = time.perf_counter() - t0
     if method == "neutra":
-        verdict = "mcmc"
+        label = "mcmc"
         advice = ("the flow's importance weights stayed heavy-tailed (k-hat "
                   f"{extra['neutra_flow_khat']:.2f}); these are NeuTra NUTS draws: check their "
                   "ESS and run more chains (pyro-relax mcmc --kernel neutra --chains 4)")
     else:
-        verdict = khat_verdict(khat)
-        advice = "" if khat <= 0.7 else (
-            "k-hat above 0.7 after every stage: raise --budget, or run "
-            "pyro-relax mcmc --kernel nuts")
-    extra.update({"method": method, "khat": khat, "verdict": verdict, "advice": advice})
+        label, advice = check.label, check.advice
+    extra.update({"method": method, "khat": khat, "verdict": label, "advice": advice})
     return FitResult(best.guide, fit.elbo, seconds, "auto", fit.stages, fit.dtype,
                      fit.pathfinder, extra)

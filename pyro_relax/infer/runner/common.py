@@ -32,6 +32,7 @@ import torch
 from pyro.infer import MCMC
 from torch import Tensor
 
+from pyro_relax.infer.draws import elbo_stalled
 from pyro_relax.infer.guides import AutoFlowGuide, AutoSNFGuide
 from pyro_relax.infer.guides.base import RelaxedGuideMixin, check_num_samples
 from pyro_relax.infer.model import Potential
@@ -79,6 +80,21 @@ class FitResult:
     dtype: torch.dtype = torch.float64
     pathfinder: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def converged(self) -> bool:
+        """Whether the fit converged: its convergence stop said so, else its ELBO had stalled.
+
+        A stage that stopped on ``until_converged`` records ``converged``; a fit of
+        a fixed number of steps is judged by :func:`~pyro_relax.infer.draws.elbo_stalled`.
+        Pathfinder alone counts as converged (its L-BFGS paths stop on their own).
+        """
+        flags = [st["converged"] for st in self.stages if st.get("converged") is not None]
+        if flags:
+            return all(flags)
+        if self.name == "pathfinder" or len(self.elbo) <= 1:
+            return True
+        return elbo_stalled(self.elbo)
 
 
 @dataclass
