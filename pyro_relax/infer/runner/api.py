@@ -138,7 +138,9 @@ def fit_guide(
     parameter store are left alone. A model whose float32 tensors refuse
     float64 latents (``X @ beta``) is evaluated with each latent in its own
     site's dtype (:mod:`pyro_relax.infer.model`). A model with a ``pyro.param``
-    is refused (the fit would hold it at its start value). Each step draws ``num_particles`` particles,
+    is refused (the fit would hold it at its start value).
+
+    Each step draws ``num_particles`` particles,
     evaluated in one batched pass (a particle plate, else ``torch.func.vmap``,
     else 2 particles in a loop); non-finite particles are dropped and counted,
     non-finite steps skipped with the learning rate halved
