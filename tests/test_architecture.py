@@ -181,3 +181,29 @@ def test_no_public_class_shadows_pyro_inference() -> None:
 def test_module_is_short(name: str) -> None:
     n = len(MODULES[name].read_text().splitlines())
     assert n <= MAX_LINES, f"{MODULES[name].relative_to(ROOT)} has {n} lines (at most {MAX_LINES})"
+
+
+def direct_imports(source: str) -> set[str]:
+    """The modules a source file names in its import statements (absolute imports)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("folder", ["infer.pathfinder", "infer.kernels"])
+def test_algorithms_take_a_potential_not_a_guide(folder: str) -> None:
+    """Pathfinder and the kernels import no guide module (issue 22): they take a Potential."""
+    hits = [f"{name} imports {mod}" for name, path in MODULES.items()
+            if name.startswith(f"pyro_relax.{folder}")
+            for mod in direct_imports(path.read_text())
+            if mod.startswith("pyro_relax.infer.guides")]
+    assert hits == []
+
+
+def test_guide_import_check_can_fail() -> None:
+    assert direct_imports("from pyro_relax.infer.guides.base import x\nimport a.b") == {
+        "pyro_relax.infer.guides.base", "a.b"}

@@ -46,13 +46,11 @@ __all__ = [
     "check_init_scale",
     "check_model",
     "check_num_samples",
-    "default_dtype",
 ]
 
 import math
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import pyro.distributions as dist
@@ -72,23 +70,6 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.flo
 """The dtypes a fit may run in, by name."""
 DEFAULT_DTYPE = torch.float64
 """The dtype of the guides' parameters, latents and weights unless told otherwise."""
-
-
-@contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Run a block with ``dtype`` as torch's default dtype (restored afterwards).
-
-    Example:
-        >>> with default_dtype(torch.float64):
-        ...     torch.zeros(1).dtype
-        torch.float64
-    """
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def check_dtype(dtype: object, owner: str) -> torch.dtype:

@@ -14,7 +14,7 @@ the CLI offers exactly their names.
 * :mod:`~pyro_relax.infer.runner.api`: :data:`GUIDES`, :func:`fit_guide`, :func:`make_guide`.
 """
 
-from pyro_relax.infer.guides.base import DTYPES, check_dtype, default_dtype
+from pyro_relax.infer.guides.base import DTYPES, check_dtype
 from pyro_relax.infer.guides.layout import check_continuous_model
 from pyro_relax.infer.runner.api import GUIDES, GuideMethod, fit_guide, make_guide
 from pyro_relax.infer.runner.auto import DrawsGuide, fit_auto
@@ -42,7 +42,6 @@ __all__ = [
     "PathfinderGuide",
     "check_continuous_model",
     "check_dtype",
-    "default_dtype",
     "fit_auto",
     "fit_guide",
     "guide_draws",
