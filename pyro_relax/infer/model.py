@@ -285,6 +285,15 @@ class Potential:
             return self._vmap(flat).reshape(batch)
         return self._loop(flat).reshape(batch)
 
+    def settle(self, z: Tensor) -> None:
+        """Evaluate one point ``(latent_dim,)`` to settle the dtype rule (once; no vectorization).
+
+        A model that fails on it for another reason than a dtype clash raises here.
+        """
+        check_event_shape(z, (self.latent_dim,), "Potential.settle")
+        if not self._mode.checked:
+            self._first_evaluation(z.reshape(1, self.latent_dim).to(self.dtype))
+
     def _first_evaluation(self, flat: Tensor) -> None:
         """One row through the model; on a dtype clash, evaluate in the sites' own dtypes."""
         row = flat[:1].detach()

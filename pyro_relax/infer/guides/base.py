@@ -246,8 +246,7 @@ class RelaxedGuideMixin(PotentialMixin):
             )
         self._potential = pot
         init = self._init_loc().detach().to(self._fit_dtype)
-        with torch.no_grad():
-            pot.log_density(init[None])  # the first evaluation settles the dtype rule
+        pot.settle(init)  # the first evaluation settles the dtype rule
         self._build(init)
 
     def _unpack_latent(self, latent: Tensor) -> Iterator[tuple[dict[str, Any], Tensor]]:
