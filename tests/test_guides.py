@@ -398,7 +398,10 @@ def test_neutra_reparam_with_nuts_runs():
     x = transform(zb)
     torch.testing.assert_close(transform.inv(x), zb, rtol=1e-4, atol=1e-4)
     log_q = guide.get_base_dist().log_prob(zb) - transform.log_abs_det_jacobian(zb, x)
-    torch.testing.assert_close(log_q, guide.flow().log_prob(x), rtol=1e-4, atol=1e-4)
+    # the guide is float64 by default; its transform takes and returns the caller's dtype
+    assert x.dtype == zb.dtype
+    flow_log_q = guide.flow().log_prob(x.to(guide.flow.dtype))
+    torch.testing.assert_close(log_q.double(), flow_log_q, rtol=1e-4, atol=1e-4)
     neutra = NeuTraReparam(guide.requires_grad_(False))
     mcmc = MCMC(
         NUTS(poutine.reparam(model, config=lambda _: neutra)),

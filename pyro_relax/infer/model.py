@@ -12,15 +12,18 @@ else in a Python loop over the rows; the path is chosen on the first call with
 two rows or more (checked against row-by-row runs) and reported in
 :attr:`Potential.vectorization`.
 
-The dtype rule. Torch's default dtype and device are never changed. The
-latent values reach the model in the potential's ``dtype`` (float64 by
-default) and the model's own tensors keep theirs; torch promotes mixed
-elementwise arithmetic, so most models compute in float64. A model whose
-float32 tensors meet the latents in an operation torch refuses to mix (a
-matrix product ``X @ beta``) is detected in the first evaluation: the latent
-values are then cast to the dtype the model's own prior gives each site
-(:attr:`Potential.evaluation` becomes ``"site dtype"``, with one
-warning), and only the log-density sums stay in ``dtype``.
+The dtype rule. The latent values reach the model in the potential's
+``dtype`` (float64 by default), and while the model runs the tensors it makes
+itself take that dtype too (torch's default dtype is set for the model's run
+only and restored when it returns or raises: nothing outside changes), so a
+badly conditioned model computes in float64. Tensors the model holds from
+outside (module-level data) keep their dtype; torch promotes mixed
+elementwise arithmetic. A model whose float32 tensors meet the latents in an
+operation torch refuses to mix (a matrix product ``X @ beta``) is detected in
+the first evaluation: the latent values are then cast to the dtype the
+model's own prior gives each site and the default dtype is left alone
+(:attr:`Potential.evaluation` becomes ``"site dtype"``, with one warning);
+the log-density sums stay in ``dtype``.
 
 Algorithms (Pathfinder, the kernels, AIS, the diagnostics) take a
 ``Potential``; guides hold one.
@@ -31,7 +34,8 @@ from __future__ import annotations
 __all__ = ["LatentSite", "Potential", "is_dtype_mismatch"]  # the first and last from sites.py
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,10 +184,6 @@ class Potential:
                 "would hold at their start values; make each a pyro.sample site with a prior, "
                 "or a constant"
             )
-
-    def global_sites(self) -> list[str]:
-        """The latent sites outside every plate (the model's globals)."""
-        return [s.name for s in self.sites if not s.plates]
 
     # -- maps -----------------------------------------------------------------
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> Potential:
@@ -344,9 +344,25 @@ class Potential:
         self.notes.append(note)
         warnings.warn(f"Potential: {note}", RuntimeWarning, stacklevel=5)
 
+    @contextmanager
+    def _model_dtype(self) -> Iterator[None]:
+        """While the model runs in ``"fit dtype"``: the tensors it makes take :attr:`dtype`.
+
+        Set for the model's own run only, restored when it returns or raises.
+        """
+        if self._mode.evaluation != "fit dtype":
+            yield
+            return
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(old)
+
     def _trace(self, values: dict[str, Tensor]) -> Any:  # noqa: ANN401 - a Pyro trace
         model = poutine.condition(self.model, data=values)
-        with poutine.block(), pyro.validation_enabled(False):
+        with poutine.block(), pyro.validation_enabled(False), self._model_dtype():
             trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
             trace.compute_log_prob()
         return trace
@@ -359,7 +375,7 @@ class Potential:
         values, total = self._site_values(latent)
         model = poutine.condition(self.model, data=values)
         with (poutine.block(), pyro.plate(_PARTICLE_PLATE, m, dim=-p),
-              pyro.validation_enabled(False)):
+              pyro.validation_enabled(False), self._model_dtype()):
             trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
             trace.compute_log_prob()
         for site in trace.nodes.values():

@@ -196,6 +196,32 @@ def make_flow(
     return flow
 
 
+class _InDtype(Transform):
+    """A transform applied in ``dtype`` whatever the input's (results in the input's dtype).
+
+    NeuTra hands the guide's transform draws in the default dtype (float32) while
+    the flow's parameters are float64.
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, inner: Transform, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner, self.dtype = inner, dtype
+
+    def _call(self, z: Tensor) -> Tensor:
+        return self.inner(z.to(self.dtype)).to(z.dtype)
+
+    def _inverse(self, x: Tensor) -> Tensor:
+        return self.inner.inv(x.to(self.dtype)).to(x.dtype)
+
+    def log_abs_det_jacobian(self, z: Tensor, x: Tensor) -> Tensor:
+        lad = self.inner.log_abs_det_jacobian(z.to(self.dtype), x.to(self.dtype))
+        return lad.to(z.dtype)
+
+
 class _LayerTransform(Transform):
     """A bijective relaxed layer seen as a torch ``Transform`` (base to data)."""
 
@@ -358,4 +384,4 @@ class AutoFlowGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
                 parts.append(layer.wrapped)
             else:
                 parts.append(_LayerTransform(layer))
-        return T.ComposeTransform(parts)
+        return _InDtype(T.ComposeTransform(parts), self.flow.dtype)
