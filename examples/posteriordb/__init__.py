@@ -18,14 +18,18 @@ from . import (
     eight_schools_centered,
     eight_schools_noncentered,
     garch11,
+    glmm1,
     gp_pois_regr,
     hmm_drive,
     kidiq,
     kilpisjarvi,
     low_dim_gauss_mix,
     mesquite,
+    mh,
     nes1976,
+    pilots,
     sblri,
+    seeds,
 )
 
 MODELS: dict[str, ModuleType] = {
@@ -34,14 +38,18 @@ MODELS: dict[str, ModuleType] = {
     "eight_schools_centered": eight_schools_centered,
     "eight_schools_noncentered": eight_schools_noncentered,
     "garch11": garch11,
+    "glmm1": glmm1,
     "gp_pois_regr": gp_pois_regr,
     "hmm_drive": hmm_drive,
     "kidiq": kidiq,
     "kilpisjarvi": kilpisjarvi,
     "low_dim_gauss_mix": low_dim_gauss_mix,
     "mesquite": mesquite,
+    "mh": mh,
     "nes1976": nes1976,
+    "pilots": pilots,
     "sblri": sblri,
+    "seeds": seeds,
 }
 
 
