@@ -14,12 +14,14 @@ from types import ModuleType
 
 from . import (
     arK,
+    butterfly,
     earnings,
     eight_schools_centered,
     eight_schools_noncentered,
     garch11,
     glmm1,
     gp_pois_regr,
+    hierarchical_gp,
     hmm_drive,
     kidiq,
     kilpisjarvi,
@@ -34,12 +36,14 @@ from . import (
 
 MODELS: dict[str, ModuleType] = {
     "arK": arK,
+    "butterfly": butterfly,
     "earnings": earnings,
     "eight_schools_centered": eight_schools_centered,
     "eight_schools_noncentered": eight_schools_noncentered,
     "garch11": garch11,
     "glmm1": glmm1,
     "gp_pois_regr": gp_pois_regr,
+    "hierarchical_gp": hierarchical_gp,
     "hmm_drive": hmm_drive,
     "kidiq": kidiq,
     "kilpisjarvi": kilpisjarvi,

@@ -57,7 +57,8 @@ def draw_vector(draw: Mapping[str, object], base: str, size: int) -> Tensor:
 
 def draw_matrix(draw: Mapping[str, object], base: str, rows: int, cols: int) -> Tensor:
     """Stack ``base[1,1]`` ... ``base[rows,cols]`` of a reference draw into two last dimensions."""
-    parts = [draw_scalar(draw, f"{base}[{i + 1},{j + 1}]") for i in range(rows) for j in range(cols)]
+    names = [f"{base}[{i + 1},{j + 1}]" for i in range(rows) for j in range(cols)]
+    parts = [draw_scalar(draw, name) for name in names]
     stacked = torch.stack(torch.broadcast_tensors(*parts), dim=-1)
     return stacked.reshape(*stacked.shape[:-1], rows, cols)
 

@@ -27,8 +27,10 @@ from collections.abc import Callable, Mapping
 
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import biject_to
+from torch.distributions.transforms import Transform
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,10 +129,10 @@ class _Layout:
 
     def __init__(self, model: Callable[[], None]) -> None:
         trace = poutine.trace(model).get_trace()
-        self.sites: list[tuple[str, object, torch.Size, torch.Size]] = []
+        self.sites: list[tuple[str, Transform, torch.Size, torch.Size, int]] = []
         self.nesting = 0
         for name, site in trace.nodes.items():
-            if site["type"] != "sample":
+            if site["type"] != "sample" or site_is_subsample(site):
                 continue
             for frame in site["cond_indep_stack"]:
                 if frame.dim is not None:
@@ -139,20 +141,22 @@ class _Layout:
                 continue
             transform = biject_to(site["fn"].support)
             shape = site["value"].shape
-            self.sites.append((name, transform, shape, transform.inverse_shape(shape)))
+            batch_dims = len(site["fn"].batch_shape)
+            self.sites.append(
+                (name, transform, shape, transform.inverse_shape(shape), batch_dims)
+            )
         self.names = tuple(
-            f"{name}[{i}]" for name, _, _, u in self.sites for i in range(u.numel())
+            f"{name}[{i}]" for name, _, _, u, _ in self.sites for i in range(u.numel())
         )
 
-    def _padded(self, n: int, shape: torch.Size) -> tuple[int, ...]:
-        """A draw of ``shape`` given a leading dimension left of the model's plates."""
-        extra = max(self.nesting - len(shape), 0)
-        return (n,) + (1,) * extra + tuple(shape)
+    def _padded(self, n: int, shape: torch.Size, batch_dims: int) -> tuple[int, ...]:
+        """A draw of ``shape`` with a leading dimension ``n`` left of the model's plates."""
+        return (n,) + (1,) * (self.nesting - batch_dims) + tuple(shape)
 
     def unconstrain(self, values: Mapping[str, Tensor]) -> Tensor:
         """``(n, d)`` unconstrained coordinates of ``(n, *site_shape)`` constrained values."""
         parts = []
-        for name, transform, shape, _ in self.sites:
+        for name, transform, shape, _, batch_dims in self.sites:
             if name not in values:
                 raise KeyError(f"score_identity: no values for latent site {name!r}")
             value = values[name]
@@ -162,15 +166,16 @@ class _Layout:
                     f"score_identity: site {name!r}: expected shape (n, *{tuple(shape)}), "
                     f"got {tuple(value.shape)}"
                 )
-            parts.append(transform.inv(value.reshape(self._padded(n, shape))).reshape(n, -1))
+            padded = value.reshape(self._padded(n, shape, batch_dims))
+            parts.append(transform.inv(padded).reshape(n, -1))
         return torch.cat(parts, dim=-1)
 
     def log_density(self, model: Callable[[], None], z: Tensor) -> Tensor:
         """``(n,)`` unconstrained log density ``log p(x, T(z)) + log |det dT/dz|``."""
         n = z.shape[0]
         values, total, start = {}, z.new_zeros(n), 0
-        for name, transform, shape, u in self.sites:
-            part = z[:, start : start + u.numel()].reshape(self._padded(n, u))
+        for name, transform, _, u, batch_dims in self.sites:
+            part = z[:, start : start + u.numel()].reshape(self._padded(n, u, batch_dims))
             start += u.numel()
             x = transform(part)
             total = total + self._per_draw(transform.log_abs_det_jacobian(part, x), n)
@@ -178,7 +183,7 @@ class _Layout:
         trace = poutine.trace(poutine.condition(model, data=values)).get_trace()
         trace.compute_log_prob()
         for site in trace.nodes.values():
-            if site["type"] == "sample":
+            if site["type"] == "sample" and not site_is_subsample(site):
                 total = total + self._per_draw(site["log_prob"], n)
         return total
 
