@@ -650,7 +650,7 @@ def test_score_identity_catches_a_wrong_prior_scale(short, site, float64):
 
 def test_score_identity_exact_and_hutchinson_on_a_gaussian(float64):
     # a correlated Gaussian through positive and interval supports: exact draws pass with the
-    # exact Hessian trace and with Hutchinson's estimate; a scale off by 1.5x (variance 2.25x) fails both
+    # exact Hessian trace and with Hutchinson's estimate; a scale off by 1.5x fails both
     gen = torch.Generator().manual_seed(1)
     chol = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [-0.3, 0.4, 0.5]])
 
