@@ -1,6 +1,6 @@
 """Multi-species occupancy with correlated effects (posteriordb ``butterfly-multi_occupancy``).
 
-posteriordb's (centered) Stan model, written here (Dorazio and Royle 2006;
+posteriordb's (centered) Stan model, written here (Dorazio et al. 2006;
 J = 20 sites, K = 18 visits, n = 28 observed species of S = 50)::
 
     parameters {

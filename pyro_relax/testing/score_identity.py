@@ -95,8 +95,12 @@ def effective_sample_size(x: Tensor) -> Tensor:
         x: ``(chains, draws, k)``; the autocorrelations are averaged over chains.
 
     Returns:
-        ``(k,)``, between 1 and ``chains * draws * (draws - 1) / draws``-ish (``n`` when
-        the draws are independent).
+        ``(k,)``, at least 1; about ``chains * draws`` for independent draws, less for
+        positively autocorrelated ones (Stan's estimator without rank normalization).
+
+    References:
+        Geyer (1992), Practical Markov chain Monte Carlo; Stan Reference Manual,
+        "Effective sample size".
 
     Example:
         >>> gen = torch.Generator().manual_seed(0)
