@@ -232,7 +232,7 @@ def pathfinder(
     patience: int = 8,
     elbo_tol: float = 0.01,
     hessian: str = "auto",
-    exact_hessian_max_dim: int = 64,
+    exact_hessian_max_dim: int = 100,
     ftol: float = 1e-10,
     gtol: float = 1e-8,
     memory_limit: float = MEMORY_LIMIT_BYTES,

@@ -22,8 +22,8 @@ matrix is formed only on request (:attr:`Gaussian.scale_tril`,
 from __future__ import annotations
 
 __all__ = [
-    "MEMORY_LIMIT_BYTES", "Gaussian", "check_memory", "exact_inverse_hessian",
-    "gaussian_at", "low_rank_gaussian_at", "mixture_log_prob",
+    "MEMORY_LIMIT_BYTES", "Gaussian", "check_memory", "exact_hessians", "gaussian_at",
+    "low_rank_gaussian_at", "mixture_log_prob", "newton_inverses",
 ]
 
 import math
@@ -219,19 +219,18 @@ def low_rank_gaussian_at(
     return Gaussian(loc, sqrt_a, Q, L)
 
 
-def exact_inverse_hessian(
-    log_p: LogDensity, xs: Tensor, batched: list[bool]
-) -> list[Tensor | None]:
-    """``(-grad^2 log p(x))^{-1}`` from autograd at each row of ``xs (P, d)``.
+def exact_hessians(log_p: LogDensity, xs: Tensor, batched: list[bool]) -> list[Tensor | None]:
+    """The negated Hessians ``-grad^2 log p(x)`` ``(d, d)`` from autograd at each row of ``xs``.
 
-    One forward pass for all rows and one batched backward pass (``is_grads_batched``)
-    for the ``d`` Hessian rows of every point; operations that vmap cannot batch fall
-    back to ``d`` backward passes, and ``batched[0]`` is set to ``False`` so later
-    calls go straight to the loop. The log density must treat rows independently.
+    One forward pass for all rows ``xs (P, d)`` and one batched backward pass
+    (``is_grads_batched``) for the ``d`` Hessian rows of every point; operations that
+    vmap cannot batch fall back to ``d`` backward passes, and ``batched[0]`` is set to
+    ``False`` so later calls go straight to the loop. The log density must treat rows
+    independently.
 
     Returns:
-        One inverse Hessian ``(d, d)`` per row, or ``None`` where ``log p`` is not finite
-        or the Hessian is not negative definite.
+        One symmetrized matrix per row, or ``None`` where ``log p`` or the Hessian is not
+        finite, or ``log p`` is linear.
     """
     P, d = xs.shape
     with torch.enable_grad():
@@ -264,11 +263,37 @@ def exact_inverse_hessian(
     out: list[Tensor | None] = []
     for p in range(P):
         h = hess[p]
-        chol = None
-        if bool(finite[p]) and bool(torch.isfinite(h).all()):
-            chol = _cholesky(-0.5 * (h + h.T))
-        out.append(None if chol is None else torch.cholesky_solve(eye, chol))
+        ok = bool(finite[p]) and bool(torch.isfinite(h).all())
+        out.append(-0.5 * (h + h.T) if ok else None)
     return out
+
+
+def newton_inverses(neg_hessian: Tensor) -> tuple[Tensor | None, Tensor]:
+    """``(H^{-1} or None, |H|^{-1})`` for a negated Hessian ``H`` ``(d, d)``.
+
+    The first is the inverse when ``H`` is positive definite (the Gaussian's
+    covariance). The second scales Newton's step: the same inverse, or, where ``H``
+    has negative or zero eigenvalues, ``V diag(1 / max(|lambda|, 1e-8 max|lambda|)) V^T``
+    (the saddle-free Newton step of Dauphin et al. 2014). Far from a mode, with
+    curvatures that differ by orders of magnitude between a location and a scale
+    parameter, it moves each direction by its own curvature where a gradient step
+    would only move the steepest one.
+
+    Example:
+        >>> import torch
+        >>> inv, step = newton_inverses(torch.diag(torch.tensor([4.0, -2.0])))
+        >>> inv is None, step.diagonal().tolist()
+        (True, [0.25, 0.5])
+    """
+    eye = torch.eye(neg_hessian.shape[-1], dtype=neg_hessian.dtype, device=neg_hessian.device)
+    chol = _cholesky(neg_hessian)
+    if chol is not None:
+        inv = torch.cholesky_solve(eye, chol)
+        return inv, inv
+    lam, V = torch.linalg.eigh(neg_hessian)
+    mags = lam.abs()
+    floor = max(float(mags.max()) * 1e-8, torch.finfo(lam.dtype).tiny)
+    return None, (V / mags.clamp_min(floor)) @ V.T
 
 
 def mixture_log_prob(components: list[Gaussian], z: Tensor) -> Tensor:

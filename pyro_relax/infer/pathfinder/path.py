@@ -6,10 +6,20 @@ objective below ``ftol`` or largest gradient entry below ``gtol``), when the
 ELBO has not improved by more than ``elbo_tol`` for ``patience`` iterations
 after its first finite value (a posterior with no mode, such as the centered
 eight schools, climbs forever towards ``tau -> 0`` while its approximations get
-worse), or when the line search finds no finite point with sufficient decrease
+worse; an iteration that still changes ``log p`` by more than ``progress_rtol``
+relative does not count), or when the line search finds no finite point with sufficient decrease
 (the path then keeps its last good iterate). A path whose approximations are
 all unusable (far from a mode, where the local curvature is no guide) is not
 ended by ``patience``: it walks on to the mode.
+
+With the exact Hessian (low dimension) the step is Newton's, and where the
+Hessian is not negative definite, the saddle-free Newton step ``|H|^{-1} g``
+(:func:`~pyro_relax.infer.pathfinder.gaussian.newton_inverses`): far from a mode
+under wide or flat priors (a growth curve's intercept at 240 with flat priors on
+the scales), a gradient step moves the scale parameters, whose curvature is
+largest, into a funnel (all group effects equal, their scale to 0) before the
+intercept has moved, while the curvature-scaled step moves each direction by
+its own curvature and reaches the mode.
 
 A path is a generator that yields what it needs evaluated (a gradient at a
 point, log densities at ELBO draws, an exact Hessian) and receives the answer;
@@ -31,9 +41,10 @@ from torch import Tensor
 
 from pyro_relax.infer.pathfinder.gaussian import (
     Gaussian,
-    exact_inverse_hessian,
+    exact_hessians,
     gaussian_at,
     low_rank_gaussian_at,
+    newton_inverses,
 )
 from pyro_relax.infer.pathfinder.lbfgs import LBFGSHistory, LineSearchResult, wolfe_search
 
@@ -51,6 +62,7 @@ class PathOptions:
     num_elbo_draws: int = 25
     patience: int = 8
     elbo_tol: float = 0.01
+    progress_rtol: float = 0.1
     exact_hessian: bool = True
     ftol: float = 1e-10
     gtol: float = 1e-8
@@ -123,11 +135,13 @@ class _Best:
 
 def _approximate(x: Tensor, g: Tensor, history: LBFGSHistory | None, u: Tensor,
                  options: PathOptions, best: _Best) -> Walk:
-    q, kind = None, "none"
+    q, kind, step = None, "none", None
     if options.exact_hessian:
-        H = yield ("hessian", x)
-        if H is not None:
-            q, kind = gaussian_at(x, -g, H), "exact"
+        neg = yield ("hessian", x)
+        if neg is not None:
+            cov, step = newton_inverses(neg)
+            if cov is not None:
+                q, kind = gaussian_at(x, -g, cov), "exact"
     if q is None and history is not None:
         alpha, beta, gamma = history.factors()
         q = low_rank_gaussian_at(x, -g, alpha, beta, gamma)
@@ -142,6 +156,7 @@ def _approximate(x: Tensor, g: Tensor, history: LBFGSHistory | None, u: Tensor,
             value = float((lp - log_q).mean())
             elbo = value if math.isfinite(value) else -math.inf
     best.record(q, kind, elbo, options.elbo_tol)
+    return step
 
 
 def _walk(x0: Tensor, u: Tensor, options: PathOptions) -> Walk:
@@ -152,18 +167,20 @@ def _walk(x0: Tensor, u: Tensor, options: PathOptions) -> Walk:
     history = LBFGSHistory(x, options.history_size, options.curvature_eps)
     best = _Best()
     # At the start there is no curvature pair yet: only the exact Hessian can give a Gaussian.
-    yield from _approximate(x, g, None, u, options, best)
+    H = yield from _approximate(x, g, None, u, options, best)
     stop, it = "max_iters", 0
     for it in range(1, options.max_iters + 1):  # noqa: B007 (it is reported after the loop)
         gnorm = float(g.norm())
         steepest = min(1.0, 1.0 / max(gnorm, 1e-300))
         direction, step = -g, steepest
-        if len(history):
+        if H is not None:  # (saddle-free) Newton's step from the exact Hessian
+            direction, step = -(H @ g), 1.0
+        elif len(history):
             direction, step = -history.apply(g), 1.0
             if not float(g @ direction) < 0:
                 direction, step = -g, steepest
         found = yield from _search(x, f, g, direction, step, options.max_line_search_evals)
-        if found is None and step == 1.0 and len(history):  # retry along the steepest descent
+        if found is None and step == 1.0:  # retry along the steepest descent
             found = yield from _search(x, f, g, -g, steepest, options.max_line_search_evals)
         if found is None:
             stop, it = "line search found no finite point with sufficient decrease", it - 1
@@ -171,7 +188,7 @@ def _walk(x0: Tensor, u: Tensor, options: PathOptions) -> Walk:
         history.update(found.x - x, found.g - g)
         f_old = float(f)
         x, f, g = found.x, found.f, found.g
-        yield from _approximate(x, g, history, u, options, best)
+        H = yield from _approximate(x, g, history, u, options, best)
         rel = abs(f_old - float(f)) / max(abs(f_old), abs(float(f)), 1.0)
         if rel < options.ftol:
             stop = "converged (relative change of log p below ftol)"
@@ -179,6 +196,8 @@ def _walk(x0: Tensor, u: Tensor, options: PathOptions) -> Walk:
         if float(g.abs().max()) < options.gtol:
             stop = "converged (gradient below gtol)"
             break
+        if rel > options.progress_rtol:  # still climbing fast: not yet near a mode
+            best.since = 0
         if best.since >= options.patience:
             stop = f"no ELBO improvement in {options.patience} iterations"
             break
@@ -252,7 +271,7 @@ def run_paths(
                     lp = log_p(torch.cat(zs))
                 replies.update(zip(ids, lp.split([z.shape[0] for z in zs]), strict=True))
             else:
-                Hs = exact_inverse_hessian(log_p, torch.stack([pending[i][1] for i in ids]),
+                Hs = exact_hessians(log_p, torch.stack([pending[i][1] for i in ids]),
                                            batched)
                 replies.update(zip(ids, Hs, strict=True))
         for i, reply in replies.items():
