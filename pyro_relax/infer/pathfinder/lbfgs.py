@@ -88,7 +88,7 @@ def wolfe_search(
         return fv, float(ga @ direction), xa, fa, ga
 
     def fallback() -> LineSearchResult | None:
-        return None if best is None else best._replace(num_evals=evals)
+        return None if best is None else LineSearchResult(best.step, best.x, best.f, best.g, evals)
 
     def zoom(lo: float, f_lo: float, d_lo: float, hi: float, f_hi: float) -> Search:
         while evals < max_evals:
