@@ -127,15 +127,16 @@ class CholeskyAffineTransform(TransformModule):
         return total.expand(u.shape[:-1])
 
 
-DENSE_WHITENING_MAX_DIM = 500
+DENSE_WHITENING_MAX_DIM = 200
 """Up to this ``d``, :func:`whitening_layer` makes a dense :class:`CholeskyAffineTransform`.
 
-Measured (``benchmarks/pathfinder_scaling.py --whitening``, 1 CPU thread, 32 rows, a
-forward, log-det and backward pass plus one Adam step): the dense layer costs 0.6 ms at
-d = 100, 4 ms at d = 500, 17 ms at d = 1000 and 90 ms at d = 2000 (its ``d^2 / 2``
-parameters, 8 MB of Adam state at d = 500 and 48 MB at d = 2000); the low-rank one
-0.3 to 2 ms over that range. Below a few hundred dimensions the dense layer's full
-learnable correlation costs little; above, its ``O(d^2)`` step dominates the fit.
+Measured (``benchmarks/pathfinder_scaling.py --whitening``, 1 CPU thread on a shared
+2-core machine, 32 rows, forward, log-det, backward and one Adam step): dense 3.1 ms
+against low rank 0.8 ms at d = 100, 4.7 against 2.3 ms at d = 200, 44 against 3.3 ms at
+d = 500, 485 against 5.6 ms at d = 1000 and 1.9 s against 8 ms at d = 2000 (the dense
+layer has ``d (d + 3) / 2`` parameters: 4 million at d = 2000). Up to d = 200 the dense
+layer, whose learnable correlation is not confined to the L-BFGS subspace, costs at
+most about twice as much; at d = 500 it is already 13 times slower.
 """
 
 
