@@ -40,8 +40,8 @@ from _common import Column, environment, print_table, write_json
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # this checkout's package, before an installed one
     sys.path.insert(0, str(ROOT))
-DIMS = (10, 100, 1000, 5000)
-QUICK_DIMS = (10, 100, 1000)
+DIMS = (10, 30, 100, 1000, 2000, 5000)
+QUICK_DIMS = (10, 30, 100)
 WHITENING_DIMS = (50, 100, 200, 500, 1000, 2000)
 
 
@@ -138,7 +138,7 @@ def whitening_timing(dims: tuple[int, ...], reps: int) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; print the tables; return (and optionally write) the results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="d in (10, 100, 1000) only")
+    parser.add_argument("--quick", action="store_true", help="d in (10, 30, 100) only")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--dims", type=int, nargs="*", default=None)
     parser.add_argument("--num-paths", type=int, default=4)

@@ -237,3 +237,19 @@ def test_whitening_layer_picks_dense_or_low_rank() -> None:
     assert isinstance(whitening_layer(fit), CholeskyAffineTransform)  # a result works too
     ladj = whitening_layer(fit).log_abs_det_jacobian(u[:, :3], None)
     assert not math.isnan(float(ladj[0].detach()))
+
+
+def test_scaling_benchmark_smoke(tmp_path: object) -> None:
+    import json
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    import pathfinder_scaling
+
+    out = Path(str(tmp_path)) / "pf.json"
+    pathfinder_scaling.main(["--dims", "3", "--num-paths", "2", "--num-draws", "20",
+                             "--json", str(out)])
+    rows = json.loads(out.read_text())["pathfinder"]
+    assert rows[0]["d"] == 3 and rows[0]["num_evals"] > 40 and rows[0]["peak_rss_mb"] > 0
