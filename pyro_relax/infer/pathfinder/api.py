@@ -6,6 +6,12 @@ importance weights ``log p(z) - log q_mix(z)`` against the equal-weight mixture
 of the paths' Gaussians, are Pareto-smoothed (PSIS) and resampled with
 replacement to ``num_draws`` draws. Using the mixture (not each path's own
 Gaussian) lets the weights correct the share of paths that ended in each mode.
+
+The paths run in lockstep (:func:`~pyro_relax.infer.pathfinder.path.run_paths`):
+``log p`` sees a few batched calls per iteration for all paths together. The
+result keeps the best Gaussian as diagonal plus low rank at large ``d``
+(:attr:`PathfinderResult.gaussian`, :attr:`PathfinderResult.variance`); its dense
+:attr:`PathfinderResult.scale_tril` is made only on request, after a memory check.
 """
 
 from __future__ import annotations
