@@ -22,6 +22,7 @@ diagonal plus low rank (Pathfinder's L-BFGS factors at large ``d``):
 from __future__ import annotations
 
 __all__ = [
+    "make_whitening",
     "DENSE_WHITENING_MAX_DIM", "CholeskyAffineTransform", "LowRankAffineTransform",
     "identity_splines", "start_as_identity", "whitening_layer",
 ]
@@ -344,3 +345,19 @@ def start_as_identity(stack: list[object]) -> list[object]:
                 start = 2 * rest * bins
                 last.bias[start : start + rest * (bins - 1)] = _UNIT_SLOPE
     return stack
+
+
+def make_whitening(loc: Tensor, spec: object) -> TransformModule:
+    """The whitening layer at ``loc``: dense from a ``scale_tril``, else :func:`whitening_layer`.
+
+    The layer takes ``loc``'s device and dtype.
+
+    Example:
+        >>> import torch
+        >>> type(make_whitening(torch.zeros(2), torch.eye(2))).__name__
+        'CholeskyAffineTransform'
+    """
+    if isinstance(spec, Tensor):
+        return CholeskyAffineTransform(loc, spec)
+    layer = whitening_layer(spec)
+    return layer.to(device=loc.device, dtype=loc.dtype)

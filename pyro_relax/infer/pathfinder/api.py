@@ -35,7 +35,7 @@ from pyro_relax.infer.pathfinder.gaussian import (
     check_memory,
     mixture_log_prob,
 )
-from pyro_relax.infer.pathfinder.path import PathInfo, PathOptions, run_paths
+from pyro_relax.infer.pathfinder.path import PathInfo, PathOptions, default_patience, run_paths
 
 LogDensity = Callable[[Tensor], Tensor]
 _NAME = "pathfinder"
@@ -235,7 +235,7 @@ def pathfinder(
     max_iters: int = 200,
     history_size: int = 6,
     num_elbo_draws: int = 25,
-    patience: int = 8,
+    patience: int | None = None,
     elbo_tol: float = 0.01,
     hessian: str = "auto",
     exact_hessian_max_dim: int = 100,
@@ -261,7 +261,9 @@ def pathfinder(
         history_size: the L-BFGS history size ``m`` (``>= 1``).
         num_elbo_draws: the draws ``K`` of each ELBO estimate (``>= 2``).
         patience: end a path after this many iterations without an ELBO improvement
-            of more than ``elbo_tol`` (counted from the path's first finite ELBO).
+            of more than ``elbo_tol`` (counted from the path's first finite ELBO);
+            ``None``: 8 where the exact Hessian is used, 40 with L-BFGS (at d = 1000
+            a patience of 8 left the mean 0.89 sd off, 40 brought it to 0.08 sd).
         elbo_tol: the smallest ELBO gain (nats) that counts as an improvement.
         hessian: ``"auto"`` (the exact autograd Hessian when ``d <= exact_hessian_max_dim``),
             ``"exact"`` or ``"lbfgs"``. The exact one is used at an iterate only where
@@ -320,7 +322,8 @@ def pathfinder(
         max_iters=check_int(max_iters, "max_iters", _NAME, 1),
         history_size=check_int(history_size, "history_size", _NAME, 1),
         num_elbo_draws=check_int(num_elbo_draws, "num_elbo_draws", _NAME, 2),
-        patience=check_int(patience, "patience", _NAME, 1),
+        patience=check_int(default_patience(patience, init, hessian, exact_hessian_max_dim),
+                           "patience", _NAME, 1),
         elbo_tol=check_real(elbo_tol, "elbo_tol", _NAME),
         exact_hessian=False,
         ftol=check_positive(ftol, "ftol", _NAME),

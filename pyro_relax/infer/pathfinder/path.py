@@ -29,7 +29,7 @@ requests of one kind as one batched call of ``log p``.
 
 from __future__ import annotations
 
-__all__ = ["PathInfo", "PathOptions", "run_paths"]
+__all__ = ["PathInfo", "PathOptions", "default_patience", "run_paths"]
 
 import math
 from collections.abc import Callable, Generator
@@ -281,3 +281,17 @@ def run_paths(
                 results[i] = done.value
                 del pending[i]
     return [r for r in results if r is not None]
+
+
+def default_patience(patience: object, init: object, hessian: str, max_dim: object) -> object:
+    """``patience`` as given, else 8 where the exact Hessian is used and 40 with L-BFGS.
+
+    Example:
+        >>> default_patience(None, torch.zeros(1000), "auto", 100)
+        40
+    """
+    if patience is not None:
+        return patience
+    d = init.shape[-1] if isinstance(init, Tensor) and init.dim() > 0 else 1
+    exact = hessian == "exact" or (hessian == "auto" and isinstance(max_dim, int) and d <= max_dim)
+    return 8 if exact else 40
