@@ -63,7 +63,9 @@ POSTERIORS = (
     "gp_pois_regr", "hmm_drive", "kidiq", "kilpisjarvi", "low_dim_gauss_mix", "mesquite",
     "nes1976", "sblri",
 )
-TARGETS = ("funnel", "gmm40", *POSTERIORS)
+# the larger hierarchical posteriors of issue 20 (Stan references, 4 x 1000 draws)
+HIERARCHICAL = ("pilots", "seeds", "glmm1", "mh", "butterfly", "hierarchical_gp")
+TARGETS = ("funnel", "gmm40", *POSTERIORS, *HIERARCHICAL)
 N_REFERENCE = 10000
 
 

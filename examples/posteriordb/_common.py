@@ -4,17 +4,20 @@ from __future__ import annotations
 
 __all__ = [
     "check_domain",
+    "draw_matrix",
     "draw_scalar",
     "draw_vector",
     "flat_ordered",
     "flat_positive",
     "flat_real",
     "flat_real_vector",
+    "matrix_names",
     "regression_names",
     "regression_values",
     "sample_site",
     "to_numpy",
     "vector_names",
+    "zero_based",
 ]
 
 from collections.abc import Mapping, Sequence
@@ -50,6 +53,22 @@ def draw_vector(draw: Mapping[str, object], base: str, size: int) -> Tensor:
     """Stack ``base[1]`` ... ``base[size]`` of a reference draw along a new last dimension."""
     parts = [draw_scalar(draw, f"{base}[{i + 1}]") for i in range(size)]
     return torch.stack(torch.broadcast_tensors(*parts), dim=-1)
+
+
+def draw_matrix(draw: Mapping[str, object], base: str, rows: int, cols: int) -> Tensor:
+    """Stack ``base[1,1]`` ... ``base[rows,cols]`` of a reference draw into two last dimensions."""
+    names = [f"{base}[{i + 1},{j + 1}]" for i in range(rows) for j in range(cols)]
+    parts = [draw_scalar(draw, name) for name in names]
+    stacked = torch.stack(torch.broadcast_tensors(*parts), dim=-1)
+    return stacked.reshape(*stacked.shape[:-1], rows, cols)
+
+
+def zero_based(index: object, device: torch.device | None = None) -> Tensor:
+    """Stan's 1-based integer data as a 0-based ``torch.long`` tensor (on ``device``)."""
+    out = torch.as_tensor(np.asarray(index), dtype=torch.long, device=device) - 1
+    if out.numel() and int(out.min()) < 0:
+        raise ValueError(f"expected 1-based indices, got a minimum of {int(out.min()) + 1}")
+    return out
 
 
 def check_domain(value: Tensor, name: str, lower: float | None, upper: float | None) -> None:
@@ -90,6 +109,16 @@ def vector_names(value: Tensor, base: str) -> dict[str, np.ndarray]:
     """Split the last dimension of ``value`` into ``{"base[1]": ..., "base[n]": ...}``."""
     arr = to_numpy(value)
     return {f"{base}[{i + 1}]": arr[..., i] for i in range(arr.shape[-1])}
+
+
+def matrix_names(value: Tensor, base: str) -> dict[str, np.ndarray]:
+    """Split the last two dimensions of ``value`` into ``{"base[1,1]": ...}`` (column-major).
+
+    The order is Stan's (the first index runs fastest), as in the reference draws.
+    """
+    arr = to_numpy(value)
+    rows, cols = arr.shape[-2:]
+    return {f"{base}[{i + 1},{j + 1}]": arr[..., i, j] for j in range(cols) for i in range(rows)}
 
 
 def flat_real() -> dist.TorchDistribution:

@@ -1,15 +1,20 @@
 """Loaders for the posteriordb reference posteriors shipped next to the repository.
 
-Thirteen posteriors from posteriordb (Magnusson et al., BSD-3) live in
+Nineteen posteriors from posteriordb (Magnusson et al., BSD-3) live in
 ``../shared/posteriordb``: each folder holds the data in Stan's data format
 (a zipped JSON object) and gold-standard reference draws (a zipped JSON list
-of 10 chains, each mapping a Stan parameter name such as ``"theta[1]"`` to
-1000 draws). The Pyro versions of the models are in ``examples/posteriordb``.
+of chains, each mapping a Stan parameter name such as ``"theta[1]"`` to 1000
+draws): 10 chains for the thirteen of posteriordb (:data:`POSTERIOR_NAMES`
+minus :data:`HIERARCHICAL_NAMES`), 4 chains (thinned from 4 x 2500 Stan
+draws) for the six larger hierarchical posteriors of
+:data:`HIERARCHICAL_NAMES`. The Pyro versions of the models are in
+``examples/posteriordb``.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "HIERARCHICAL_NAMES",
     "POSTERIOR_NAMES",
     "data_tensors",
     "find_posteriordb",
@@ -43,7 +48,15 @@ POSTERIOR_NAMES: tuple[str, ...] = (
     "mesquite-mesquite",
     "nes1976-nes",
     "sblri-blr",
+    "pilots-pilots",
+    "seeds_data-seeds_model",
+    "GLMM_data-GLMM1_model",
+    "Mh_data-Mh_model",
+    "butterfly-multi_occupancy",
+    "state_wide_presidential_votes-hierarchical_gp",
 )
+#: the larger hierarchical posteriors (references: 4 chains x 1000 draws, thinned from 2500)
+HIERARCHICAL_NAMES: tuple[str, ...] = POSTERIOR_NAMES[-6:]
 
 ENV_VAR = "PYRO_RELAX_POSTERIORDB"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -159,7 +172,7 @@ def load_data(
 def load_reference_draws(
     name: str, by_chain: bool = False, path: str | os.PathLike[str] | None = None
 ) -> dict[str, np.ndarray]:
-    """Load the reference posterior draws (10 chains of 1000 Stan NUTS draws).
+    """Load the reference posterior draws (10 or 4 chains of 1000 Stan NUTS draws).
 
     Arguments:
         name: a folder name from :data:`POSTERIOR_NAMES`.
@@ -206,7 +219,7 @@ def reference_moments(
 
     Returns:
         A mapping from Stan parameter name to ``(mean, sd)`` over all 10000
-        reference draws (``sd`` with ``ddof=1``).
+        (4000 for :data:`HIERARCHICAL_NAMES`) reference draws (``sd`` with ``ddof=1``).
 
     Example:
         >>> mean, sd = reference_moments("eight_schools-eight_schools_noncentered")["mu"]

@@ -107,15 +107,22 @@ def check_init_scale(init_scale: object, owner: str) -> float:
     return check_positive(init_scale, "init_scale", owner)
 
 
-def check_init_gaussian(value: object, owner: str) -> tuple[Tensor, Tensor] | None:
-    """Validate an initial Gaussian ``(loc (d,), scale_tril (d, d))`` or ``None``."""
+def check_init_gaussian(value: object, owner: str) -> Any:  # noqa: ANN401
+    """Validate an initial Gaussian: ``(loc, scale_tril)``, a Pathfinder Gaussian, or ``None``.
+
+    A Pathfinder :class:`~pyro_relax.infer.pathfinder.gaussian.Gaussian` (diagonal plus
+    low rank) is kept as it is, so a large model's whitening layer never needs a
+    ``d x d`` factor.
+    """
     if value is None:
         return None
+    if all(hasattr(value, k) for k in ("loc", "sqrt_diag", "basis", "core")):
+        return value
     if not (isinstance(value, tuple | list) and len(value) == 2
             and all(isinstance(v, Tensor) for v in value)):
         raise TypeError(
-            f"{owner}: expected init_gaussian as a (loc, scale_tril) pair of tensors, "
-            f"got {type(value).__name__}"
+            f"{owner}: expected init_gaussian as a (loc, scale_tril) pair of tensors or a "
+            f"Pathfinder Gaussian, got {type(value).__name__}"
         )
     loc, tril = value
     d = loc.shape[-1] if loc.dim() == 1 else -1
@@ -202,18 +209,26 @@ class RelaxedGuideMixin(PotentialMixin):
             self._potential.model = model
             self._potential.args, self._potential.kwargs = self._model_args
 
-    def _initial_gaussian(self, init_loc: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(loc, scale_tril)`` to start from: ``init_gaussian``, else ``(init_loc, None)``."""
+    def _initial_gaussian(self, init_loc: Tensor) -> tuple[Tensor, Any]:  # noqa: ANN401
+        """``(loc, whitening)`` to start from: ``init_gaussian``'s, else ``(init_loc, None)``.
+
+        ``whitening`` is a dense ``scale_tril`` or a Pathfinder Gaussian (see
+        :func:`~pyro_relax.infer.guides.whitening.make_whitening`).
+        """
         if self._init_gaussian is None:
             return init_loc, None
-        loc, tril = self._init_gaussian
+        like = {"device": init_loc.device, "dtype": init_loc.dtype}
+        if isinstance(self._init_gaussian, tuple):
+            loc, spec = self._init_gaussian
+            spec = spec.to(**like)
+        else:
+            loc, spec = self._init_gaussian.loc, self._init_gaussian
         if tuple(loc.shape) != (self.latent_dim,):
             raise ValueError(
                 f"{type(self).__name__}: expected init_gaussian for {self.latent_dim} "
                 f"unconstrained latents, got a loc of shape {tuple(loc.shape)}"
             )
-        like = {"device": init_loc.device, "dtype": init_loc.dtype}
-        return loc.to(**like), tril.to(**like)
+        return loc.to(**like), spec
 
     # -- hooks ----------------------------------------------------------------
     @abstractmethod

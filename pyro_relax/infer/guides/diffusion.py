@@ -61,7 +61,7 @@ from torch import Tensor, nn
 
 from pyro_relax.infer.guides.base import RelaxedGuideMixin, check_init_scale, check_model
 from pyro_relax.infer.guides.flow import LocScaleTransform
-from pyro_relax.infer.guides.whitening import CholeskyAffineTransform
+from pyro_relax.infer.guides.whitening import make_whitening
 from pyro_relax.nn.score import ScoreMLP
 from pyro_relax.ops.gaussian import euler_maruyama_step, gaussian_transition_log_prob
 
@@ -162,7 +162,7 @@ class AutoDiffusionGuide(RelaxedGuideMixin, AutoContinuous):
             self.affine: TransformModule = LocScaleTransform(loc, self._init_scale)
         else:
             # the reference process is N(0, I)-scaled: whitening puts it where the posterior is
-            self.affine = CholeskyAffineTransform(loc, tril)
+            self.affine = make_whitening(loc, tril)
 
     def _coefficients(self) -> tuple[float, float, float, float]:
         """``(a, v, c, s_K)`` of the reference chain (constant over the steps)."""

@@ -45,8 +45,8 @@ from pyro_relax.infer.guides.base import (
     check_model,
 )
 from pyro_relax.infer.guides.whitening import (
-    CholeskyAffineTransform,
     identity_splines,
+    make_whitening,
     start_as_identity,
 )
 from pyro_relax.infer.memory import check_allocation
@@ -108,7 +108,7 @@ def build_flow_layers(
     num_layers: int = 4,
     hidden: int = 64,
     kind: str = "spline",
-    init_scale_tril: Tensor | None = None,
+    init_scale_tril: Tensor | object | None = None,
 ) -> list[RelaxedLayer]:
     """The stack of a flow guide: the given layers, or the default one (as relaxed layers).
 
@@ -130,7 +130,8 @@ def build_flow_layers(
         num_layers: coupling (or IAF) layers in the default stack.
         hidden: hidden width of their conditioners.
         kind: ``"spline"``, ``"affine"`` or ``"iaf"``.
-        init_scale_tril: a ``(latent_dim, latent_dim)`` Cholesky factor of the
+        init_scale_tril: a Pathfinder Gaussian (low rank above 200 dimensions), or a
+            ``(latent_dim, latent_dim)`` Cholesky factor of the
             initial Gaussian (e.g. Pathfinder's), or ``None``.
 
     Example:
@@ -154,12 +155,12 @@ def build_flow_layers(
         else:  # couplings: parameters and time linear in d at a fixed width
             stack = coupling_stack(latent_dim, num_layers, hidden,
                                    "affine" if kind == "iaf" else kind)
-        if init_scale_tril is not None:
+        if isinstance(init_scale_tril, Tensor):
             check_allocation(8.0 * 3 * latent_dim**2, f"a {latent_dim} x {latent_dim} whitening "
                              "factor with its gradients", "build_flow_layers")
             # zero-initialized conditioners: the guide starts at the whitening Gaussian
             start_as_identity(stack)
-            stack.append(CholeskyAffineTransform(init_loc, init_scale_tril))
+            stack.append(make_whitening(init_loc, init_scale_tril))
         else:
             stack.append(LocScaleTransform(init_loc, init_scale))
     elif callable(layers):

@@ -1,30 +1,56 @@
-"""One Pathfinder path: L-BFGS on ``-log p`` with a Gaussian approximation at every iterate.
+"""Pathfinder's paths: L-BFGS on ``-log p`` with a Gaussian approximation at every iterate.
 
-The path keeps the approximation with the highest ELBO estimate. It ends at
+Each path keeps the approximation with the highest ELBO estimate. It ends at
 ``max_iters`` iterations, when L-BFGS converges (relative change of the
 objective below ``ftol`` or largest gradient entry below ``gtol``), when the
-ELBO has not improved for ``patience`` iterations (a posterior with no mode,
-such as the centered eight schools, climbs forever towards ``tau -> 0`` while
-its approximations get worse), or when the line search finds no finite point
-with sufficient decrease (the path then keeps its last good iterate).
+ELBO has not improved by more than ``elbo_tol`` for ``patience`` iterations
+after its first finite value (a posterior with no mode, such as the centered
+eight schools, climbs forever towards ``tau -> 0`` while its approximations get
+worse; an iteration that still changes ``log p`` by more than ``progress_rtol``
+relative does not count), or when the line search finds no finite point with sufficient decrease
+(the path then keeps its last good iterate). A path whose approximations are
+all unusable (far from a mode, where the local curvature is no guide) is not
+ended by ``patience``: it walks on to the mode.
+
+With the exact Hessian (low dimension) the step is Newton's, and where the
+Hessian is not negative definite, the saddle-free Newton step ``|H|^{-1} g``
+(:func:`~pyro_relax.infer.pathfinder.gaussian.newton_inverses`): far from a mode
+under wide or flat priors (a growth curve's intercept at 240 with flat priors on
+the scales), a gradient step moves the scale parameters, whose curvature is
+largest, into a funnel (all group effects equal, their scale to 0) before the
+intercept has moved, while the curvature-scaled step moves each direction by
+its own curvature and reaches the mode.
+
+A path is a generator that yields what it needs evaluated (a gradient at a
+point, log densities at ELBO draws, an exact Hessian) and receives the answer;
+:func:`run_paths` advances all paths in lockstep and evaluates each round's
+requests of one kind as one batched call of ``log p``.
 """
 
 from __future__ import annotations
 
-__all__ = ["PathInfo", "PathOptions", "run_path"]
+__all__ = ["PathInfo", "PathOptions", "default_patience", "run_paths"]
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from pyro_relax.infer.pathfinder.gaussian import Gaussian, exact_inverse_hessian, gaussian_at
-from pyro_relax.infer.pathfinder.lbfgs import LBFGSHistory, strong_wolfe
+from pyro_relax.infer.pathfinder.gaussian import (
+    Gaussian,
+    exact_hessians,
+    gaussian_at,
+    low_rank_gaussian_at,
+    newton_inverses,
+)
+from pyro_relax.infer.pathfinder.lbfgs import LBFGSHistory, LineSearchResult, wolfe_search
 
 LogDensity = Callable[[Tensor], Tensor]
+Request = tuple[str, Tensor]
+Walk = Generator[Request, Any, Any]
 
 
 @dataclass(frozen=True)
@@ -33,8 +59,10 @@ class PathOptions:
 
     max_iters: int = 200
     history_size: int = 6
-    num_elbo_draws: int = 30
-    patience: int = 20
+    num_elbo_draws: int = 25
+    patience: int = 8
+    elbo_tol: float = 0.01
+    progress_rtol: float = 0.1
     exact_hessian: bool = True
     ftol: float = 1e-10
     gtol: float = 1e-8
@@ -68,113 +96,99 @@ class PathInfo(NamedTuple):
     final: Tensor
 
 
-def _value_and_grad(log_p: LogDensity) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-    def fg(x: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.enable_grad():
-            xr = x.detach().clone().requires_grad_(True)
-            lp = log_p(xr[None])[0]
-            if not bool(torch.isfinite(lp)):
-                return x.new_tensor(math.inf), torch.full_like(x, math.nan)
-            (grad,) = torch.autograd.grad(lp, xr)
-        return -lp.detach(), -grad.detach()
-
-    return fg
+def _finite(f: Tensor, g: Tensor) -> bool:
+    return bool(torch.isfinite(f)) and bool(torch.isfinite(g).all())
 
 
-def _elbo(log_p: LogDensity, q: Gaussian, u: Tensor) -> float:
-    z, log_q = q.sample_from(u)
-    with torch.no_grad():
-        lp = log_p(z)
-    if not bool(torch.isfinite(lp).all()):
-        return -math.inf  # a draw outside the support (or a NaN density): unusable
-    value = float((lp - log_q).mean())
-    return value if math.isfinite(value) else -math.inf
+def _search(x: Tensor, f: Tensor, g: Tensor, direction: Tensor, step: float,
+            max_evals: int) -> Walk:
+    search = wolfe_search(x, f, g, direction, step, max_evals=max_evals)
+    try:
+        point = next(search)
+        while True:
+            reply = yield ("grad", point)
+            point = search.send(reply)
+    except StopIteration as stop:
+        found: LineSearchResult | None = stop.value
+        return found
 
 
-def run_path(
-    log_p: LogDensity,
-    x0: Tensor,
-    options: PathOptions,
-    generator: torch.Generator | None = None,
-) -> PathInfo:
-    """Run one path from ``x0`` (float64, finite) and return its best approximation.
+class _Best:
+    """The best approximation so far and the patience count."""
 
-    Arguments:
-        log_p: the vectorized log density ``(n, d) -> (n,)`` (float64).
-        x0: the initial point ``(d,)``.
-        options: the path settings.
-        generator: the random generator of the ELBO draws (``None``: the global one).
+    def __init__(self) -> None:
+        self.q: Gaussian | None = None
+        self.elbo, self.iter, self.since = -math.inf, 0, 0
+        self.elbos: list[float] = []
+        self.kinds: list[str] = []
 
-    Returns:
-        The :class:`PathInfo`; ``best`` is ``None`` and ``stop`` says why when the
-        start is not a finite point of ``log p`` with a finite gradient.
-    """
-    fg = _value_and_grad(log_p)
-    x = x0
-    f, g = fg(x)
-    if not (bool(torch.isfinite(f)) and bool(torch.isfinite(g).all())):
-        return PathInfo(x0, None, -math.inf, 0, [], [], 0, "non-finite start", x0)
-    d = x.shape[-1]
-    u = torch.randn(
-        (options.num_elbo_draws, d), generator=generator, dtype=x.dtype, device=x.device
-    )
-    history = LBFGSHistory(x, options.history_size, options.curvature_eps)
-    batched = [True]
-    best: Gaussian | None = None
-    best_elbo, best_iter, since_best = -math.inf, 0, 0
-    elbos: list[float] = []
-    kinds: list[str] = []
-
-    def approximate(x: Tensor, g: Tensor, H: Tensor | None) -> None:
-        nonlocal best, best_elbo, best_iter, since_best
-        q, kind = None, "none"
-        if options.exact_hessian:
-            H_exact, _ = exact_inverse_hessian(log_p, x, batched)
-            if H_exact is not None:
-                q, kind = gaussian_at(x, -g, H_exact), "exact"
-        if q is None and H is not None:
-            q, kind = gaussian_at(x, -g, H), "lbfgs"
-        if q is None and H is not None:
-            q, kind = gaussian_at(x, -g, torch.diag(history.alpha)), "diagonal"
-        if q is None:
-            kind = "none"
-        elbo = _elbo(log_p, q, u) if q is not None else -math.inf
-        elbos.append(elbo)
-        kinds.append(kind)
-        if elbo > best_elbo:
-            best, best_elbo, best_iter, since_best = q, elbo, len(elbos) - 1, 0
+    def record(self, q: Gaussian | None, kind: str, elbo: float, tol: float) -> None:
+        self.elbos.append(elbo)
+        self.kinds.append(kind if q is not None else "none")
+        if math.isfinite(self.elbo) and not elbo > self.elbo + tol:
+            self.since += 1
         else:
-            since_best += 1
+            self.since = 0
+        if elbo > self.elbo:
+            self.q, self.elbo, self.iter = q, elbo, len(self.elbos) - 1
 
+
+def _approximate(x: Tensor, g: Tensor, history: LBFGSHistory | None, u: Tensor,
+                 options: PathOptions, best: _Best) -> Walk:
+    q, kind, step = None, "none", None
+    if options.exact_hessian:
+        neg = yield ("hessian", x)
+        if neg is not None:
+            cov, step = newton_inverses(neg)
+            if cov is not None:
+                q, kind = gaussian_at(x, -g, cov), "exact"
+    if q is None and history is not None:
+        alpha, beta, gamma = history.factors()
+        q = low_rank_gaussian_at(x, -g, alpha, beta, gamma)
+        kind = "lbfgs" if beta.shape[-1] else "diagonal"
+        if q is None and beta.shape[-1]:
+            q, kind = low_rank_gaussian_at(x, -g, alpha, beta[:, :0], gamma[:0, :0]), "diagonal"
+    elbo = -math.inf
+    if q is not None:
+        z, log_q = q.sample_from(u)
+        lp = yield ("value", z)
+        if bool(torch.isfinite(lp).all()):  # else a draw outside the support: unusable
+            value = float((lp - log_q).mean())
+            elbo = value if math.isfinite(value) else -math.inf
+    best.record(q, kind, elbo, options.elbo_tol)
+    return step
+
+
+def _walk(x0: Tensor, u: Tensor, options: PathOptions) -> Walk:
+    f, g = yield ("grad", x0)
+    if not _finite(f, g):
+        return PathInfo(x0, None, -math.inf, 0, [], [], 0, "non-finite start", x0)
+    x = x0
+    history = LBFGSHistory(x, options.history_size, options.curvature_eps)
+    best = _Best()
     # At the start there is no curvature pair yet: only the exact Hessian can give a Gaussian.
-    approximate(x, g, None)
-    H = None
+    H = yield from _approximate(x, g, None, u, options, best)
     stop, it = "max_iters", 0
     for it in range(1, options.max_iters + 1):  # noqa: B007 (it is reported after the loop)
         gnorm = float(g.norm())
-        if H is not None:
+        steepest = min(1.0, 1.0 / max(gnorm, 1e-300))
+        direction, step = -g, steepest
+        if H is not None:  # (saddle-free) Newton's step from the exact Hessian
             direction, step = -(H @ g), 1.0
+        elif len(history):
+            direction, step = -history.apply(g), 1.0
             if not float(g @ direction) < 0:
-                direction, step = -g, min(1.0, 1.0 / max(gnorm, 1e-300))
-        else:
-            direction, step = -g, min(1.0, 1.0 / max(gnorm, 1e-300))
-        found, _ = strong_wolfe(
-            fg, x, f, g, direction, step, max_evals=options.max_line_search_evals
-        )
-        if found is None and H is not None:  # retry once along the steepest descent
-            direction = -g
-            found, _ = strong_wolfe(
-                fg, x, f, g, direction, min(1.0, 1.0 / max(gnorm, 1e-300)),
-                max_evals=options.max_line_search_evals,
-            )
+                direction, step = -g, steepest
+        found = yield from _search(x, f, g, direction, step, options.max_line_search_evals)
+        if found is None and step == 1.0:  # retry along the steepest descent
+            found = yield from _search(x, f, g, -g, steepest, options.max_line_search_evals)
         if found is None:
             stop, it = "line search found no finite point with sufficient decrease", it - 1
             break
         history.update(found.x - x, found.g - g)
         f_old = float(f)
         x, f, g = found.x, found.f, found.g
-        H = history.inverse_hessian() if len(history) else None
-        approximate(x, g, H if H is not None else torch.diag(history.alpha))
+        H = yield from _approximate(x, g, history, u, options, best)
         rel = abs(f_old - float(f)) / max(abs(f_old), abs(float(f)), 1.0)
         if rel < options.ftol:
             stop = "converged (relative change of log p below ftol)"
@@ -182,7 +196,102 @@ def run_path(
         if float(g.abs().max()) < options.gtol:
             stop = "converged (gradient below gtol)"
             break
-        if since_best >= options.patience:
+        if rel > options.progress_rtol:  # still climbing fast: not yet near a mode
+            best.since = 0
+        if best.since >= options.patience:
             stop = f"no ELBO improvement in {options.patience} iterations"
             break
-    return PathInfo(x0, best, best_elbo, best_iter, elbos, kinds, it, stop, x)
+    return PathInfo(x0, best.q, best.elbo, best.iter, best.elbos, best.kinds, it, stop, x)
+
+
+def _value_and_grad(log_p: LogDensity, xs: Tensor) -> tuple[Tensor, Tensor]:
+    """``f = -log p`` and its gradient at each row of ``xs``; ``(inf, nan)`` where not finite."""
+    with torch.enable_grad():
+        xr = xs.detach().clone().requires_grad_(True)
+        lp = log_p(xr)
+        finite = torch.isfinite(lp)
+        total = torch.where(finite, lp, 0.0).sum()
+        grad = None
+        if total.requires_grad:  # else log p does not depend on x: a zero gradient
+            (grad,) = torch.autograd.grad(total, xr, allow_unused=True)
+    grad = torch.zeros_like(xs) if grad is None else grad
+    f = torch.where(finite, -lp.detach(), math.inf)
+    g = torch.where(finite[:, None], -grad.detach(), math.nan)
+    return f, g
+
+
+def run_paths(
+    log_p: LogDensity,
+    starts: Tensor,
+    options: PathOptions,
+    generator: torch.Generator | None = None,
+) -> list[PathInfo]:
+    """Run one path from each row of ``starts (P, d)`` (float64, finite), all in lockstep.
+
+    Each round, the gradient requests of all paths (line-search trial points) are one
+    call of ``log p`` on a ``(n, d)`` batch, their ELBO draws another, and their exact
+    Hessians a third; ``log p`` must treat rows independently.
+
+    Arguments:
+        log_p: the vectorized log density ``(n, d) -> (n,)`` (float64).
+        starts: the initial points ``(P, d)``.
+        options: the path settings.
+        generator: the random generator of the ELBO draws (``None``: the global one).
+
+    Returns:
+        One :class:`PathInfo` per start; ``best`` is ``None`` and ``stop`` says why when
+        the start is not a finite point of ``log p`` with a finite gradient.
+
+    Example:
+        >>> import torch
+        >>> log_p = lambda z: -0.5 * (z * z).sum(-1)
+        >>> infos = run_paths(log_p, torch.ones(2, 3, dtype=torch.float64), PathOptions())
+        >>> [round(i.elbo, 4) for i in infos], [i.kinds[0] for i in infos]  # log Z = 1.5 log(2 pi)
+        ([2.7568, 2.7568], ['exact', 'exact'])
+    """
+    P, d = starts.shape
+    u = torch.randn((P, options.num_elbo_draws, d), generator=generator, dtype=starts.dtype,
+                    device=starts.device)
+    walks = [_walk(starts[i], u[i], options) for i in range(P)]
+    pending = {i: next(w) for i, w in enumerate(walks)}
+    results: list[PathInfo | None] = [None] * P
+    batched = [True]
+    while pending:
+        replies: dict[int, Any] = {}
+        for kind in ("grad", "value", "hessian"):
+            ids = [i for i, (k, _) in pending.items() if k == kind]
+            if not ids:
+                continue
+            if kind == "grad":
+                f, g = _value_and_grad(log_p, torch.stack([pending[i][1] for i in ids]))
+                replies.update({i: (f[j], g[j]) for j, i in enumerate(ids)})
+            elif kind == "value":
+                zs = [pending[i][1] for i in ids]
+                with torch.no_grad():
+                    lp = log_p(torch.cat(zs))
+                replies.update(zip(ids, lp.split([z.shape[0] for z in zs]), strict=True))
+            else:
+                Hs = exact_hessians(log_p, torch.stack([pending[i][1] for i in ids]),
+                                           batched)
+                replies.update(zip(ids, Hs, strict=True))
+        for i, reply in replies.items():
+            try:
+                pending[i] = walks[i].send(reply)
+            except StopIteration as done:
+                results[i] = done.value
+                del pending[i]
+    return [r for r in results if r is not None]
+
+
+def default_patience(patience: object, init: object, hessian: str, max_dim: object) -> object:
+    """``patience`` as given, else 8 where the exact Hessian is used and 40 with L-BFGS.
+
+    Example:
+        >>> default_patience(None, torch.zeros(1000), "auto", 100)
+        40
+    """
+    if patience is not None:
+        return patience
+    d = init.shape[-1] if isinstance(init, Tensor) and init.dim() > 0 else 1
+    exact = hessian == "exact" or (hessian == "auto" and isinstance(max_dim, int) and d <= max_dim)
+    return 8 if exact else 40

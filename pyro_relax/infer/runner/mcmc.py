@@ -71,7 +71,7 @@ def pathfinder_preconditioner(
     potential = Potential(model)
     pf = run_pathfinder(potential, seed, torch.float64)
     dtypes = {s.name: s.dtype for s in potential.sites}  # the chain runs in the model's dtypes
-    var = pf.scale_tril.square().sum(-1)
+    var = pf.variance
     loc = {k: u.detach().to(dtypes[k]) for k, u in potential.unpack(pf.loc).items()}
     scale = {k: u.detach().to(dtypes[k]) for k, u in potential.unpack(var).items()}
     return loc, scale

@@ -99,7 +99,7 @@ def whitening_start(
         return [], None
     pyro.set_rng_seed(opts.seed)
     pf = run_pathfinder(model, opts.seed, opts.dtype)
-    kwargs["init_gaussian"] = (pf.loc, pf.scale_tril)
+    kwargs["init_gaussian"] = pf.gaussian  # dense whitening up to 200 dims, low rank above
     stage = {"stage": "pathfinder", "seconds": pf.wall_time, "elbo": pf.elbo, "khat": pf.khat,
              "num_evals": pf.num_evals}
     return [stage], pf
