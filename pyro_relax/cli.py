@@ -20,7 +20,7 @@ the model on all indices, ``model(torch.arange(size), *data)``.
 Everything that can be checked (counts, ``--out``, the device, the model file and
 one trial run of the model) is checked before fitting. Outputs are written to a
 temporary folder next to ``DIR`` and swapped into place only when complete, so a
-failed or interrupted run (SIGINT exits 130, SIGTERM 143) leaves nothing
+failed or interrupted run (SIGHUP exits 129, SIGINT 130, SIGTERM 143) leaves nothing
 half-written; ``--force`` replaces only empty folders and earlier outputs, which
 carry a ``.pyro-relax-run.json`` marker (see ``pyro_relax._outdir``). Errors are
 one line on stderr; set ``PYRO_RELAX_DEBUG=1`` to see the traceback of an
@@ -43,7 +43,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyro_relax._outdir import Interrupted, Output, check_out, signals_raise, write_results
+from pyro_relax._outdir import Interrupted, Output, check_out, signals_raise
+from pyro_relax._results import write_results
 from pyro_relax.infer.runner import DTYPES, GUIDES, KERNELS
 from pyro_relax.modelfile import ERRORS, add_devices_options, import_file, trial_run
 
@@ -81,8 +82,11 @@ def _prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], tuple[Any, .
     With ``--devices`` the model is ``model(ind, *data)`` and its arguments all
     indices and the data; otherwise a zero-argument model and no arguments.
     """
+    import pyro
+
     target = check_out(args.out, force=args.force, model_file=args.model.partition(":")[0])
     _setup_device(args.device)
+    pyro.set_rng_seed(args.seed)  # the trial run draws from the prior: same command, same answer
     model: Callable[..., Any]
     if getattr(args, "devices", None) is None:
         model, model_args = load_model(args.model), ()
@@ -136,7 +140,8 @@ def _fit(args: argparse.Namespace) -> int:
         samples, log_w = guide_draws(fit, model, args.num_samples, model_args)
         diag: dict[str, Any] = {
             "guide": args.guide,
-            "steps": steps,
+            "steps": len(fit.elbo) or steps,  # those run: early stopping may end sooner
+            "max_steps": steps,
             "particles": args.particles,
             "dtype": args.dtype,
             "final_elbo": fit.elbo[-1],
@@ -146,9 +151,11 @@ def _fit(args: argparse.Namespace) -> int:
         }
         if args.num_samples >= 25 and fit.extra.get("method") != "neutra":
             diag.update(weighted_report(log_w))
-        table = write_results(tmp, samples, diag, log_w=log_w, elbo=fit.elbo, seed=args.seed)
+        table = write_results(tmp, samples, diag, log_w=log_w, elbo=fit.elbo, seed=args.seed,
+                              name=output.target.name)
     print(table[["mean", "sd", "ess_bulk"]].to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"\nfinal ELBO {fit.elbo[-1]:.3f}; wrote {args.out}/ (the posterior is PSIS-corrected)")
+    corrected = " (the posterior is PSIS-corrected)" if "posterior" in diag else ""
+    print(f"\nfinal ELBO {fit.elbo[-1]:.3f}; wrote {args.out}/{corrected}")
     print(_verdict_line(diag))
     return 0
 
@@ -203,7 +210,8 @@ def _mcmc(args: argparse.Namespace) -> int:
             guide_steps=args.guide_steps,
         )
         diag = {"kernel": args.kernel, "seconds": res.seconds, **res.extra}
-        table = write_results(tmp, res.samples, diag, chains=args.chains, mcmc=res.mcmc)
+        table = write_results(tmp, res.samples, diag, chains=args.chains, mcmc=res.mcmc,
+                              name=output.target.name)
     print(table[["mean", "sd", "ess_bulk", "r_hat"]].to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"\n{args.kernel}: {res.seconds:.1f} s; wrote {args.out}/")
     return 0
@@ -213,8 +221,9 @@ def _density(args: argparse.Namespace) -> int:
     from pyro_relax.density_fit import check_density_args, run_density
 
     data_file = args.data if Path(args.data).suffix in (".npy", ".csv") else None
-    target = check_out(args.out, force=args.force, model_file=data_file)
+    target = check_out(args.out, force=args.force, model_file=data_file, source="data file")
     _setup_device(args.device)
+    _quiet_lightning()
     check_density_args(args)  # options and data, before anything is created
     record = {k: v for k, v in vars(args).items() if k != "func"}
     with Output(target, record, force=args.force).writing() as tmp:
@@ -223,6 +232,19 @@ def _density(args: argparse.Namespace) -> int:
     print(" ".join(f"{k} {v:.4g}" for k, v in shown.items()))
     print(f"wrote {args.out}/ (model.pt: pyro_relax.density_fit.load_density_model)")
     return 0
+
+
+def _quiet_lightning() -> None:
+    """Silence Lightning's tips, info lines and deprecation notices (this process and workers)."""
+    import logging
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(lightning|torch)\b")
+    warnings.filterwarnings("ignore", message=r".*(litmodels|LitModels|litlogger).*")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -323,22 +345,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# Counts checked before anything runs: option name -> smallest allowed value.
-# ArviZ's summary (ESS, R-hat) needs at least 4 draws.
-LOWEST = {"steps": 1, "num_samples": 4, "chains": 1, "warmup": 0, "guide_steps": 1, "particles": 1}
+# Counts checked before anything runs: option name -> (smallest, largest) allowed value.
+# ArviZ's summary (ESS, R-hat) needs at least 4 draws; the largest values keep a typo
+# (an extra zero or three) from failing for want of memory after the fit.
+BOUNDS = {
+    "steps": (1, 10**8), "num_samples": (4, 10**7), "chains": (1, 256), "warmup": (0, 10**8),
+    "guide_steps": (1, 10**8), "particles": (1, 10**5), "seed": (0, 2**32 - 1),
+}
+LR_MAX = 10.0  # larger learning rates only diverge
 
 
 def _check_numbers(args: argparse.Namespace) -> str | None:
-    for name, lowest in LOWEST.items():
-        value = getattr(args, name, lowest)
-        if value is not None and value < lowest:
-            return f"--{name.replace('_', '-')} must be at least {lowest}, got {value}"
+    for name, (lowest, highest) in BOUNDS.items():
+        value = getattr(args, name, None)
+        option = f"--{name.replace('_', '-')}"
+        if value is not None and not lowest <= value <= highest:
+            return f"{option} must be from {lowest} to {highest}, got {value}"
     lr = getattr(args, "lr", 1.0)
-    if not (math.isfinite(lr) and lr > 0):
-        return f"--lr must be a positive number, got {lr}"
+    if not (math.isfinite(lr) and 0 < lr <= LR_MAX):
+        return f"--lr must be a positive number at most {LR_MAX:g}, got {lr:g}"
     budget = getattr(args, "budget", 1.0)
     if not (math.isfinite(budget) and budget > 0):
-        return f"--budget must be a positive number of seconds (e.g. 600), got {budget}"
+        return f"--budget must be a positive number of seconds (e.g. 600), got {budget:g}"
     return None
 
 
@@ -363,8 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        0 on success, 1 for an error (one line on stderr), 2 for a bad option,
-        130 after SIGINT and 143 after SIGTERM.
+        0 on success, 1 for an error (one line on stderr; also when the model
+        file calls ``sys.exit``), 2 for a bad option, 129 after SIGHUP, 130
+        after SIGINT and 143 after SIGTERM.
     """
     args = _parser().parse_args(argv)
     problem = _check_numbers(args)
@@ -377,6 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = int(args.func(args))
     except (Interrupted, KeyboardInterrupt) as err:
         return _interrupted(err, args)
+    except SystemExit as err:  # the model file's sys.exit: never a (false) success
+        out = getattr(args, "out", None)
+        where = f"; nothing written to {out}" if out else ""
+        print(f"pyro-relax: error: the model called sys.exit({err.code!r}){where}",
+              file=sys.stderr)
+        return 1
     except Exception as err:
         if os.environ.get("PYRO_RELAX_DEBUG") == "1":
             raise
