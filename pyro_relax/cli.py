@@ -34,7 +34,6 @@ __all__ = ["load_model", "main"]
 import argparse
 import functools
 import inspect
-import math
 import os
 import signal
 import sys
@@ -43,6 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pyro_relax._cli_checks import check_numbers, quiet_lightning, setup_device
 from pyro_relax._outdir import Interrupted, Output, check_out, signals_raise
 from pyro_relax._results import write_results
 from pyro_relax.infer.runner import DTYPES, GUIDES, KERNELS
@@ -85,7 +85,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], tuple[Any, .
     import pyro
 
     target = check_out(args.out, force=args.force, model_file=args.model.partition(":")[0])
-    _setup_device(args.device)
+    setup_device(args.device)
     pyro.set_rng_seed(args.seed)  # the trial run draws from the prior: same command, same answer
     model: Callable[..., Any]
     if getattr(args, "devices", None) is None:
@@ -100,20 +100,6 @@ def _prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], tuple[Any, .
     trial_run(functools.partial(model, *model_args))
     record = {k: v for k, v in vars(args).items() if k != "func"}  # the run's options
     return model, model_args, Output(target, record, force=args.force)
-
-
-def _setup_device(device: str) -> None:
-    import torch
-
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"expected --device cpu or cuda[:N], got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device here")
-    if device.startswith("cuda:"):
-        index, count = device[5:], torch.cuda.device_count()
-        if not index.isdigit() or int(index) >= count:
-            raise ValueError(f"expected --device cuda:N with N < {count}, got {device!r}")
-    torch.set_default_device(device)
 
 
 # -- subcommands -------------------------------------------------------------
@@ -222,8 +208,8 @@ def _density(args: argparse.Namespace) -> int:
 
     data_file = args.data if Path(args.data).suffix in (".npy", ".csv") else None
     target = check_out(args.out, force=args.force, model_file=data_file, source="data file")
-    _setup_device(args.device)
-    _quiet_lightning()
+    setup_device(args.device)
+    quiet_lightning()
     check_density_args(args)  # options and data, before anything is created
     record = {k: v for k, v in vars(args).items() if k != "func"}
     with Output(target, record, force=args.force).writing() as tmp:
@@ -232,19 +218,6 @@ def _density(args: argparse.Namespace) -> int:
     print(" ".join(f"{k} {v:.4g}" for k, v in shown.items()))
     print(f"wrote {args.out}/ (model.pt: pyro_relax.density_fit.load_density_model)")
     return 0
-
-
-def _quiet_lightning() -> None:
-    """Silence Lightning's tips, info lines and deprecation notices (this process and workers)."""
-    import logging
-    import warnings
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for category in (DeprecationWarning, FutureWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category, module=r"(lightning|torch)\b")
-    warnings.filterwarnings("ignore", message=r".*(litmodels|LitModels|litlogger).*")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -261,25 +234,15 @@ def _demo(args: argparse.Namespace) -> int:
     print("pyro-relax demo, part 1: density estimation on the built-in sign-symmetric 2-D data")
     print(f"(4000 train / 2000 test points, {args.steps} Adam steps per model)\n")
     rows = demo.density_demo(steps=args.steps, seed=args.seed, progress=args.progress)
-    print(f"{'model':<20} {'params':>7} {'test log-lik (nats)':>20} {'time (s)':>9}")
-    for r in rows:
-        print(f"{r['model']:<20} {r['params']:>7d} {r['test_loglik']:>20.3f} {r['seconds']:>9.1f}")
+    print(demo.density_table(rows))
     gain = rows[1]["test_loglik"] - rows[0]["test_loglik"]
     print(f"\nThe abs surjection changes the test log-likelihood by {gain:+.3f} nats per point.\n")
     if args.density_only:
         return 0
-    print("part 2: centered eight schools (a funnel), Pyro NUTS against pyro-relax\n")
+    print("part 2: centered eight schools (a funnel): the default method, auto, beside Pyro NUTS")
+    print("(auto is what pyro-relax fit runs: Pathfinder, a flow, PSIS k-hat, escalation)\n")
     rows = demo.inference_demo(seed=args.seed, progress=args.progress)
-    print(
-        f"{'method':<22} {'time (s)':>8} {'mu mean (sd)':>16} {'log tau mean (sd)':>18} "
-        f"{'ESS/s':>7} {'k-hat':>12}"
-    )
-    for r in rows:
-        khat = f"{r['khat']:.2f} {r['verdict'][:4]}" if "khat" in r else "-"
-        print(
-            f"{r['method']:<22} {r['seconds']:>8.1f} {r['mu'][0]:>8.2f} ({r['mu'][1]:.2f}) "
-            f"{r['log_tau'][0]:>10.2f} ({r['log_tau'][1]:.2f}) {r['ess_per_s']:>7.1f} {khat:>12}"
-        )
+    print(demo.inference_table(rows))
     print(
         "\nReference (posteriordb, Stan NUTS): mu 4.39 (3.3); log tau is heavy-tailed towards -inf."
     )
@@ -345,31 +308,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# Counts checked before anything runs: option name -> (smallest, largest) allowed value.
-# ArviZ's summary (ESS, R-hat) needs at least 4 draws; the largest values keep a typo
-# (an extra zero or three) from failing for want of memory after the fit.
-BOUNDS = {
-    "steps": (1, 10**8), "num_samples": (4, 10**7), "chains": (1, 256), "warmup": (0, 10**8),
-    "guide_steps": (1, 10**8), "particles": (1, 10**5), "seed": (0, 2**32 - 1),
-}
-LR_MAX = 10.0  # larger learning rates only diverge
-
-
-def _check_numbers(args: argparse.Namespace) -> str | None:
-    for name, (lowest, highest) in BOUNDS.items():
-        value = getattr(args, name, None)
-        option = f"--{name.replace('_', '-')}"
-        if value is not None and not lowest <= value <= highest:
-            return f"{option} must be from {lowest} to {highest}, got {value}"
-    lr = getattr(args, "lr", 1.0)
-    if not (math.isfinite(lr) and 0 < lr <= LR_MAX):
-        return f"--lr must be a positive number at most {LR_MAX:g}, got {lr:g}"
-    budget = getattr(args, "budget", 1.0)
-    if not (math.isfinite(budget) and budget > 0):
-        return f"--budget must be a positive number of seconds (e.g. 600), got {budget:g}"
-    return None
-
-
 def _interrupted(err: BaseException, args: argparse.Namespace) -> int:
     signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
     name = signal.Signals(signum).name
@@ -396,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         after SIGINT and 143 after SIGTERM.
     """
     args = _parser().parse_args(argv)
-    problem = _check_numbers(args)
+    problem = check_numbers(args)
     if problem is not None:
         print(f"pyro-relax: error: {problem}", file=sys.stderr)
         return 2

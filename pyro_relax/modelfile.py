@@ -185,18 +185,19 @@ def _check_sites(trace: Any) -> None:  # noqa: ANN401 - a Pyro trace
         if site["type"] != "sample":
             continue
         deterministic = site["infer"].get("_deterministic", False)
-        if site["is_observed"] and not deterministic:
+        support = getattr(site["fn"], "support", None)  # None: a plate's subsample site
+        if site["is_observed"] and not deterministic or support is None:
             continue
         if "/" in name:
             raise ValueError(f"site {name!r}: a '/' in a site name cannot be written to "
                              "posterior.nc; rename it")
-        if deterministic or site["infer"].get("is_auxiliary") or site["fn"].support.is_discrete:
+        if deterministic or site["infer"].get("is_auxiliary") or support.is_discrete:
             continue
         try:
-            biject_to(site["fn"].support)
+            biject_to(support)
         except NotImplementedError:
             raise ValueError(
-                f"site {name!r}: its support {site['fn'].support} has no transform to "
+                f"site {name!r}: its support {support} has no transform to "
                 "unconstrained space, so it cannot be fitted; reparametrize it (a Wishart or "
                 "positive-definite matrix as a Cholesky factor: LKJCholesky and scales)"
             ) from None
