@@ -69,15 +69,20 @@ class LineProgress:
         self.closed = False
 
     def __iter__(self) -> Iterator[Any]:
-        """Iterate, counting; the line is written when the iterable ends (or the loop stops)."""
+        """Iterate, counting; the line is written when the iterable ends (or at :meth:`close`)."""
         if self.iterable is None:
             raise TypeError("LineProgress: nothing to iterate over (iterable=None)")
+        for item in self.iterable:
+            self.n += 1  # counted when handed out: a loop that breaks has done it
+            yield item
+        self.close()
+
+    def __del__(self) -> None:
+        """A bar left open (a loop that broke, never closed) writes its line when collected."""
         try:
-            for item in self.iterable:
-                self.n += 1  # counted when handed out: a loop that breaks has done it
-                yield item
-        finally:
             self.close()
+        except Exception:  # noqa: BLE001, S110 - interpreter shutdown: nothing to write to
+            pass
 
     def __enter__(self) -> LineProgress:
         """Use as a context manager: closed (its line written) on leaving."""

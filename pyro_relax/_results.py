@@ -11,6 +11,7 @@ __all__ = ["netcdf_bytes", "plain_json", "write_results"]
 
 import io
 import json
+import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,7 +68,13 @@ def write_results(
         idata = to_inference_data(flat, log_weights=lw, elbo_trace=elbo, chains=chains)
         shown = flat
     (tmp / "posterior.nc").write_bytes(netcdf_bytes(idata))
-    table = summarize(idata)
+    arviz_log = logging.getLogger("arviz")  # R-hat of one chain: a warning line, not news
+    level = arviz_log.level
+    arviz_log.setLevel(logging.ERROR)
+    try:
+        table = summarize(idata)
+    finally:
+        arviz_log.setLevel(level)
     distinct = diagnostics.get("posterior", {}).get("distinct_draws")
     if isinstance(distinct, int):  # copies of one draw are not independent draws
         for column in ("ess_bulk", "ess_tail"):

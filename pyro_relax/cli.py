@@ -97,6 +97,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], tuple[Any, .
 
         model, data = prepare_data_parallel(args)
         model_args = (torch.arange(data[0].shape[0], device=data[0].device), *data)
+    pyro.set_rng_seed(args.seed)  # again: imports on the way may have drawn
     trial_run(functools.partial(model, *model_args))
     record = {k: v for k, v in vars(args).items() if k != "func"}  # the run's options
     return model, model_args, Output(target, record, force=args.force)

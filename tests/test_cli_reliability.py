@@ -100,6 +100,7 @@ def test_sys_exit_at_import_is_an_error(tmp_path, capsys):
 def test_force_keeps_files_the_user_added_to_a_run(model_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert _fit(model_file, out) == 0
+    capsys.readouterr()
     (out / "notes.txt").write_text("mine")
     before = sorted(p.name for p in out.iterdir())
     assert _fit(model_file, out, "--force") == 1
@@ -116,7 +117,8 @@ def test_force_refuses_a_hand_made_marker(model_file, tmp_path, capsys, marker):
     (data / "data.txt").write_text("1 2 3")
     (data / MARKER).write_text(marker)
     assert _fit(model_file, data, "--force") == 1
-    assert MARKER in _one_line(capsys) or "data.txt" in capsys.readouterr().err
+    line = _one_line(capsys)
+    assert MARKER in line or "data.txt" in line
     assert (data / "data.txt").read_text() == "1 2 3"
 
 
@@ -133,17 +135,19 @@ def test_force_replaces_a_run_and_the_marker_lists_its_files(model_file, tmp_pat
 def test_pre_fit_checks_do_not_depend_on_the_global_rng(model_file, tmp_path, capsys):
     import torch
 
-    outcomes = set()
-    for i in range(8):
-        torch.manual_seed(i)
-        out = tmp_path / f"o{i}"
-        code = main(["fit", f"{model_file}:random_check", *FAST, "--steps", "1",
-                     "--out", str(out), "--seed", "1"])
-        err = capsys.readouterr().err
-        outcomes.add(code)
-        if code:
-            assert "on a trial run" in err, err
-    assert len(outcomes) == 1, outcomes
+    trial_failures = 0
+    for seed in range(2, 6):
+        outcomes = set()
+        for i in range(3):  # the global RNG as an earlier computation left it
+            torch.manual_seed(100 * seed + i)
+            out = tmp_path / f"o{seed}-{i}"
+            code = main(["fit", f"{model_file}:random_check", *FAST, "--steps", "1",
+                         "--out", str(out), "--seed", str(seed)])
+            err = capsys.readouterr().err.replace(str(out), "OUT")
+            outcomes.add((code, err))
+        assert len(outcomes) == 1, outcomes
+        trial_failures += "on a trial run: Expected parameter scale" in err
+    assert trial_failures > 0
 
 
 # -- 7. SIGHUP and the temporary folders of killed runs ---------------------------------------
@@ -240,7 +244,7 @@ def test_sites_the_fit_cannot_handle_fail_before_it(model_file, tmp_path, capsys
     assert _hidden(tmp_path) == [] and not (tmp_path / "o").exists()
 
 
-# -- 11. what a run writes about itself -------------------------------------------------------------
+# -- 11. what a run writes about itself --------------------------------------------------
 def test_report_title_names_the_run_and_folder_mode_follows_umask(model_file, tmp_path):
     out = tmp_path / "my-run"
     old = os.umask(0o022)
