@@ -9,7 +9,7 @@ and writes one line when its stage ends: ``fit: 400/5000 steps in 12.3 s (elbo=-
 
 from __future__ import annotations
 
-__all__ = ["LineProgress", "progress_bar"]
+__all__ = ["LineProgress", "interactive", "progress_bar"]
 
 import sys
 import time
@@ -17,7 +17,12 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 
-def _interactive(file: IO[str]) -> bool:
+def interactive(file: IO[str] | None = None) -> bool:
+    """Whether a live bar suits ``file`` (default ``sys.stderr``): a terminal or a notebook.
+
+    Pyro's MCMC draws its own bar; callers pass ``progress and interactive()`` to it.
+    """
+    file = sys.stderr if file is None else file
     if "ipykernel" in sys.modules:  # a notebook: tqdm.auto draws a widget
         return True
     isatty = getattr(file, "isatty", None)
@@ -137,6 +142,6 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, disable: bool = False
     from tqdm.auto import tqdm
 
     file = kwargs.get("file") or sys.stderr
-    if disable or _interactive(file):
+    if disable or interactive(file):
         return tqdm(iterable, disable=disable, **kwargs)
     return LineProgress(iterable, **kwargs)

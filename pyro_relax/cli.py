@@ -44,6 +44,7 @@ from typing import Any
 
 from pyro_relax._cli_checks import check_numbers, quiet_lightning, setup_device
 from pyro_relax._outdir import Interrupted, Output, check_out, signals_raise
+from pyro_relax._progress import interactive
 from pyro_relax._results import write_results
 from pyro_relax.infer.runner import DTYPES, GUIDES, KERNELS
 from pyro_relax.modelfile import ERRORS, add_devices_options, import_file, trial_run
@@ -193,7 +194,7 @@ def _mcmc(args: argparse.Namespace) -> int:
             warmup_steps=args.warmup,
             num_chains=args.chains,
             seed=args.seed,
-            progress=args.progress,
+            progress=args.progress and interactive(),  # Pyro's bar: none in a log
             guide_steps=args.guide_steps,
         )
         diag = {"kernel": args.kernel, "seconds": res.seconds, **res.extra}

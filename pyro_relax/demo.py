@@ -71,6 +71,7 @@ def inference_demo(
     """
     import numpy as np
 
+    from pyro_relax._progress import interactive
     from pyro_relax.diagnostics import psis_expectation, summarize, weighted_report
     from pyro_relax.infer.runner import fit_guide, guide_draws, run_mcmc
     from pyro_relax.models import eight_schools_centered as model
@@ -112,7 +113,8 @@ def inference_demo(
     weights = None if fit.extra.get("method") == "neutra" else log_w  # NeuTra: equal weights
     row("auto (the default)", {k: v.unsqueeze(0) for k, v in samples.items()}, seconds,
         weights, **verdict)
-    nuts = run_mcmc(model, "nuts", num_samples=500, warmup_steps=500, seed=seed, progress=progress)
+    nuts = run_mcmc(model, "nuts", num_samples=500, warmup_steps=500, seed=seed,
+                    progress=progress and interactive())  # Pyro's own bar: none in a log
     row("Pyro NUTS", nuts.samples, nuts.seconds, divergences=_divergences(nuts.mcmc))
     return rows
 
