@@ -111,6 +111,9 @@ def inference_demo(
     verdict = {k: fit.extra[k] for k in ("khat", "verdict", "advice") if k in fit.extra}
     verdict["stage"] = fit.extra.get("method")
     weights = None if fit.extra.get("method") == "neutra" else log_w  # NeuTra: equal weights
+    if "khat" not in verdict and weights is not None:  # as pyro-relax fit reports it
+        report = weighted_report(weights)
+        verdict.update(khat=report["khat"], verdict=report["verdict"])
     row("auto (the default)", {k: v.unsqueeze(0) for k, v in samples.items()}, seconds,
         weights, **verdict)
     nuts = run_mcmc(model, "nuts", num_samples=500, warmup_steps=500, seed=seed,
@@ -170,8 +173,7 @@ def inference_table(rows: list[dict[str, Any]]) -> str:
         else:
             divergences = r.get("divergences", -1)
             verdict = f"MCMC, {divergences} divergences" if divergences >= 0 else "MCMC"
-        lines.append(
-            f"{r['method']:<18} {r['seconds']:>8.1f} {r['mu'][0]:>7.2f} ({r['mu'][1]:.2f}) "
-            f"{r['log_tau'][0]:>10.2f} ({r['log_tau'][1]:.2f}) {r['ess_per_s']:>7.1f}  {verdict}"
-        )
+        mu, log_tau = (f"{r[k][0]:.2f} ({r[k][1]:.2f})" for k in ("mu", "log_tau"))
+        lines.append(f"{r['method']:<18} {r['seconds']:>8.1f} {mu:>15} {log_tau:>18} "
+                     f"{r['ess_per_s']:>7.1f}  {verdict}")
     return "\n".join(lines + ([""] + notes if notes else []))

@@ -345,3 +345,41 @@ def test_line_progress_counts_a_loop_that_breaks(capsys):
     bar.close()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("fit: 10/100 steps in ") and "elbo=-1.0" in err
+
+
+# -- the first run: pyro-relax demo ----------------------------------------------------------------
+def test_demo_table_keeps_the_verdict_whole_within_100_columns():
+    from pyro_relax.demo import inference_table
+
+    auto = {"method": "auto (the default)", "seconds": 1234.5, "mu": (-14.37, 13.39),
+            "log_tau": (-10.95, 10.91), "ess_per_s": 12345.6, "khat": 0.91,
+            "verdict": "unreliable", "advice": "raise --budget", "stage": "ais-40"}
+    nuts = {"method": "Pyro NUTS", "seconds": 175.8, "mu": (4.76, 3.33), "log_tau": (1.1, 0.7),
+            "ess_per_s": 0.2, "divergences": 6}
+    lines = inference_table([auto, nuts]).splitlines()
+    assert max(map(len, lines)) <= 100
+    assert lines[1].startswith("auto (the default)")
+    assert lines[1].endswith("k-hat 0.91 (unreliable)")
+    assert lines[2].endswith("MCMC, 6 divergences")
+    assert any("raise --budget" in ln for ln in lines) and any("ais-40" in ln for ln in lines)
+
+
+def test_demo_runs_the_default_method_first(monkeypatch):
+    import pyro_relax.infer.runner as runner
+    from pyro_relax.demo import inference_demo
+
+    asked = []
+    real_fit, real_mcmc = runner.fit_guide, runner.run_mcmc
+
+    def quick_fit(model, guide, **kwargs):
+        asked.append(guide)
+        return real_fit(model, "normal", steps=5, seed=kwargs["seed"], progress=False)
+
+    def quick_mcmc(model, kernel, **kwargs):
+        return real_mcmc(model, kernel, num_samples=20, warmup_steps=10, seed=0, progress=False)
+
+    monkeypatch.setattr(runner, "fit_guide", quick_fit)
+    monkeypatch.setattr(runner, "run_mcmc", quick_mcmc)
+    rows = inference_demo(seed=0)
+    assert asked == ["auto"] and [r["method"] for r in rows] == ["auto (the default)", "Pyro NUTS"]
+    assert "verdict" in rows[0] and "khat" in rows[0]
