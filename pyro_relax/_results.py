@@ -68,13 +68,13 @@ def write_results(
         idata = to_inference_data(flat, log_weights=lw, elbo_trace=elbo, chains=chains)
         shown = flat
     (tmp / "posterior.nc").write_bytes(netcdf_bytes(idata))
-    arviz_log = logging.getLogger("arviz")  # R-hat of one chain: a warning line, not news
-    level = arviz_log.level
-    arviz_log.setLevel(logging.ERROR)
+    # ArviZ logs a warning for R-hat of one chain (its own logger, not getLogger's): not news
+    disabled = logging.root.manager.disable
+    logging.disable(max(disabled, logging.WARNING))
     try:
         table = summarize(idata)
     finally:
-        arviz_log.setLevel(level)
+        logging.disable(disabled)
     distinct = diagnostics.get("posterior", {}).get("distinct_draws")
     if isinstance(distinct, int):  # copies of one draw are not independent draws
         for column in ("ess_bulk", "ess_tail"):
