@@ -65,13 +65,23 @@ def setup_device(device: str) -> None:
 
 
 def quiet_lightning() -> None:
-    """Silence Lightning's tips, info lines and deprecation notices (this process and workers)."""
+    """Silence Lightning's tips, info lines and deprecation notices (this process and workers).
+
+    Lightning sets its loggers' levels when it is imported, so it is imported first.
+    """
+    import importlib
     import logging
     import warnings
 
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(pytorch_)?lightning")
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"torch")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    for category in (DeprecationWarning, FutureWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category, module=r"(lightning|torch)\b")
-    warnings.filterwarnings("ignore", message=r".*(litmodels|LitModels|litlogger).*")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")

@@ -213,6 +213,7 @@ def _density(args: argparse.Namespace) -> int:
     setup_device(args.device)
     quiet_lightning()
     check_density_args(args)  # options and data, before anything is created
+    args.progress = args.progress and interactive()  # Lightning's bar: none in a log
     record = {k: v for k, v in vars(args).items() if k != "func"}
     with Output(target, record, force=args.force).writing() as tmp:
         metrics = run_density(args, tmp)

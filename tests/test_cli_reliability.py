@@ -383,3 +383,14 @@ def test_demo_runs_the_default_method_first(monkeypatch):
     rows = inference_demo(seed=0)
     assert asked == ["auto"] and [r["method"] for r in rows] == ["auto (the default)", "Pyro NUTS"]
     assert "verdict" in rows[0] and "khat" in rows[0]
+
+
+def test_density_prints_no_lightning_notices_or_bars_in_a_log(tmp_path):
+    pytest.importorskip("lightning")
+    argv = [sys.executable, "-m", "pyro_relax.cli", "density", "two_moons", "--steps", "10",
+            "--points", "200", "--out", str(tmp_path / "d")]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for noise in ("Tip", "GPU available", "TPU available", "Trainer.fit", "Deprecat", "\r"):
+        assert noise not in proc.stdout + proc.stderr, (noise, proc.stderr)
+    assert proc.stdout.splitlines()[-1].startswith("wrote ")
