@@ -6,7 +6,9 @@ device, and the quieting of Lightning's notices for ``density``.
 
 from __future__ import annotations
 
-__all__ = ["BOUNDS", "LR_MAX", "check_numbers", "quiet_lightning", "setup_device"]
+__all__ = [
+    "BOUNDS", "LR_MAX", "check_memory", "check_numbers", "quiet_lightning", "setup_device",
+]
 
 import argparse
 import math
@@ -43,6 +45,34 @@ def check_numbers(args: argparse.Namespace) -> str | None:
     if not (math.isfinite(budget) and budget > 0):
         return f"--budget must be a positive number of seconds (e.g. 600), got {budget:g}"
     return None
+
+
+def check_memory(draws: int, size: int, copies: int = 4) -> None:
+    """Refuse ``draws`` posterior draws of ``size`` values that cannot fit in this machine's memory.
+
+    A run keeps about ``copies`` float64 copies of its draws (the draws, the
+    corrected ones, the netCDF file being built, the summary's work).
+
+    Raises:
+        ValueError: naming ``--num-samples`` and the memory needed and present.
+
+    Example:
+        >>> check_memory(1000, 3)  # 96 kB: fine
+        >>> try:
+        ...     check_memory(10**7, 10**6)
+        ... except ValueError as err:
+        ...     print(str(err).split(",")[0])
+        --num-samples: 10000000 draws of 1000000 values need about 320000 GB
+    """
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not known here: no check
+        return
+    need = draws * size * 8 * copies
+    if need > total:
+        raise ValueError(f"--num-samples: {draws} draws of {size} values need about "
+                         f"{need / 1e9:.0f} GB, more than this machine's {total / 1e9:.0f} GB; "
+                         "ask for fewer draws")
 
 
 def setup_device(device: str) -> None:

@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyro_relax._cli_checks import check_numbers, quiet_lightning, setup_device
+from pyro_relax._cli_checks import check_memory, check_numbers, quiet_lightning, setup_device
 from pyro_relax._outdir import Interrupted, Output, check_out, signals_raise
 from pyro_relax._progress import interactive
 from pyro_relax._results import write_results
@@ -99,7 +99,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], tuple[Any, .
         model, data = prepare_data_parallel(args)
         model_args = (torch.arange(data[0].shape[0], device=data[0].device), *data)
     pyro.set_rng_seed(args.seed)  # again: imports on the way may have drawn
-    trial_run(functools.partial(model, *model_args))
+    size = trial_run(functools.partial(model, *model_args))
+    check_memory(args.num_samples * getattr(args, "chains", 1), size)
     record = {k: v for k, v in vars(args).items() if k != "func"}  # the run's options
     return model, model_args, Output(target, record, force=args.force)
 

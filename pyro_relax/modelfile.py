@@ -136,13 +136,16 @@ class FileModel:
         return f"FileModel({os.fspath(self.path)!r}, {self.name!r})"
 
 
-def trial_run(model: Callable[[], Any]) -> None:
+def trial_run(model: Callable[[], Any]) -> int:
     """Run a zero-argument model once under a trace and check what the fit will need.
 
     It must run (without calling ``sys.exit``), have continuous latent sites
     only, each with a support that maps to unconstrained space and a name the
     output can hold (no ``/``), and a log density that is not NaN. The draw
     comes from the prior, so seed first (the command seeds with ``--seed``).
+
+    Returns:
+        The number of latent values in one draw (to size the draws asked for).
 
     Raises:
         ValueError: if the model raises (its error, in one line, follows), exits,
@@ -152,7 +155,8 @@ def trial_run(model: Callable[[], Any]) -> None:
 
     Example:
         >>> import pyro, pyro.distributions as dist
-        >>> trial_run(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
+        >>> trial_run(lambda: pyro.sample("x", dist.Normal(0.0, 1.0).expand([3])))
+        3
         >>> trial_run(lambda: pyro.sample("a/b", dist.Normal(0.0, 1.0)))
         Traceback (most recent call last):
         ...
@@ -170,11 +174,12 @@ def trial_run(model: Callable[[], Any]) -> None:
         detail = str(err).strip().splitlines()
         raise ValueError(f"the model raised {type(err).__name__} on a trial run: "
                          f"{detail[0] if detail else ''}") from err
-    check_continuous_model(poutine.replay(model, trace=trace))
+    sites = check_continuous_model(poutine.replay(model, trace=trace))
     _check_sites(trace)
     log_p = float(trace.log_prob_sum())
     if math.isnan(log_p):
         raise FloatingPointError("the model's log density is NaN at a draw from its prior")
+    return sum(math.prod(shape) for shape in sites.values())
 
 
 def _check_sites(trace: Any) -> None:  # noqa: ANN401 - a Pyro trace

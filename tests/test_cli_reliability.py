@@ -229,6 +229,24 @@ def test_huge_and_negative_options_fail_first(model_file, tmp_path, capsys, opti
     assert not (tmp_path / "o").exists()
 
 
+def test_draws_that_cannot_fit_in_memory_fail_before_the_fit(tmp_path, capsys, monkeypatch):
+    import pyro_relax.infer.runner as runner
+
+    def never(*args, **kwargs):
+        raise AssertionError("the fit ran")
+
+    monkeypatch.setattr(runner, "fit_guide", never)
+    big = tmp_path / "big.py"
+    big.write_text("import pyro, pyro.distributions as dist\n"
+                   "def model():\n"
+                   "    pyro.sample('x', dist.Normal(0.0, 1.0).expand([100000]).to_event(1))\n")
+    argv = ["fit", str(big), *FAST, "--out", str(tmp_path / "o"), "--num-samples", "10000000"]
+    assert main(argv) == 1
+    line = _one_line(capsys)
+    assert "--num-samples: 10000000 draws of 100000 values need about" in line
+    assert not (tmp_path / "o").exists()
+
+
 # -- 10. site checks before the fit ----------------------------------------------------------------
 @pytest.mark.parametrize("name, words", [("slash", "site 'a/b'"), ("wishart", "site 'W'")])
 def test_sites_the_fit_cannot_handle_fail_before_it(model_file, tmp_path, capsys, name, words,
