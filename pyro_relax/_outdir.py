@@ -5,13 +5,18 @@ Used only by :mod:`pyro_relax.cli`, the one place that writes files. A run
 1. checks ``--out`` before anything runs (:func:`check_out`): it must not be a
    file, the current folder or one of its parents, the model's folder or one
    containing it, the home folder or ``/``; an existing folder needs ``--force``,
-   and ``--force`` replaces only an empty folder or one marked as ours;
+   and ``--force`` replaces only an empty folder or an earlier run's: its marker
+   :data:`MARKER` (JSON written by the run, listing the files it wrote) must
+   account for every file in it, so a file the user added keeps the folder;
 2. writes into a hidden temporary folder beside the target (:meth:`Output.open`),
-   creating missing parents and remembering which ones it made;
+   with the mode the umask gives, creating missing parents and remembering which
+   ones it made; temporary folders of runs on this machine whose process is gone
+   (SIGKILL) are removed first;
 3. swaps the result in (:meth:`Output.commit`): the old folder is renamed aside,
    the new one renamed into place, and only then the old one deleted, with
-   SIGINT/SIGTERM held back meanwhile; or, on failure, removes the temporary
-   folder and the parents it made (:meth:`Output.discard`).
+   SIGINT/SIGTERM/SIGHUP held back meanwhile; or, on failure (an error, a signal,
+   a full disk), removes the temporary folder and the parents it made
+   (:meth:`Output.discard`).
 
 What ``fit`` and ``mcmc`` put into that temporary folder is written by
 :func:`pyro_relax._results.write_results`.
@@ -73,7 +78,7 @@ def signals_raise() -> Iterator[None]:
 
 @contextmanager
 def _signals_held() -> Iterator[list[int]]:
-    """Record SIGINT/SIGTERM/SIGHUP instead of acting on them; yields the list of those come."""
+    """Record SIGINT/SIGTERM/SIGHUP instead of acting on them; yields those that arrived."""
     pending: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield pending
