@@ -17,14 +17,16 @@ a tuple of tensors or a function returning one (``data``, or ``--data NAME``); s
 ``examples/data_parallel.py`` and :mod:`pyro_relax.modelfile`. The draws come from
 the model on all indices, ``model(torch.arange(size), *data)``.
 
-Everything that can be checked (counts, ``--out``, the device, the model file and
-one trial run of the model) is checked before fitting. Outputs are written to a
-temporary folder next to ``DIR`` and swapped into place only when complete, so a
-failed or interrupted run (SIGHUP exits 129, SIGINT 130, SIGTERM 143) leaves nothing
-half-written; ``--force`` replaces only empty folders and earlier outputs, which
-carry a ``.pyro-relax-run.json`` marker (see ``pyro_relax._outdir``). Errors are
-one line on stderr; set ``PYRO_RELAX_DEBUG=1`` to see the traceback of an
-unexpected one.
+Everything that can be checked (counts and their bounds, ``--out``, the device, the
+model file and one trial run of the model, seeded with ``--seed``: its sites, their
+supports and names, and the memory the draws need) is checked before fitting.
+Outputs are written to a temporary folder next to ``DIR`` and swapped into place
+only when complete, so a failed or interrupted run (SIGHUP exits 129, SIGINT 130,
+SIGTERM 143; a full disk exits 1) leaves nothing half-written; ``--force`` replaces
+only empty folders and earlier outputs, whose ``.pyro-relax-run.json`` marker lists
+every file in them (see ``pyro_relax._outdir``). A model file that calls
+``sys.exit`` is an error (exit 1), never a success. Errors are one line on stderr;
+set ``PYRO_RELAX_DEBUG=1`` to see the traceback of an unexpected one.
 """
 
 from __future__ import annotations
