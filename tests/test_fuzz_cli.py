@@ -4,7 +4,10 @@ Every failing run must exit non-zero with exactly one line on stderr that starts
 with ``pyro-relax: error:`` (argparse's own usage errors, exit 2 with its usage
 text, are accepted as they are), print no traceback, and leave the folders
 exactly as they were. The default run draws a few cases; ``RELAX_SLOW=1`` or
-``-m slow`` draws many more.
+``-m slow`` draws many more. The cases include model files that exit, sites the
+fit cannot transform or write, hand-made markers and huge options; a signal
+(SIGINT, SIGTERM, SIGHUP) at every stage of a run and a full disk at every file
+are tried one by one.
 """
 
 import os
