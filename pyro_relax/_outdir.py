@@ -29,6 +29,7 @@ __all__ = ["MARKER", "Interrupted", "Output", "check_out", "signals_raise"]
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -46,6 +47,12 @@ _GENERATOR = "pyro-relax"  # the marker's "generator"; its "files" lists what th
 _SIGNALS = tuple(
     getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)
 )
+# what runs of older versions (whose marker has no file list) wrote
+_OLD_OUTPUTS = frozenset({
+    "posterior.nc", "summary.csv", "diagnostics.json", "pairs.png", "elbo.png", "khat.png",
+    "report.html", "model.pt", "metrics.json", "density.png", "loss.png",
+})
+_OLD_LIGHTNING = r"lightning(/metrics\.csv|/checkpoints(/[\w.-]+\.ckpt)?)?"
 _FULL = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
@@ -165,7 +172,11 @@ def _not_replaceable(folder: Path) -> str | None:
     except (OSError, ValueError):
         record = None
     files = record.get("files") if isinstance(record, dict) else None
-    if (record or {}).get("generator") != _GENERATOR or not isinstance(files, list):
+    if isinstance(record, dict) and "generator" not in record and record.get("command") in (
+        "fit", "mcmc", "density"
+    ):  # an older pyro-relax's marker lists no files: only the names a run writes count
+        files = [f for f in found if f in _OLD_OUTPUTS or re.fullmatch(_OLD_LIGHTNING, f)]
+    elif (record or {}).get("generator") != _GENERATOR or not isinstance(files, list):
         return f"has a {MARKER} that does not list the files a pyro-relax run wrote"
     foreign = sorted(found - {MARKER} - {str(f) for f in files})
     if foreign:

@@ -412,3 +412,20 @@ def test_density_prints_no_lightning_notices_or_bars_in_a_log(tmp_path):
     for noise in ("Tip", "GPU available", "TPU available", "Trainer.fit", "Deprecat", "\r"):
         assert noise not in proc.stdout + proc.stderr, (noise, proc.stderr)
     assert proc.stdout.splitlines()[-1].startswith("wrote ")
+
+
+@pytest.mark.parametrize("extra, replaced", [(None, True), ("data.txt", False)])
+def test_force_and_a_run_of_an_older_version(model_file, tmp_path, capsys, extra, replaced):
+    out = tmp_path / "old-run"
+    out.mkdir()
+    (out / MARKER).write_text('{"command": "fit", "started": "2026-01-01T00:00:00+0000"}')
+    (out / "posterior.nc").write_text("old")
+    (out / "summary.csv").write_text("old")
+    if extra:
+        (out / extra).write_text("mine")
+    assert _fit(model_file, out, "--force") == (0 if replaced else 1)
+    if replaced:
+        assert (out / "posterior.nc").read_bytes()[:4] == b"\x89HDF"
+    else:
+        assert extra in _one_line(capsys) and (out / extra).read_text() == "mine"
+        assert (out / "posterior.nc").read_text() == "old"
