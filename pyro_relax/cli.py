@@ -17,14 +17,16 @@ a tuple of tensors or a function returning one (``data``, or ``--data NAME``); s
 ``examples/data_parallel.py`` and :mod:`pyro_relax.modelfile`. The draws come from
 the model on all indices, ``model(torch.arange(size), *data)``.
 
-Everything that can be checked (counts, ``--out``, the device, the model file and
-one trial run of the model) is checked before fitting. Outputs are written to a
-temporary folder next to ``DIR`` and swapped into place only when complete, so a
-failed or interrupted run (SIGINT exits 130, SIGTERM 143) leaves nothing
-half-written; ``--force`` replaces only empty folders and earlier outputs, which
-carry a ``.pyro-relax-run.json`` marker (see ``pyro_relax._outdir``). Errors are
-one line on stderr; set ``PYRO_RELAX_DEBUG=1`` to see the traceback of an
-unexpected one.
+Everything that can be checked (counts and their bounds, ``--out``, the device, the
+model file and one trial run of the model, seeded with ``--seed``: its sites, their
+supports and names, and the memory the draws need) is checked before fitting.
+Outputs are written to a temporary folder next to ``DIR`` and swapped into place
+only when complete, so a failed or interrupted run (SIGHUP exits 129, SIGINT 130,
+SIGTERM 143; a full disk exits 1) leaves nothing half-written; ``--force`` replaces
+only empty folders and earlier outputs, whose ``.pyro-relax-run.json`` marker lists
+every file in them (see ``pyro_relax._outdir``). A model file that calls
+``sys.exit`` is an error (exit 1), never a success. Errors are one line on stderr;
+set ``PYRO_RELAX_DEBUG=1`` to see the traceback of an unexpected one.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ __all__ = ["load_model", "main"]
 import argparse
 import functools
 import inspect
-import math
 import os
 import signal
 import sys
@@ -43,7 +44,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyro_relax._outdir import Interrupted, Output, check_out, signals_raise, write_results
+from pyro_relax._cli_checks import check_memory, check_numbers, quiet_lightning, setup_device
+from pyro_relax._outdir import Interrupted, Output, check_out, signals_raise
+from pyro_relax._progress import interactive
+from pyro_relax._results import write_results
 from pyro_relax.infer.runner import DTYPES, GUIDES, KERNELS
 from pyro_relax.modelfile import ERRORS, add_devices_options, import_file, trial_run
 
@@ -81,8 +85,11 @@ def _prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], tuple[Any, .
     With ``--devices`` the model is ``model(ind, *data)`` and its arguments all
     indices and the data; otherwise a zero-argument model and no arguments.
     """
+    import pyro
+
     target = check_out(args.out, force=args.force, model_file=args.model.partition(":")[0])
-    _setup_device(args.device)
+    setup_device(args.device)
+    pyro.set_rng_seed(args.seed)  # the trial run draws from the prior: same command, same answer
     model: Callable[..., Any]
     if getattr(args, "devices", None) is None:
         model, model_args = load_model(args.model), ()
@@ -93,23 +100,11 @@ def _prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], tuple[Any, .
 
         model, data = prepare_data_parallel(args)
         model_args = (torch.arange(data[0].shape[0], device=data[0].device), *data)
-    trial_run(functools.partial(model, *model_args))
+    pyro.set_rng_seed(args.seed)  # again: imports on the way may have drawn
+    size = trial_run(functools.partial(model, *model_args))
+    check_memory(args.num_samples * getattr(args, "chains", 1), size)
     record = {k: v for k, v in vars(args).items() if k != "func"}  # the run's options
     return model, model_args, Output(target, record, force=args.force)
-
-
-def _setup_device(device: str) -> None:
-    import torch
-
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"expected --device cpu or cuda[:N], got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device here")
-    if device.startswith("cuda:"):
-        index, count = device[5:], torch.cuda.device_count()
-        if not index.isdigit() or int(index) >= count:
-            raise ValueError(f"expected --device cuda:N with N < {count}, got {device!r}")
-    torch.set_default_device(device)
 
 
 # -- subcommands -------------------------------------------------------------
@@ -136,7 +131,8 @@ def _fit(args: argparse.Namespace) -> int:
         samples, log_w = guide_draws(fit, model, args.num_samples, model_args)
         diag: dict[str, Any] = {
             "guide": args.guide,
-            "steps": steps,
+            "steps": len(fit.elbo) or steps,  # those run: early stopping may end sooner
+            "max_steps": steps,
             "particles": args.particles,
             "dtype": args.dtype,
             "final_elbo": fit.elbo[-1],
@@ -146,9 +142,11 @@ def _fit(args: argparse.Namespace) -> int:
         }
         if args.num_samples >= 25 and fit.extra.get("method") != "neutra":
             diag.update(weighted_report(log_w))
-        table = write_results(tmp, samples, diag, log_w=log_w, elbo=fit.elbo, seed=args.seed)
+        table = write_results(tmp, samples, diag, log_w=log_w, elbo=fit.elbo, seed=args.seed,
+                              name=output.target.name)
     print(table[["mean", "sd", "ess_bulk"]].to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"\nfinal ELBO {fit.elbo[-1]:.3f}; wrote {args.out}/ (the posterior is PSIS-corrected)")
+    corrected = " (the posterior is PSIS-corrected)" if "posterior" in diag else ""
+    print(f"\nfinal ELBO {fit.elbo[-1]:.3f}; wrote {args.out}/{corrected}")
     print(_verdict_line(diag))
     return 0
 
@@ -199,11 +197,12 @@ def _mcmc(args: argparse.Namespace) -> int:
             warmup_steps=args.warmup,
             num_chains=args.chains,
             seed=args.seed,
-            progress=args.progress,
+            progress=args.progress and interactive(),  # Pyro's bar: none in a log
             guide_steps=args.guide_steps,
         )
         diag = {"kernel": args.kernel, "seconds": res.seconds, **res.extra}
-        table = write_results(tmp, res.samples, diag, chains=args.chains, mcmc=res.mcmc)
+        table = write_results(tmp, res.samples, diag, chains=args.chains, mcmc=res.mcmc,
+                              name=output.target.name)
     print(table[["mean", "sd", "ess_bulk", "r_hat"]].to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"\n{args.kernel}: {res.seconds:.1f} s; wrote {args.out}/")
     return 0
@@ -213,9 +212,11 @@ def _density(args: argparse.Namespace) -> int:
     from pyro_relax.density_fit import check_density_args, run_density
 
     data_file = args.data if Path(args.data).suffix in (".npy", ".csv") else None
-    target = check_out(args.out, force=args.force, model_file=data_file)
-    _setup_device(args.device)
+    target = check_out(args.out, force=args.force, model_file=data_file, source="data file")
+    setup_device(args.device)
+    quiet_lightning()
     check_density_args(args)  # options and data, before anything is created
+    args.progress = args.progress and interactive()  # Lightning's bar: none in a log
     record = {k: v for k, v in vars(args).items() if k != "func"}
     with Output(target, record, force=args.force).writing() as tmp:
         metrics = run_density(args, tmp)
@@ -239,25 +240,15 @@ def _demo(args: argparse.Namespace) -> int:
     print("pyro-relax demo, part 1: density estimation on the built-in sign-symmetric 2-D data")
     print(f"(4000 train / 2000 test points, {args.steps} Adam steps per model)\n")
     rows = demo.density_demo(steps=args.steps, seed=args.seed, progress=args.progress)
-    print(f"{'model':<20} {'params':>7} {'test log-lik (nats)':>20} {'time (s)':>9}")
-    for r in rows:
-        print(f"{r['model']:<20} {r['params']:>7d} {r['test_loglik']:>20.3f} {r['seconds']:>9.1f}")
+    print(demo.density_table(rows))
     gain = rows[1]["test_loglik"] - rows[0]["test_loglik"]
     print(f"\nThe abs surjection changes the test log-likelihood by {gain:+.3f} nats per point.\n")
     if args.density_only:
         return 0
-    print("part 2: centered eight schools (a funnel), Pyro NUTS against pyro-relax\n")
+    print("part 2: centered eight schools (a funnel): the default method, auto, beside Pyro NUTS")
+    print("(auto is what pyro-relax fit runs: Pathfinder, a flow, PSIS k-hat, escalation)\n")
     rows = demo.inference_demo(seed=args.seed, progress=args.progress)
-    print(
-        f"{'method':<22} {'time (s)':>8} {'mu mean (sd)':>16} {'log tau mean (sd)':>18} "
-        f"{'ESS/s':>7} {'k-hat':>12}"
-    )
-    for r in rows:
-        khat = f"{r['khat']:.2f} {r['verdict'][:4]}" if "khat" in r else "-"
-        print(
-            f"{r['method']:<22} {r['seconds']:>8.1f} {r['mu'][0]:>8.2f} ({r['mu'][1]:.2f}) "
-            f"{r['log_tau'][0]:>10.2f} ({r['log_tau'][1]:.2f}) {r['ess_per_s']:>7.1f} {khat:>12}"
-        )
+    print(demo.inference_table(rows))
     print(
         "\nReference (posteriordb, Stan NUTS): mu 4.39 (3.3); log tau is heavy-tailed towards -inf."
     )
@@ -323,25 +314,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# Counts checked before anything runs: option name -> smallest allowed value.
-# ArviZ's summary (ESS, R-hat) needs at least 4 draws.
-LOWEST = {"steps": 1, "num_samples": 4, "chains": 1, "warmup": 0, "guide_steps": 1, "particles": 1}
-
-
-def _check_numbers(args: argparse.Namespace) -> str | None:
-    for name, lowest in LOWEST.items():
-        value = getattr(args, name, lowest)
-        if value is not None and value < lowest:
-            return f"--{name.replace('_', '-')} must be at least {lowest}, got {value}"
-    lr = getattr(args, "lr", 1.0)
-    if not (math.isfinite(lr) and lr > 0):
-        return f"--lr must be a positive number, got {lr}"
-    budget = getattr(args, "budget", 1.0)
-    if not (math.isfinite(budget) and budget > 0):
-        return f"--budget must be a positive number of seconds (e.g. 600), got {budget}"
-    return None
-
-
 def _interrupted(err: BaseException, args: argparse.Namespace) -> int:
     signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
     name = signal.Signals(signum).name
@@ -363,11 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        0 on success, 1 for an error (one line on stderr), 2 for a bad option,
-        130 after SIGINT and 143 after SIGTERM.
+        0 on success, 1 for an error (one line on stderr; also when the model
+        file calls ``sys.exit``), 2 for a bad option, 129 after SIGHUP, 130
+        after SIGINT and 143 after SIGTERM.
     """
     args = _parser().parse_args(argv)
-    problem = _check_numbers(args)
+    problem = check_numbers(args)
     if problem is not None:
         print(f"pyro-relax: error: {problem}", file=sys.stderr)
         return 2
@@ -377,6 +350,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = int(args.func(args))
     except (Interrupted, KeyboardInterrupt) as err:
         return _interrupted(err, args)
+    except SystemExit as err:  # the model file's sys.exit: never a (false) success
+        out = getattr(args, "out", None)
+        where = f"; nothing written to {out}" if out else ""
+        print(f"pyro-relax: error: the model called sys.exit({err.code!r}){where}",
+              file=sys.stderr)
+        return 1
     except Exception as err:
         if os.environ.get("PYRO_RELAX_DEBUG") == "1":
             raise

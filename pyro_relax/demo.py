@@ -1,8 +1,8 @@
-"""The two experiments behind ``pyro-relax demo`` (they return rows; the CLI prints them)."""
+"""The two experiments behind ``pyro-relax demo``: they return rows, the tables format them."""
 
 from __future__ import annotations
 
-__all__ = ["density_demo", "inference_demo"]
+__all__ = ["density_demo", "density_table", "inference_demo", "inference_table"]
 
 import time
 from typing import Any
@@ -50,21 +50,29 @@ def density_demo(steps: int = 600, seed: int = 0, progress: bool = False) -> lis
 
 
 def inference_demo(
-    seed: int = 0, progress: bool = False, guide_steps: int = 1000
+    seed: int = 0, progress: bool = False, budget: float = 60.0
 ) -> list[dict[str, Any]]:
-    """Centered eight schools (a funnel): Pyro NUTS against our guides and kernels.
+    """Centered eight schools (a funnel): the default method, ``auto``, beside Pyro NUTS.
 
-    The methods: Pyro NUTS, our flow guide, that flow with annealed importance
-    sampling, and the flow-IMH kernel.
+    ``auto`` is ``fit_guide(model, "auto")`` (what ``pyro-relax fit`` runs by
+    default): Pathfinder, a flow, PSIS k-hat, and annealing or NeuTra NUTS when
+    k-hat says the flow is not enough. Its row carries its verdict whole:
+    ``khat``, ``verdict``, ``stage`` (the stage whose draws are the answer) and
+    ``advice`` when unreliable.
 
-    Returns one row per method: wall time, posterior mean and sd of ``mu`` and
-    ``log tau``, bulk ESS per second of the hardest parameter, and k-hat where
-    the method has importance weights.
+    Arguments:
+        seed: the seed of both methods.
+        progress: show progress bars.
+        budget: seconds after which ``auto`` starts no further escalation.
+
+    Returns:
+        One row per method: wall time, posterior mean and sd of ``mu`` and
+        ``log tau``, and bulk ESS (or importance-sampling ESS) per second.
     """
     import numpy as np
 
+    from pyro_relax._progress import interactive
     from pyro_relax.diagnostics import psis_expectation, summarize, weighted_report
-    from pyro_relax.infer.guides import AutoSNFGuide
     from pyro_relax.infer.runner import fit_guide, guide_draws, run_mcmc
     from pyro_relax.models import eight_schools_centered as model
 
@@ -84,9 +92,7 @@ def inference_demo(
         if log_w is None:  # MCMC: bulk ESS of the hardest parameter
             ess = float(np.nanmin(summarize(flat)["ess_bulk"]))
         else:  # weighted draws: the importance-sampling ESS, not the number of draws
-            report = weighted_report(log_w)
-            ess = report["ess"]
-            extra = {"khat": report["khat"], "verdict": report["verdict"], **extra}
+            ess = weighted_report(log_w)["ess"]
         rows.append(
             {
                 "method": name,
@@ -98,28 +104,21 @@ def inference_demo(
             }
         )
 
-    nuts = run_mcmc(model, "nuts", num_samples=500, warmup_steps=500, seed=seed, progress=progress)
-    row("Pyro NUTS", nuts.samples, nuts.seconds, divergences=_divergences(nuts.mcmc))
-    fit = fit_guide(model, "flow", steps=guide_steps, seed=seed, progress=progress)
+    fit = fit_guide(model, "auto", seed=seed, progress=progress, budget=budget)
     start = time.perf_counter()
     samples, log_w = guide_draws(fit, model, 1000)
     seconds = fit.seconds + time.perf_counter() - start
-    row("flow guide (IS)", {k: v.unsqueeze(0) for k, v in samples.items()}, seconds, log_w)
-    start = time.perf_counter()
-    ais = AutoSNFGuide.from_flow_guide(fit.guide, levels=10)
-    samples, log_w = ais.importance_weights(1000)
-    seconds = fit.seconds + time.perf_counter() - start
-    row("flow + AIS (IS)", {k: v.unsqueeze(0) for k, v in samples.items()}, seconds, log_w)
-    imh = run_mcmc(
-        model,
-        "flow-imh",
-        num_samples=1000,
-        warmup_steps=200,
-        seed=seed,
-        progress=progress,
-        guide=fit,
-    )
-    row("flow-IMH kernel", imh.samples, imh.seconds)
+    verdict = {k: fit.extra[k] for k in ("khat", "verdict", "advice") if k in fit.extra}
+    verdict["stage"] = fit.extra.get("method")
+    weights = None if fit.extra.get("method") == "neutra" else log_w  # NeuTra: equal weights
+    if "khat" not in verdict and weights is not None:  # as pyro-relax fit reports it
+        report = weighted_report(weights)
+        verdict.update(khat=report["khat"], verdict=report["verdict"])
+    row("auto (the default)", {k: v.unsqueeze(0) for k, v in samples.items()}, seconds,
+        weights, **verdict)
+    nuts = run_mcmc(model, "nuts", num_samples=500, warmup_steps=500, seed=seed,
+                    progress=progress and interactive())  # Pyro's own bar: none in a log
+    row("Pyro NUTS", nuts.samples, nuts.seconds, divergences=_divergences(nuts.mcmc))
     return rows
 
 
@@ -128,3 +127,53 @@ def _divergences(mcmc: object) -> int:
         return int(sum(len(v) for v in mcmc.diagnostics()["divergences"].values()))
     except (KeyError, TypeError, AttributeError):
         return -1
+
+
+def density_table(rows: list[dict[str, Any]]) -> str:
+    """The density part's table, one line per model.
+
+    Example:
+        >>> print(density_table([{"model": "flow", "params": 10, "test_loglik": -2.0,
+        ...                       "seconds": 1.0}]))  # doctest: +NORMALIZE_WHITESPACE
+        model    params   test log-lik (nats)   time (s)
+        flow         10                -2.000        1.0
+    """
+    lines = [f"{'model':<20} {'params':>7} {'test log-lik (nats)':>20} {'time (s)':>9}"]
+    lines += [f"{r['model']:<20} {r['params']:>7d} {r['test_loglik']:>20.3f} {r['seconds']:>9.1f}"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def inference_table(rows: list[dict[str, Any]]) -> str:
+    """The posterior part's table (under 100 columns), then auto's verdict whole.
+
+    A row with a ``verdict`` (``auto``'s) shows its k-hat and verdict; when
+    unreliable, its advice follows the table, as does the stage whose draws
+    are the answer when that is not the flow.
+
+    Example:
+        >>> row = {"method": "auto (the default)", "seconds": 2.0, "mu": (4.4, 3.3),
+        ...        "log_tau": (0.9, 1.0), "ess_per_s": 300.0, "khat": 0.41,
+        ...        "verdict": "good", "stage": "flow"}
+        >>> inference_table([row]).splitlines()[1].endswith("  k-hat 0.41 (good)")
+        True
+    """
+    lines = [f"{'method':<18} {'time (s)':>8} {'mu mean (sd)':>15} {'log tau mean (sd)':>18} "
+             f"{'ESS/s':>7}  verdict"]
+    notes = []
+    for r in rows:
+        if "verdict" in r:
+            khat = r.get("khat")
+            verdict = f"k-hat {khat:.2f} ({r['verdict']})" if khat is not None else r["verdict"]
+            stage = r.get("stage")
+            if stage not in (None, "flow"):
+                notes.append(f"{r['method']}: the answer comes from its {stage} stage")
+            if r["verdict"] == "unreliable":
+                notes.append(f"{r['method']}: unreliable; {r.get('advice') or 'see its advice'}")
+        else:
+            divergences = r.get("divergences", -1)
+            verdict = f"MCMC, {divergences} divergences" if divergences >= 0 else "MCMC"
+        mu, log_tau = (f"{r[k][0]:.2f} ({r[k][1]:.2f})" for k in ("mu", "log_tau"))
+        lines.append(f"{r['method']:<18} {r['seconds']:>8.1f} {mu:>15} {log_tau:>18} "
+                     f"{r['ess_per_s']:>7.1f}  {verdict}")
+    return "\n".join(lines + ([""] + notes if notes else []))

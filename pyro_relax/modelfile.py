@@ -48,7 +48,9 @@ def import_file(path: str | os.PathLike[str]) -> ModuleType:
 
     Raises:
         FileNotFoundError: if there is no such file.
-        ImportError: if the file cannot be imported, with its error in one line.
+        IsADirectoryError: if ``path`` is a folder.
+        ImportError: if the file cannot be imported, with its error in one line,
+            or calls ``sys.exit`` while it is imported.
 
     Example:
         >>> import_file("no/such/file.py")
@@ -57,6 +59,8 @@ def import_file(path: str | os.PathLike[str]) -> ModuleType:
         FileNotFoundError: model file not found: no/such/file.py
     """
     file = Path(path)
+    if file.is_dir():
+        raise IsADirectoryError(f"expected a model file (MODEL.py), {os.fspath(path)} is a folder")
     if not file.is_file():
         raise FileNotFoundError(f"model file not found: {os.fspath(path)}")
     mod_spec = importlib.util.spec_from_file_location(f"_pyro_relax_user_{file.stem}", file)
@@ -71,6 +75,9 @@ def import_file(path: str | os.PathLike[str]) -> ModuleType:
         detail = str(err).strip().splitlines()
         raise ImportError(f"importing {os.fspath(path)} failed: {type(err).__name__}: "
                           f"{detail[0] if detail else ''}") from err
+    except SystemExit as err:  # sys.exit() at import: never the command's own exit
+        raise ImportError(f"importing {os.fspath(path)} failed: it called sys.exit({err.code!r}) "
+                          "(guard script code with if __name__ == '__main__':)") from None
     finally:
         sys.path.pop(0)
         sys.dont_write_bytecode = bytecode
@@ -129,33 +136,76 @@ class FileModel:
         return f"FileModel({os.fspath(self.path)!r}, {self.name!r})"
 
 
-def trial_run(model: Callable[[], Any]) -> None:
-    """Run a zero-argument model once under a trace: it must run, its log density not be NaN.
+def trial_run(model: Callable[[], Any]) -> int:
+    """Run a zero-argument model once under a trace and check what the fit will need.
+
+    It must run (without calling ``sys.exit``), have continuous latent sites
+    only, each with a support that maps to unconstrained space and a name the
+    output can hold (no ``/``), and a log density that is not NaN. The draw
+    comes from the prior, so seed first (the command seeds with ``--seed``).
+
+    Returns:
+        The number of latent values in one draw (to size the draws asked for).
 
     Raises:
-        ValueError: if the model raises something other than :data:`ERRORS`
-            (those pass through), or has a discrete latent site.
+        ValueError: if the model raises (its error, in one line, follows), exits,
+            or has a discrete latent site, or a site that cannot be transformed or
+            written.
         FloatingPointError: if the log density is NaN.
 
     Example:
         >>> import pyro, pyro.distributions as dist
-        >>> trial_run(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
+        >>> trial_run(lambda: pyro.sample("x", dist.Normal(0.0, 1.0).expand([3])))
+        3
+        >>> trial_run(lambda: pyro.sample("a/b", dist.Normal(0.0, 1.0)))
+        Traceback (most recent call last):
+        ...
+        ValueError: site 'a/b': a '/' in a site name cannot be written to posterior.nc; rename it
     """
     from pyro import poutine
 
     from pyro_relax.infer.runner import check_continuous_model
 
     try:
-        check_continuous_model(model)
-        log_p = float(poutine.trace(model).get_trace().log_prob_sum())
-    except ERRORS:
-        raise
-    except Exception as err:  # the user's model
+        trace = poutine.trace(model).get_trace()
+    except SystemExit as err:
+        raise ValueError(f"the model called sys.exit({err.code!r}) on a trial run") from None
+    except Exception as err:  # the user's model (Pyro's checks of its parameters included)
         detail = str(err).strip().splitlines()
         raise ValueError(f"the model raised {type(err).__name__} on a trial run: "
                          f"{detail[0] if detail else ''}") from err
+    sites = check_continuous_model(poutine.replay(model, trace=trace))
+    _check_sites(trace)
+    log_p = float(trace.log_prob_sum())
     if math.isnan(log_p):
         raise FloatingPointError("the model's log density is NaN at a draw from its prior")
+    return sum(math.prod(shape) for shape in sites.values())
+
+
+def _check_sites(trace: Any) -> None:  # noqa: ANN401 - a Pyro trace
+    """Names and supports of the latent (and deterministic) sites, before the fit."""
+    from torch.distributions import biject_to
+
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        deterministic = site["infer"].get("_deterministic", False)
+        support = getattr(site["fn"], "support", None)  # None: a plate's subsample site
+        if site["is_observed"] and not deterministic or support is None:
+            continue
+        if "/" in name:
+            raise ValueError(f"site {name!r}: a '/' in a site name cannot be written to "
+                             "posterior.nc; rename it")
+        if deterministic or site["infer"].get("is_auxiliary") or support.is_discrete:
+            continue
+        try:
+            biject_to(support)
+        except NotImplementedError:
+            raise ValueError(
+                f"site {name!r}: its support {support} has no transform to "
+                "unconstrained space, so it cannot be fitted; reparametrize it (a Wishart or "
+                "positive-definite matrix as a Cholesky factor: LKJCholesky and scales)"
+            ) from None
 
 
 def load_data(module: ModuleType, name: str = "data") -> tuple[Tensor, ...]:

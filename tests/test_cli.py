@@ -260,9 +260,9 @@ def test_force_replaces_an_earlier_output(model_file, tmp_path):
     assert _fit(model_file, out) == 0
     marker = json.loads((out / ".pyro-relax-run.json").read_text())
     assert marker["command"] == "fit"
-    (out / "stale.txt").write_text("from an older run")
+    (out / "posterior.nc").write_text("from an older run")  # a file the run wrote: replaced
     assert _fit(model_file, out, "--force") == 0
-    assert (out / "posterior.nc").is_file() and not (out / "stale.txt").exists()
+    assert (out / "posterior.nc").read_bytes()[:4] == b"\x89HDF"
     assert _leftovers(tmp_path) == []
 
 
@@ -313,7 +313,7 @@ def test_failed_run_removes_only_the_parents_it_made(model_file, tmp_path, capsy
     assert (tmp_path / "a").is_dir() and not (tmp_path / "a" / "b").exists()
 
 
-@pytest.mark.parametrize("signame, code", [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.parametrize("signame, code", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
 def test_signal_cleans_up_and_exits_with_one_line(model_file, tmp_path, signame, code):
     import signal
     import subprocess

@@ -4,7 +4,10 @@ Every failing run must exit non-zero with exactly one line on stderr that starts
 with ``pyro-relax: error:`` (argparse's own usage errors, exit 2 with its usage
 text, are accepted as they are), print no traceback, and leave the folders
 exactly as they were. The default run draws a few cases; ``RELAX_SLOW=1`` or
-``-m slow`` draws many more.
+``-m slow`` draws many more. The cases include model files that exit, sites the
+fit cannot transform or write, hand-made markers and huge options; a signal
+(SIGINT, SIGTERM, SIGHUP) at every stage of a run and a full disk at every file
+are tried one by one.
 """
 
 import os
@@ -54,10 +57,26 @@ MODELS = {
     "no_latent": ("m.py", GOOD + "\ndef bad():\n    pass\n", "bad"),
     "not_py": ("m.txt", GOOD, None),
     "missing": (None, None, None),
+    "folder": ("sub", None, None),  # a folder named as the model
+    "exits_at_import": ("m.py", "import sys\nsys.exit(3)\n" + GOOD, None),
+    "exits_in_model": ("m.py", GOOD + "\ndef bad():\n    import sys\n    sys.exit(0)\n", "bad"),
+    "slash_site": (
+        "m.py", GOOD + "\ndef bad():\n    pyro.sample('a/b', dist.Normal(0.0, 1.0))\n", "bad"
+    ),
+    "wishart": (
+        "m.py",
+        GOOD + "\ndef bad():\n"
+        "    pyro.sample('W', dist.Wishart(torch.tensor(3.0), torch.eye(2)))\n",
+        "bad",
+    ),
 }
 # option fault -> extra arguments; later ones override the cheap defaults
 COUNTS = ["--steps", "--num-samples", "--particles", "--chains", "--warmup", "--guide-steps"]
-OUTS = ["file", "file_sub", "cwd", "parent", "model_dir", "home", "root", "not_ours", "empty"]
+OUTS = ["file", "file_sub", "cwd", "parent", "model_dir", "home", "root", "not_ours", "empty",
+        "empty_marker", "marker_lies"]
+HUGE = [["--num-samples", "1000000000"], ["--particles", "1000000000"], ["--lr", "1e300"],
+        ["--lr", "1e400"], ["--seed", "-1"], ["--seed", "100000000000000000000"],
+        ["--steps", "1000000000000"], ["--chains", "100000"]]
 FAULTS = {
     "count": st.sampled_from(COUNTS).flatmap(  # --warmup 0 is allowed
         lambda o: st.integers(-3, -1 if o == "--warmup" else 0).map(lambda v: [o, str(v)])
@@ -70,6 +89,7 @@ FAULTS = {
         lambda d: ["--device", d]
     ),
     "not_a_number": st.sampled_from(COUNTS).map(lambda o: [o, "many"]),
+    "huge": st.sampled_from(HUGE),
     "out": st.sampled_from(OUTS),
 }
 
@@ -100,13 +120,20 @@ def _run_case(case, base: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(work)
     monkeypatch.setenv("HOME", str(home))
     name, text, attr = MODELS[kind]
-    if name is not None:
+    if text is not None:
         (work / name).write_text(text)
+    elif name is not None:
+        (work / name).mkdir()
     spec = (name or "absent.py") + (f":{attr}" if attr else "")
     (root / "results.txt").write_text("a file")
     (root / "data").mkdir()
     (root / "data" / "mine.csv").write_text("1,2")
     (root / "empty").mkdir()
+    for folder, marker in (("empty_marker", ""), ("marker_lies", '{"generator": "pyro-relax", '
+                                                                 '"files": ["summary.csv"]}')):
+        (root / folder).mkdir()
+        (root / folder / "data.txt").write_text("1 2 3")
+        (root / folder / ".pyro-relax-run.json").write_text(marker)
     out = {
         None: str(root / "new" / "out"),
         "file": str(root / "results.txt"),
@@ -118,6 +145,8 @@ def _run_case(case, base: Path, monkeypatch, capsys) -> None:
         "root": "/",
         "not_ours": str(root / "data"),
         "empty": str(root / "empty"),
+        "empty_marker": str(root / "empty_marker"),
+        "marker_lies": str(root / "marker_lies"),
     }[out_fault]
     cheap = ["--steps", "2", "--num-samples", "4", "--particles", "1"]
     if command == "mcmc":
@@ -190,3 +219,100 @@ def test_fuzz_cli_fails_cleanly(case, tmp_path, monkeypatch, capsys):
 @given(case=cases())
 def test_fuzz_cli_fails_cleanly_many(case, tmp_path, monkeypatch, capsys):
     _run_case(case, tmp_path, monkeypatch, capsys)
+
+
+# -- a signal at every stage, and write errors (issue 23) ---------------------------------------
+def _stage_targets():
+    import pyro_relax._outdir as outdir
+    import pyro_relax._results as results
+    import pyro_relax.cli as cli
+    import pyro_relax.diagnostics.report as report
+    import pyro_relax.infer.runner as runner
+
+    return {  # stage -> (object, attribute) whose call the signal arrives in
+        "check_out": (cli, "check_out"),
+        "import": (cli, "import_file"),
+        "trial_run": (cli, "trial_run"),
+        "open": (outdir.tempfile, "mkdtemp"),  # signals held: the folder is recorded
+        "fit": (runner, "fit_guide"),
+        "draws": (runner, "guide_draws"),
+        "write": (results, "netcdf_bytes"),
+        "report": (report, "write_report"),
+        "commit": (outdir.os, "rename"),  # held until the swap is done
+    }
+
+
+STAGES = ["check_out", "import", "trial_run", "open", "fit", "draws", "write", "report", "commit"]
+
+
+@pytest.mark.usefixtures("rmtree_only_under_tmp")
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_signal_at_every_stage_leaves_nothing_half_done(stage, signame, tmp_path, monkeypatch,
+                                                          capsys):
+    import signal
+
+    owner, attr = _stage_targets()[stage]
+    real = getattr(owner, attr)
+    signum = getattr(signal, signame)
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signum)  # the handler runs at once, in this call
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, attr, interrupted)
+    (tmp_path / "m.py").write_text(GOOD)
+    out = tmp_path / "new" / "out"
+    before = _tree(tmp_path)
+    code = main(["fit", str(tmp_path / "m.py"), "--guide", "normal", "--steps", "2",
+                 "--num-samples", "30", "--no-progress", "--out", str(out)])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("INFO")]
+    assert code == 128 + signum, err
+    if stage == "commit":  # held until the swap is done: the output is complete
+        assert err == [f"pyro-relax: interrupted ({signame}) after {out} was written"]
+        assert (out / "posterior.nc").is_file()
+        assert [p for p in out.parent.iterdir() if p.name.startswith(".")] == []
+    else:
+        assert err == [f"pyro-relax: interrupted ({signame}); nothing written to {out}"], err
+        assert _tree(tmp_path) == before
+
+
+@pytest.mark.usefixtures("rmtree_only_under_tmp")
+@pytest.mark.parametrize("what", ["marker", "netcdf", "json", "plot"])
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EFBIG"])
+def test_a_write_error_is_one_line_and_keeps_the_old_output(what, errno_name, tmp_path,
+                                                            monkeypatch, capsys):
+    import errno
+
+    import pyro_relax.diagnostics as diagnostics
+
+    (tmp_path / "m.py").write_text(GOOD)
+    out = tmp_path / "out"
+    argv = ["fit", str(tmp_path / "m.py"), "--guide", "normal", "--steps", "2",
+            "--num-samples", "30", "--no-progress", "--out", str(out), "--force"]
+    assert main(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    code = getattr(errno, errno_name)
+
+    def full(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    write_text, write_bytes = Path.write_text, Path.write_bytes
+    if what == "marker":
+        monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: full() if
+                            self.name == ".pyro-relax-run.json" else write_text(self, *a, **k))
+    elif what == "json":
+        monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: full() if
+                            self.name == "diagnostics.json" else write_text(self, *a, **k))
+    elif what == "netcdf":
+        monkeypatch.setattr(Path, "write_bytes", lambda self, *a, **k: full() if
+                            self.name == "posterior.nc" else write_bytes(self, *a, **k))
+    else:
+        monkeypatch.setattr(diagnostics, "plot_pairs", full)
+    assert main(argv) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("INFO")]
+    assert len(err) == 1 and err[0].startswith("pyro-relax: error: could not write"), err
+    assert os.strerror(code) in err[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -185,6 +185,7 @@ def write_report(
     *,
     title: str | None = None,
     overwrite: bool = False,
+    name: str | None = None,
 ) -> Path:
     """Write ``report.html`` into a run folder from the files the run wrote there.
 
@@ -193,15 +194,17 @@ def write_report(
             the PNGs ``pairs.png``, ``elbo.png``, ``khat.png``; missing ones are noted
             on the page, not an error).
         diagnostics: The run's diagnostics dict; ``None`` reads ``diagnostics.json``.
-        title: The page title; by default from the guide or kernel and the folder name.
+        title: The page title; by default from the guide or kernel and ``name``.
         overwrite: Replace a ``report.html`` that is already there. Even then only a
             page this function wrote is replaced; any other file is refused.
+        name: The run's name in the title (default: the folder's name; a run
+            written into a temporary folder passes its output folder's name).
 
     Returns:
         The path of the page written.
 
     Raises:
-        TypeError: If ``diagnostics`` is not a mapping.
+        TypeError: If ``diagnostics`` is not a mapping or ``name`` not a string.
         ValueError: If ``folder`` is not a folder, if ``diagnostics`` is ``None`` and
             ``diagnostics.json`` is missing or not a JSON object, or if ``report.html``
             exists and ``overwrite`` is false or the file is not a report.
@@ -238,7 +241,9 @@ def write_report(
                 "refusing to replace it"
             )
     method = diagnostics.get("guide") or diagnostics.get("kernel") or "run"
-    title = title or f"pyro-relax {method}: {folder.resolve().name}"
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"write_report: expected name a str, got {type(name).__name__}")
+    title = title or f"pyro-relax {method}: {name or folder.resolve().name}"
     level, text = report_verdict(diagnostics)
     parts = [
         "<!DOCTYPE html>",

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from pyro_relax._progress import progress_bar
 from pyro_relax.core.checks import check_real
 from pyro_relax.diffusion.ddpm import DDPM
 from pyro_relax.diffusion.guard import StepGuard
@@ -48,7 +48,7 @@ def _ddpm_loop(
         x = x_T
     abars = ddpm.schedule.alpha_bars
     guard = StepGuard(name)
-    bar = tqdm(range(len(seq) - 1, 0, -1), disable=not progress, desc=name)
+    bar = progress_bar(range(len(seq) - 1, 0, -1), disable=not progress, desc=name)
     for n, k in enumerate(bar, start=1):
         i = x.new_full(x.shape[:-1], seq[k], dtype=torch.long)
         abar, abar_prev = abars[seq[k]].to(x.dtype), abars[seq[k - 1]].to(x.dtype)

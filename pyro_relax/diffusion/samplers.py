@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from pyro_relax._progress import progress_bar
 from pyro_relax.core.checks import check_int, check_positive
 from pyro_relax.diffusion.guard import StepGuard
 from pyro_relax.diffusion.likelihood import ode_options, solve_guarded
@@ -150,7 +150,8 @@ def reverse_euler(
     x = _start(process, shape, x_T, name)
     guard = StepGuard(name)
     last = len(grid) - 1
-    for n, k in enumerate(tqdm(range(last, 0, -1), disable=not progress, desc=name), start=1):
+    bar = progress_bar(range(last, 0, -1), disable=not progress, desc=name)
+    for n, k in enumerate(bar, start=1):
         dt = grid[k] - grid[k - 1]
         t = x.new_full(x.shape[:-1], grid[k])
         drift = process.unchecked_reverse_drift(x, t)
@@ -211,7 +212,7 @@ def predictor_corrector(
     check_positive(snr, "snr", "predictor_corrector")
     x = _start(process, shape, x_T, "predictor_corrector")
     guard = StepGuard("predictor_corrector")
-    bar = tqdm(range(steps, 0, -1), disable=not progress, desc="predictor_corrector")
+    bar = progress_bar(range(steps, 0, -1), disable=not progress, desc="predictor_corrector")
     for n, k in enumerate(bar, start=1):
         dt = grid[k] - grid[k - 1]
         t = x.new_full(x.shape[:-1], grid[k])
@@ -268,7 +269,7 @@ def probability_flow(
     options = ode_options(method, steps, "probability_flow")
     x = _start(process, shape, x_T, "probability_flow")
     flat = x.reshape(-1, process.dim)
-    bar = tqdm(disable=not progress, desc="probability_flow (evaluations)")
+    bar = progress_bar(disable=not progress, desc="probability_flow", unit="evaluations")
     guard = StepGuard("probability_flow")
     calls = [0]
 

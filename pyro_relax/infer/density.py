@@ -8,8 +8,8 @@ import math
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from pyro_relax._progress import progress_bar
 from pyro_relax.core.checks import check_int
 from pyro_relax.core.switch import validation
 from pyro_relax.distributions.flow import Flow
@@ -65,7 +65,7 @@ def fit_density(
     losses: list[float] = []
     n = data.shape[0]
     with validation(False):
-        for _ in tqdm(range(steps), disable=not progress, desc="fit"):
+        for _ in progress_bar(range(steps), disable=not progress, desc="fit"):
             idx = torch.randint(0, n, (batch_size,), device=data.device)
             loss = -flow.log_prob(data[idx]).mean()
             opt.zero_grad(set_to_none=True)

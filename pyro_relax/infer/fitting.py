@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from pyro.infer.autoguide import AutoContinuous
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from pyro_relax._progress import progress_bar
 from pyro_relax.infer.guides.base import RelaxedGuideMixin
 from pyro_relax.infer.model import Potential
 
@@ -140,7 +140,7 @@ def fit_particles(
     stats = LoopStats([], 0.0, 0, num_particles, final_lr=lr)
     bad_run, last_problem = 0, ""
     best, stale, window_sum = -math.inf, 0, 0.0
-    bar = tqdm(range(steps), disable=not progress, desc=desc)
+    bar = progress_bar(range(steps), disable=not progress, desc=desc)
     for i in bar:
         n = stats.particles
         z, log_q = particle_draw(guide, n)

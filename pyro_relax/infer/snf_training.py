@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from pyro_relax._progress import progress_bar
 from pyro_relax.core.checks import check_int, check_real
 from pyro_relax.stochastic.annealing import check_log_density_output
 from pyro_relax.stochastic.snf import StochasticNormalizingFlow
@@ -320,7 +320,7 @@ class SNFTrainer:
             torch.set_rng_state(self._rng)
             self._rng = None
         self.snf.train()
-        bar = tqdm(
+        bar = progress_bar(
             total=self.steps, initial=self.step, disable=not self.progress, desc="snf", leave=False
         )
         try:

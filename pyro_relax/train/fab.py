@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from pyro_relax._progress import progress_bar
 from pyro_relax.core.checks import check_int, check_real
 from pyro_relax.distributions.flow import Flow
 from pyro_relax.stochastic.pullback import annealed_hmc_levels
@@ -307,7 +307,7 @@ class FABTrainer:
             self._rng = None
         if self.use_buffer:
             self._fill_buffer()
-        bar = tqdm(
+        bar = progress_bar(
             total=self.steps, initial=self.step, disable=not self.progress, desc="fab", leave=False
         )
         try:
