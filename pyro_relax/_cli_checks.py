@@ -76,7 +76,10 @@ def check_memory(draws: int, size: int, copies: int = 4) -> None:
 
 
 def setup_device(device: str) -> None:
-    """Check ``--device`` (``cpu``, ``cuda`` or ``cuda:N`` that exists) and make it torch's default.
+    """Check ``--device`` (``cpu``, ``cuda`` or ``cuda:N`` that exists).
+
+    The command then runs inside ``with torch.device(device)`` (``cli.main``):
+    torch's default device is the run's only while it runs.
 
     Raises:
         ValueError: naming the device asked for and what is available.
@@ -91,7 +94,6 @@ def setup_device(device: str) -> None:
         index, count = device[5:], torch.cuda.device_count()
         if not index.isdigit() or int(index) >= count:
             raise ValueError(f"expected --device cuda:N with N < {count}, got {device!r}")
-    torch.set_default_device(device)
 
 
 def quiet_lightning() -> None:

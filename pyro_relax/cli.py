@@ -34,13 +34,14 @@ from __future__ import annotations
 __all__ = ["load_model", "main"]
 
 import argparse
+import contextlib
 import functools
 import inspect
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,6 @@ def _prepare(args: argparse.Namespace) -> tuple[Callable[..., Any], tuple[Any, .
 
 # -- subcommands -------------------------------------------------------------
 def _fit(args: argparse.Namespace) -> int:
-    from pyro_relax.diagnostics import weighted_report
     from pyro_relax.infer.runner import fit_guide, guide_draws
 
     if args.dtype is None:
@@ -140,8 +140,7 @@ def _fit(args: argparse.Namespace) -> int:
             "stages": fit.stages,
             **fit.extra,
         }
-        if args.num_samples >= 25 and fit.extra.get("method") != "neutra":
-            diag.update(weighted_report(log_w))
+        diag.update(_judge(fit, samples, log_w, args))
         table = write_results(tmp, samples, diag, log_w=log_w, elbo=fit.elbo, seed=args.seed,
                               name=output.target.name)
     print(table[["mean", "sd", "ess_bulk"]].to_string(float_format=lambda v: f"{v:.3f}"))
@@ -159,7 +158,6 @@ def _fit_devices(
 
     from pyro_relax.lightning import fit_guide_distributed
 
-    pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
     return fit_guide_distributed(
         model, args.guide, args.devices, *data, num_particles=args.particles, steps=steps,
@@ -169,19 +167,47 @@ def _fit_devices(
     )
 
 
+@contextlib.contextmanager
+def _on_device(device: str | None) -> Iterator[None]:
+    """Run a command with ``--device`` as torch's default device, restored afterwards."""
+    if device is None:
+        yield
+        return
+    import torch
+
+    with torch.device(device):
+        yield
+
+
+def _judge(fit: Any, samples: dict, log_w: Any, args: argparse.Namespace) -> dict:  # noqa: ANN401
+    """The one verdict (``pyro_relax.infer.draws``) on the draws this run writes."""
+    from pyro_relax.diagnostics import weighted_report
+    from pyro_relax.infer.draws import WeightedDraws, verdict
+
+    neutra = fit.extra.get("method") == "neutra"
+    dim = getattr(fit.guide, "latent_dim", 0) or sum(v[0].numel() for v in samples.values())
+    draws = WeightedDraws(samples, log_w, fit.extra.get("method", args.guide),
+                          weighted=not neutra, latent_dim=int(dim), converged=fit.converged)
+    v = verdict(draws, advice=fit.extra.get("advice", ""))
+    out: dict[str, Any] = {}
+    if args.num_samples >= 25 and not neutra:
+        out.update(weighted_report(log_w))
+    out.update(verdict=v.label, verdict_reason=v.reason, advice=v.advice, converged=fit.converged)
+    if v.khat == v.khat:  # not NaN
+        out["khat"] = v.khat
+    else:
+        out.pop("khat", None)
+    return out
+
+
 def _verdict_line(diag: dict[str, Any]) -> str:
     """The last line of ``fit``: how far to trust the answer, and what to do if not."""
-    if diag.get("verdict") == "mcmc":
-        return f"verdict: NeuTra MCMC draws (no k-hat); {diag.get('advice', '')}"
-    if "khat" not in diag:
-        return "verdict: unknown (fewer than 25 draws: no k-hat); raise --num-samples"
-    khat, verdict = diag["khat"], diag["verdict"]
-    line = f"verdict: k-hat {khat:.2f} ({verdict})"
-    if khat > 0.7:
-        advice = diag.get("advice") or (
-            "the importance weights are heavy-tailed: try --guide auto, a larger --budget, "
-            "or pyro-relax mcmc --kernel nuts")
-        line += f"; unreliable: {advice}"
+    label, reason = diag.get("verdict", "unknown"), diag.get("verdict_reason", "")
+    if label == "mcmc":
+        return f"verdict: NeuTra MCMC draws (no k-hat); {diag.get('advice', '')}".rstrip("; ")
+    line = f"verdict: {label} ({reason})" if reason else f"verdict: {label}"
+    if label not in ("good", "acceptable") and diag.get("advice"):
+        line += f"; {diag['advice']}"
     return line
 
 
@@ -346,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     start = time.perf_counter()
     try:
-        with signals_raise():
+        with signals_raise(), _on_device(getattr(args, "device", None)):
             code = int(args.func(args))
     except (Interrupted, KeyboardInterrupt) as err:
         return _interrupted(err, args)

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pyro_relax.diagnostics.psis import khat_verdict
+
 __all__ = ["REPORT_NAME", "report_verdict", "write_report"]
 
 REPORT_NAME = "report.html"
@@ -89,13 +91,12 @@ def report_verdict(diagnostics: Mapping[str, Any]) -> tuple[str, str]:
             return "unreliable", ", ".join(parts) + ": chains disagree (R-hat > 1.01); run longer"
         text = ", ".join(parts)
         return "mcmc", text + (f"; {advice}" if advice else "")
+    if verdict in ("unconverged", "too few draws", "noisy weights"):
+        reason = str(diagnostics.get("verdict_reason") or "").strip()
+        return "unreliable", "; ".join(p for p in (f"{verdict}: {reason}", advice) if p)
     if khat is None:
         return "unknown", "unknown: no k-hat (fewer than 25 draws); raise --num-samples"
-    level = (
-        verdict
-        if verdict in ("good", "acceptable", "unreliable")
-        else ("good" if khat < 0.5 else "acceptable" if khat < 0.7 else "unreliable")
-    )
+    level = verdict if verdict in ("good", "acceptable", "unreliable") else khat_verdict(khat)
     text = f"k-hat {khat:.2f} ({level})"
     if level == "good":
         return level, text + ": the importance-corrected posterior can be trusted"
