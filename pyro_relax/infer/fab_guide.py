@@ -20,6 +20,7 @@ from typing import Any
 
 import pyro
 import torch
+from pyro.infer.autoguide.initialization import init_to_median
 
 from pyro_relax.infer.guides.base import check_dtype
 from pyro_relax.infer.guides.flow import AutoFlowGuide
@@ -92,7 +93,7 @@ def fit_fab_guide(
     with pyro.get_param_store().scope():  # the user's pyro.param values are left alone
         guide = AutoFlowGuide(
             model, kind="affine", num_layers=num_layers, hidden=hidden, init_scale=init_scale,
-            dtype=run_dtype,
+            init_loc_fn=init_to_median, dtype=run_dtype,
         )
         guide()  # trace the model: latent_dim and the flow exist from here on
 

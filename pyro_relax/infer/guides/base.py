@@ -46,103 +46,39 @@ __all__ = [
     "check_init_scale",
     "check_model",
     "check_num_samples",
+    "pathfinder_start",
 ]
 
 import math
+import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.poutine.runtime import get_plates
 from torch import Tensor
 
-from pyro_relax.core.checks import check_finite, check_int, check_positive
+from pyro_relax.core.checks import check_finite
 from pyro_relax.diagnostics.psis import importance_ess, khat_verdict, psis_khat
+from pyro_relax.infer.guides.options import (
+    DEFAULT_DTYPE,
+    DTYPES,
+    check_dtype,
+    check_flow_config,
+    check_init_gaussian,
+    check_init_scale,
+    check_model,
+    check_num_samples,
+)
 from pyro_relax.infer.guides.potential import PotentialMixin
 from pyro_relax.infer.model import Potential
 from pyro_relax.stochastic.snf import log_Z_from_log_weights
 
 _QUANTILE_SAMPLES = 1000
-_FLOW_KINDS = ("spline", "affine", "iaf")
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
-"""The dtypes a fit may run in, by name."""
-DEFAULT_DTYPE = torch.float64
-"""The dtype of the guides' parameters, latents and weights unless told otherwise."""
 
-
-def check_dtype(dtype: object, owner: str) -> torch.dtype:
-    """``"float32"``/``"float64"`` or a floating ``torch.dtype`` as a ``torch.dtype``.
-
-    Example:
-        >>> check_dtype("float64", "fit")
-        torch.float64
-    """
-    if isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES[dtype]
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    raise ValueError(f"{owner}: expected dtype 'float32' or 'float64', got {dtype!r}")
-
-
-def check_num_samples(n: object, name: str, minimum: int = 1) -> int:
-    """Return ``n`` as an int, or raise ``TypeError`` (not an int) / ``ValueError`` (too small).
-
-    Example:
-        >>> check_num_samples(5, "f")
-        5
-    """
-    return check_int(n, "num_samples", name, minimum)
-
-
-def check_model(model: object, owner: str) -> None:
-    """Raise ``TypeError`` unless ``model`` is callable."""
-    if not callable(model):
-        raise TypeError(f"{owner}: expected a callable Pyro model, got {type(model).__name__}")
-
-
-def check_init_scale(init_scale: object, owner: str) -> float:
-    """Return ``init_scale`` as a positive finite float or raise ``ValueError``."""
-    return check_positive(init_scale, "init_scale", owner)
-
-
-def check_init_gaussian(value: object, owner: str) -> Any:  # noqa: ANN401
-    """Validate an initial Gaussian: ``(loc, scale_tril)``, a Pathfinder Gaussian, or ``None``.
-
-    A Pathfinder :class:`~pyro_relax.infer.pathfinder.gaussian.Gaussian` (diagonal plus
-    low rank) is kept as it is, so a large model's whitening layer never needs a
-    ``d x d`` factor.
-    """
-    if value is None:
-        return None
-    if all(hasattr(value, k) for k in ("loc", "sqrt_diag", "basis", "core")):
-        return value
-    if not (isinstance(value, tuple | list) and len(value) == 2
-            and all(isinstance(v, Tensor) for v in value)):
-        raise TypeError(
-            f"{owner}: expected init_gaussian as a (loc, scale_tril) pair of tensors or a "
-            f"Pathfinder Gaussian, got {type(value).__name__}"
-        )
-    loc, tril = value
-    d = loc.shape[-1] if loc.dim() == 1 else -1
-    if loc.dim() != 1 or tuple(tril.shape) != (d, d):
-        raise ValueError(
-            f"{owner}: expected init_gaussian shapes (d,) and (d, d), "
-            f"got {tuple(loc.shape)} and {tuple(tril.shape)}"
-        )
-    if not bool(torch.isfinite(loc).all() and torch.isfinite(tril.tril()).all()
-                and (tril.diagonal() > 0).all()):
-        raise ValueError(f"{owner}: expected a finite init_gaussian with a positive diagonal")
-    return loc.detach(), tril.detach().tril()
-
-
-def check_flow_config(owner: str, num_layers: object, hidden: object, kind: object) -> None:
-    """Validate the default-stack options of a flow guide."""
-    for name, v in (("num_layers", num_layers), ("hidden", hidden)):
-        check_int(v, name, owner, 1)
-    if kind not in _FLOW_KINDS:
-        raise ValueError(f"{owner}: expected kind in {_FLOW_KINDS}, got {kind!r}")
 
 
 def _plate_batch_shape() -> torch.Size:
@@ -155,6 +91,25 @@ def _plate_batch_shape() -> torch.Size:
             shape = [1] * (-frame.dim - len(shape)) + shape
         shape[frame.dim] = frame.size
     return torch.Size(shape)
+
+
+def pathfinder_start(potential: Potential, owner: str) -> Any:  # noqa: ANN401 - a Gaussian
+    """Pathfinder's best Gaussian for a guide's start (4 paths), or ``None`` with a warning.
+
+    Runs blocked from any enclosing Pyro trace (a guide set up inside ``SVI``).
+    """
+    from pyro_relax.infer.pathfinder import pathfinder_for_model
+
+    try:
+        with warnings.catch_warnings(), poutine.block():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            pf = pathfinder_for_model(potential, num_paths=4, num_draws=200, dtype=potential.dtype,
+                                      device=potential.device)
+    except ValueError as err:
+        warnings.warn(f"{owner}: Pathfinder found no start ({str(err)[:120]}); starting at the "
+                      "model's feasible point instead", RuntimeWarning, stacklevel=4)
+        return None
+    return pf.gaussian
 
 
 class RelaxedGuideMixin(PotentialMixin):
@@ -185,9 +140,11 @@ class RelaxedGuideMixin(PotentialMixin):
         model: Callable[..., Any],
         init_gaussian: tuple[Tensor, Tensor] | None = None,
         dtype: torch.dtype | str | None = None,
+        pathfinder: bool = False,
     ) -> None:
         owner = type(self).__name__
         self._init_gaussian = check_init_gaussian(init_gaussian, owner)
+        self._pathfinder_start = pathfinder and self._init_gaussian is None
         self._fit_dtype = DEFAULT_DTYPE if dtype is None else check_dtype(dtype, owner)
         self._raw_model = (model,)  # a tuple: never registered as a submodule
         self._model_args: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})
@@ -262,6 +219,9 @@ class RelaxedGuideMixin(PotentialMixin):
         self._potential = pot
         init = self._init_loc().detach().to(self._fit_dtype)
         pot.settle(init)  # the first evaluation settles the dtype rule
+        if getattr(self, "_pathfinder_start", False):
+            self._init_gaussian = pathfinder_start(pot, type(self).__name__)
+            self._pathfinder_start = False
         self._build(init)
 
     def _unpack_latent(self, latent: Tensor) -> Iterator[tuple[dict[str, Any], Tensor]]:

@@ -14,6 +14,7 @@ auxiliary-variable bound.
 from __future__ import annotations
 
 __all__ = [
+    "FLOW_DEFAULTS",
     "IAF_MAX_DIM",
     "AutoFlowGuide",
     "FlowStackMixin",
@@ -29,172 +30,27 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from pyro.distributions import constraints
-from pyro.distributions.torch_transform import TransformModule
 from pyro.infer.autoguide import AutoContinuous
-from pyro.infer.autoguide.initialization import init_to_median
-from torch import Tensor, nn
+from pyro.infer.autoguide.initialization import init_to_feasible
+from torch import Tensor
 from torch.distributions import Transform
 
 from pyro_relax.core import RelaxedLayer
-from pyro_relax.distributions.adapter import TransformLayer, as_layer
-from pyro_relax.distributions.flow import Flow
+from pyro_relax.distributions.adapter import TransformLayer
 from pyro_relax.infer.guides.base import (
     RelaxedGuideMixin,
     check_flow_config,
     check_init_scale,
     check_model,
 )
-from pyro_relax.infer.guides.whitening import (
-    identity_splines,
-    make_whitening,
-    start_as_identity,
+from pyro_relax.infer.guides.stack import (
+    FLOW_DEFAULTS,
+    IAF_MAX_DIM,
+    LayerSpec,
+    LocScaleTransform,
+    build_flow_layers,
+    make_flow,
 )
-from pyro_relax.infer.memory import check_allocation
-from pyro_relax.transforms.stacks import coupling_stack
-
-IAF_MAX_DIM = 256
-"""The largest latent size given IAF layers (their conditioners need ``d^2`` parameters)."""
-
-LayerSpec = (
-    Sequence[RelaxedLayer | Transform] | Callable[[int], Sequence[RelaxedLayer | Transform]] | None
-)
-
-
-class LocScaleTransform(TransformModule):
-    """A learnable elementwise affine bijection ``x = loc + exp(log_scale) * z`` on vectors.
-
-    Arguments:
-        loc: the initial location, shape ``(dim,)`` (its device and dtype are kept).
-        scale: the initial scale (positive float or tensor broadcasting to ``loc``).
-
-    Example:
-        >>> import torch
-        >>> t = LocScaleTransform(torch.zeros(2), 0.5)
-        >>> t(torch.ones(3, 2))[0].tolist(), t.log_abs_det_jacobian(torch.ones(3, 2), None).shape
-        ([0.5, 0.5], torch.Size([3]))
-    """
-
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-
-    def __init__(self, loc: Tensor, scale: float | Tensor = 1.0) -> None:
-        super().__init__()
-        if not isinstance(loc, Tensor) or loc.dim() != 1:
-            got = tuple(loc.shape) if isinstance(loc, Tensor) else type(loc).__name__
-            raise ValueError(f"LocScaleTransform: expected a loc of shape (dim,), got {got}")
-        scale_t = torch.as_tensor(scale, device=loc.device, dtype=loc.dtype)
-        if not bool(torch.isfinite(scale_t).all() & (scale_t > 0).all()):
-            raise ValueError(f"LocScaleTransform: expected a positive finite scale, got {scale!r}")
-        self.loc = nn.Parameter(loc.detach().clone())
-        self.log_scale = nn.Parameter(scale_t.log().expand_as(loc).clone())
-
-    def _call(self, z: Tensor) -> Tensor:
-        return self.loc + self.log_scale.exp() * z
-
-    def _inverse(self, x: Tensor) -> Tensor:
-        return (x - self.loc) * torch.exp(-self.log_scale)
-
-    def log_abs_det_jacobian(self, z: Tensor, x: Tensor | None) -> Tensor:
-        """``sum(log_scale)`` for every row of ``z``."""
-        return self.log_scale.sum(-1).expand(z.shape[:-1])
-
-
-def build_flow_layers(
-    latent_dim: int,
-    layers: LayerSpec,
-    init_loc: Tensor,
-    init_scale: float,
-    num_layers: int = 4,
-    hidden: int = 64,
-    kind: str = "spline",
-    init_scale_tril: Tensor | object | None = None,
-) -> list[RelaxedLayer]:
-    """The stack of a flow guide: the given layers, or the default one (as relaxed layers).
-
-    The default is ``coupling_stack(latent_dim, num_layers, hidden, kind)`` (for
-    ``kind="iaf"`` an IAF stack of width ``max(hidden, latent_dim)`` up to
-    :data:`IAF_MAX_DIM` dimensions and affine couplings of width ``hidden`` above,
-    whose cost is linear in ``latent_dim``; elementwise splines starting as the
-    identity for ``latent_dim == 1``) followed by a :class:`LocScaleTransform` starting
-    at ``(init_loc, init_scale)``, or, given ``init_scale_tril``, by a whitening
-    :class:`~pyro_relax.infer.guides.whitening.CholeskyAffineTransform` starting
-    at ``(init_loc, init_scale_tril)``.
-
-    Arguments:
-        latent_dim: the unconstrained latent size.
-        layers: ``None`` (default stack), a list (base to data), or a callable
-            ``latent_dim -> list``.
-        init_loc: the initial location ``(latent_dim,)``.
-        init_scale: the initial scale of the default stack.
-        num_layers: coupling (or IAF) layers in the default stack.
-        hidden: hidden width of their conditioners.
-        kind: ``"spline"``, ``"affine"`` or ``"iaf"``.
-        init_scale_tril: a Pathfinder Gaussian (low rank above 200 dimensions), or a
-            ``(latent_dim, latent_dim)`` Cholesky factor of the
-            initial Gaussian (e.g. Pathfinder's), or ``None``.
-
-    Example:
-        >>> import torch
-        >>> len(build_flow_layers(3, None, torch.zeros(3), 0.1, num_layers=2, kind="affine"))
-        4
-    """
-    if layers is None:
-        if latent_dim == 1:
-            stack = list(identity_splines(num_layers))
-        elif kind == "iaf" and latent_dim <= IAF_MAX_DIM:
-            # an autoregressive conditioner needs a width of at least d (d^2 parameters)
-            width = max(hidden, latent_dim)
-            check_allocation(8.0 * num_layers * (3 * latent_dim + width) * width,
-                             f"an IAF stack of width {width}", "build_flow_layers")
-            stack: list[Any] = []
-            for i in range(num_layers):
-                stack.append(T.affine_autoregressive(latent_dim, hidden_dims=[width, width]))
-                if i < num_layers - 1:
-                    stack.append(T.Permute(torch.arange(latent_dim - 1, -1, -1)))
-        else:  # couplings: parameters and time linear in d at a fixed width
-            stack = coupling_stack(latent_dim, num_layers, hidden,
-                                   "affine" if kind == "iaf" else kind)
-        if isinstance(init_scale_tril, Tensor):
-            check_allocation(8.0 * 3 * latent_dim**2, f"a {latent_dim} x {latent_dim} whitening "
-                             "factor with its gradients", "build_flow_layers")
-            # zero-initialized conditioners: the guide starts at the whitening Gaussian
-            start_as_identity(stack)
-            stack.append(make_whitening(init_loc, init_scale_tril))
-        else:
-            stack.append(LocScaleTransform(init_loc, init_scale))
-    elif callable(layers):
-        stack = list(layers(latent_dim))
-    elif isinstance(layers, Sequence):
-        stack = list(layers)
-    else:
-        raise TypeError(
-            f"expected layers as None, a list of layers or a callable latent_dim -> list, "
-            f"got {type(layers).__name__}"
-        )
-    return [as_layer(layer) for layer in stack]
-
-
-def make_flow(
-    layers: list[RelaxedLayer], latent_dim: int, owner: str, cls: type = Flow, **kwargs: Any  # noqa: ANN401
-) -> Flow:
-    """A ``Flow`` whose base shape is read back from the layers; checks the event shape."""
-    shape = torch.Size([latent_dim])
-    try:
-        for layer in reversed(layers):
-            shape = layer.latent_shape(shape)
-        flow = cls(shape, layers, **kwargs)
-        got = flow().event_shape
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(
-            f"{owner}: expected layers producing event shape ({latent_dim},), "
-            f"got layers that do not fit it ({err})"
-        ) from err
-    if tuple(got) != (latent_dim,):
-        raise ValueError(
-            f"{owner}: expected layers producing event shape ({latent_dim},), got {tuple(got)}"
-        )
-    return flow
 
 
 class _InDtype(Transform):
@@ -284,10 +140,16 @@ class AutoFlowGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
     r"""A normalizing-flow autoguide whose stack may hold surjections and stochastic layers.
 
     Base ``N(0, I)`` on the stack's base shape; layers from base to data
-    (the unconstrained latent). With the default stack (a coupling stack and a
-    learnable loc/scale layer starting at ``init_loc_fn``'s point with scale
-    ``init_scale``) the guide is an exact flow and :meth:`get_transform` gives
-    Pyro's :class:`~pyro.infer.reparam.NeuTraReparam` its transform.
+    (the unconstrained latent). The guide carries the method of
+    ``fit_guide(model, "auto")``'s flow: by default (no ``init_loc_fn``), when it
+    first traces the model it runs Pathfinder on the model's
+    :class:`~pyro_relax.infer.model.Potential` and its default stack (IAF layers,
+    :data:`FLOW_DEFAULTS`) ends in a whitening layer started at Pathfinder's
+    Gaussian, its other layers at the identity; so a plain Pyro ``SVI`` loop
+    starts where ``auto`` does. With a Pyro ``init_to_*`` as ``init_loc_fn`` the
+    stack ends instead in a loc/scale layer started there with scale
+    ``init_scale``. The default stack is an exact flow and :meth:`get_transform`
+    gives Pyro's :class:`~pyro.infer.reparam.NeuTraReparam` its transform.
 
     Arguments:
         model: a Pyro model (continuous latent sites).
@@ -299,13 +161,13 @@ class AutoFlowGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
         hidden: conditioner width of the default stack.
         kind: ``"spline"`` (rational-quadratic coupling), ``"affine"`` (RealNVP)
             or ``"iaf"`` (affine autoregressive, fast sampling).
-        init_loc_fn: per-site initialization (Pyro's ``init_to_*``).
+        init_loc_fn: ``None`` (default): start at Pathfinder's Gaussian (falling
+            back to ``init_to_feasible``, with a warning, when Pathfinder finds no
+            finite point); or a per-site initialization (Pyro's ``init_to_*``).
         init_scale: initial scale of the default stack's loc/scale layer.
-        init_gaussian: ``(loc, scale_tril)`` of a Gaussian approximation in the
-            unconstrained space (e.g. :func:`~pyro_relax.infer.pathfinder.pathfinder_for_model`'s):
-            the default stack then ends in a whitening
-            :class:`~pyro_relax.infer.guides.whitening.CholeskyAffineTransform`
-            started there, instead of the loc/scale layer.
+        init_gaussian: ``(loc, scale_tril)`` or a Pathfinder Gaussian: a Gaussian
+            approximation in the unconstrained space given in advance (no Pathfinder
+            run then); the default stack ends in a whitening layer started there.
         dtype: the dtype of the guide's parameters and latents (``None``: float64;
             see :mod:`pyro_relax.infer.model` for how a float32 model is evaluated).
 
@@ -330,17 +192,18 @@ class AutoFlowGuide(FlowStackMixin, RelaxedGuideMixin, AutoContinuous):
         model: Callable[..., Any],
         layers: LayerSpec = None,
         *,
-        num_layers: int = 4,
-        hidden: int = 64,
-        kind: str = "spline",
-        init_loc_fn: Callable[[dict], Tensor] = init_to_median,
-        init_scale: float = 0.1,
+        num_layers: int = FLOW_DEFAULTS["num_layers"],
+        hidden: int = FLOW_DEFAULTS["hidden"],
+        kind: str = FLOW_DEFAULTS["kind"],
+        init_loc_fn: Callable[[dict], Tensor] | None = None,
+        init_scale: float = FLOW_DEFAULTS["init_scale"],
         init_gaussian: tuple[Tensor, Tensor] | None = None,
         dtype: torch.dtype | str | None = None,
     ) -> None:
         self._set_stack(model, layers, num_layers, hidden, kind, init_scale)
-        super().__init__(model, init_loc_fn=init_loc_fn)
-        self._init_relaxed(model, init_gaussian, dtype)
+        super().__init__(model, init_loc_fn=init_loc_fn or init_to_feasible)
+        self._init_relaxed(model, init_gaussian, dtype,
+                           pathfinder=init_loc_fn is None and layers is None)
 
     def _build(self, init_loc: Tensor) -> None:
         flow = make_flow(self._stack(init_loc), self.latent_dim, type(self).__name__)

@@ -71,7 +71,7 @@ def make_flow_guide(model: Callable[..., Any], **options: Any) -> AutoFlowGuide:
         >>> make_flow_guide(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)), hidden=8)._kind
         'iaf'
     """
-    return AutoFlowGuide(model, **{"kind": "iaf", **_START, **options})
+    return AutoFlowGuide(model, **{**_START, **options})  # the class's FLOW_DEFAULTS
 
 
 def make_snf_guide(model: Callable[..., Any], **options: Any) -> AutoSNFGuide:  # noqa: ANN401
