@@ -260,7 +260,7 @@ def test_log_joint_falls_back_to_a_loop_for_unvectorizable_models(problem):
             pyro.sample("y", dist.Normal(loc, OBS_SD_Y).to_event(1), obs=y)
             pyro.sample("w", dist.LogNormal(tau.log(), OBS_SD_LOGW), obs=w)
 
-    guide = _make("flow", model)
+    guide = _make("flow", model, init_loc_fn=init_to_feasible)  # no Pathfinder: rows decided below
     guide(problem.y, problem.w)
     z = torch.randn(6, 3)
     with pytest.warns(RuntimeWarning, match="torch.func.vmap instead"):
@@ -280,7 +280,7 @@ def test_log_joint_loops_when_vmap_fails_too(problem):
             pyro.sample("y", dist.Normal(loc, OBS_SD_Y).to_event(1), obs=y)
             pyro.sample("w", dist.LogNormal(tau.log(), OBS_SD_LOGW), obs=w)
 
-    guide = _make("flow", model)
+    guide = _make("flow", model, init_loc_fn=init_to_feasible)  # no Pathfinder: rows decided below
     guide(problem.y, problem.w)
     z = torch.randn(6, 3)
     with pytest.warns(RuntimeWarning, match="looping over rows"):
@@ -298,7 +298,7 @@ def test_log_joint_detects_a_model_that_silently_mixes_particles(problem):
             pyro.sample("y", dist.Normal(center, OBS_SD_Y).to_event(1), obs=y)
             pyro.sample("w", dist.LogNormal(tau.log(), OBS_SD_LOGW), obs=w)
 
-    guide = _make("flow", model)
+    guide = _make("flow", model, init_loc_fn=init_to_feasible)  # no Pathfinder: rows decided below
     guide(problem.y, problem.w)
     z = torch.randn(5, 3)
     with pytest.warns(RuntimeWarning, match="differs from row-by-row"):
