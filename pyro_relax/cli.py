@@ -187,16 +187,16 @@ def _judge(fit: Any, samples: dict, log_w: Any, args: argparse.Namespace) -> dic
     neutra = fit.extra.get("method") == "neutra"
     dim = getattr(fit.guide, "latent_dim", 0) or sum(v[0].numel() for v in samples.values())
     draws = WeightedDraws(samples, log_w, fit.extra.get("method", args.guide),
-                          weighted=not neutra, latent_dim=int(dim), converged=fit.converged)
+                          weighted=not neutra, latent_dim=int(dim), converged=fit.converged,
+                          noisy_weights=bool(fit.extra.get("subsampled")))
     v = verdict(draws, advice=fit.extra.get("advice", ""))
     out: dict[str, Any] = {}
     if args.num_samples >= 25 and not neutra:
         out.update(weighted_report(log_w))
     out.update(verdict=v.label, verdict_reason=v.reason, advice=v.advice, converged=fit.converged)
+    out.pop("khat", None)
     if v.khat == v.khat:  # not NaN
         out["khat"] = v.khat
-    else:
-        out.pop("khat", None)
     return out
 
 

@@ -80,6 +80,7 @@ def fit_particles(
     num_particles: int,
     *,
     until_converged: bool = False,
+    average_from: int | None = None,
     min_steps: int = 300,
     window: int = 100,
     patience: int = 3,
@@ -100,6 +101,8 @@ def fit_particles(
         num_particles: particles per step (lowered to 2 when the model can only
             be evaluated row by row in a Python loop; the stats say so).
         until_converged: stop once the windowed ELBO stops improving.
+        average_from: from this step on, the parameters are averaged (Polyak-Ruppert)
+            and the average is kept at the end: for noisy (mini-batch) gradients.
         min_steps: the fewest steps before a convergence stop.
         window: steps per window of the convergence rule.
         patience: windows without improvement before stopping.
@@ -140,6 +143,8 @@ def fit_particles(
     stats = LoopStats([], 0.0, 0, num_particles, final_lr=lr)
     bad_run, last_problem = 0, ""
     best, stale, window_sum = -math.inf, 0, 0.0
+    averaged: list[Tensor] | None = None
+    count = 0
     bar = progress_bar(range(steps), disable=not progress, desc=desc)
     for i in bar:
         n = stats.particles
@@ -189,6 +194,14 @@ def fit_particles(
             continue
         bad_run = 0
         stats.final_lr = _lower_lr(optim, decay)
+        if average_from is not None and i >= average_from:  # Polyak-Ruppert averaging
+            with torch.no_grad():
+                if averaged is None:
+                    averaged, count = [p.detach().clone() for p in params], 1
+                else:
+                    count += 1
+                    for a, p in zip(averaged, params, strict=True):
+                        a += (p.detach() - a) / count
         value = float((lp[ok] - log_q[ok]).detach().mean())
         stats.elbo.append(value)
         if progress and i % 50 == 0:
@@ -209,6 +222,10 @@ def fit_particles(
         if until_converged:
             stats.converged = False
     bar.close()
+    if averaged is not None:
+        with torch.no_grad():
+            for a, p in zip(averaged, params, strict=True):
+                p.copy_(a)
     if not stats.elbo:
         raise FloatingPointError(f"{owner}: no step had a finite ELBO ({last_problem})")
     stats.steps = len(stats.elbo) + stats.skipped_steps

@@ -36,40 +36,25 @@ __all__ = ["LatentSite", "Potential", "is_dtype_mismatch"]  # the first and last
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.runtime import get_plates
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from pyro_relax.core.checks import check_event_shape
-from pyro_relax.infer.sites import LatentSite, is_dtype_mismatch, read_layout
+from pyro_relax.infer.sites import (
+    EvaluationMode,
+    LatentSite,
+    is_dtype_mismatch,
+    read_layout,
+    sum_rows,
+)
 
 _PARTICLE_PLATE = "_pyro_relax_particles"
-
-
-@dataclass
-class _Mode:
-    """What a potential decided on its first evaluations (shared by its bound copies)."""
-
-    evaluation: str = "fit dtype"
-    vectorization: str | None = None
-    checked: bool = False
-    plate_failure: str = ""
-    notes: list[str] = field(default_factory=list)
-
-
-def _sum_rows(t: Tensor | float, p: int, m: int, like: Tensor) -> Tensor:
-    """Sum a log-prob tensor (particle dim at ``-p``) to shape ``(m,)`` in ``like``'s dtype."""
-    if not isinstance(t, Tensor):
-        return like.new_full((m,), float(t))
-    if t.dim() < p:
-        t = t.reshape((1,) * (p - t.dim()) + t.shape)
-    t = t.reshape(t.shape[: t.dim() - p + 1] + (-1,)).sum(-1)
-    return t.to(like.dtype).expand(m)
 
 
 class Potential:
@@ -123,12 +108,15 @@ class Potential:
         self.dtype = dtype
         self.prototype = poutine.block(poutine.trace(model).get_trace)(*args, **self.kwargs)
         self.sites, self.max_plate_nesting = read_layout(self.prototype)
+        self.subsampled = {n: (int(v["fn"].size), int(v["fn"].subsample_size))
+                           for n, v in self.prototype.nodes.items()
+                           if site_is_subsample(v) and v["fn"].subsample_size < v["fn"].size}
         self.latent_dim = sum(site.size for site in self.sites)
         first = next((s for s in self.prototype.nodes.values() if s["type"] == "sample"), None)
         guess = first["value"].device if first is not None else torch.get_default_device()
         self.device = torch.device(device) if device is not None else guess
         # decided on the first evaluations and shared with every bind() of this potential
-        self._mode = _Mode()
+        self._mode = EvaluationMode()
 
     @property
     def evaluation(self) -> str:
@@ -177,6 +165,14 @@ class Potential:
                 raise ValueError(
                     f"{owner}: the model has a discrete latent site {site.name!r}; pyro-relax "
                     "fits continuous latents only (marginalize it out or observe it)"
+                )
+        for site in self.sites:
+            inside = [name for name, _, _ in site.plates if name in self.subsampled]
+            if inside:
+                raise ValueError(
+                    f"{owner}: the latent site {site.name!r} sits in the subsampled plate "
+                    f"{inside[0]!r}; a flat guide needs every member of it at once: subsample "
+                    "only the observations (or give the plate no subsample_size)"
                 )
         if self.param_sites:
             raise ValueError(
@@ -380,7 +376,7 @@ class Potential:
             trace.compute_log_prob()
         for site in trace.nodes.values():
             if site["type"] == "sample" and "log_prob" in site:
-                total = total + _sum_rows(site["log_prob"], p, m, flat)
+                total = total + sum_rows(site["log_prob"], p, m, flat)
         return total
 
     def _row(self, row: Tensor) -> Tensor:

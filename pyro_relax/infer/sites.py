@@ -7,15 +7,16 @@ to mix dtypes from other errors (the dtype rule of :mod:`pyro_relax.infer.model`
 
 from __future__ import annotations
 
-__all__ = ["LatentSite", "is_dtype_mismatch", "read_layout"]
+__all__ = ["EvaluationMode", "LatentSite", "is_dtype_mismatch", "read_layout", "sum_rows"]
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from pyro.distributions.transforms import biject_to
 from pyro.poutine.util import site_is_subsample
+from torch import Tensor
 from torch.distributions import Transform
 
 _MISMATCH = ("same dtype", "expected scalar type", "dtype mismatch", "have same dtype")
@@ -98,3 +99,24 @@ def read_layout(trace: Any) -> tuple[tuple[LatentSite, ...], int]:  # noqa: ANN4
                                 event_dim, value.dtype, plates))
         offset += size
     return tuple(sites), nesting
+
+
+@dataclass
+class EvaluationMode:
+    """What a potential decided on its first evaluations (shared by its bound copies)."""
+
+    evaluation: str = "fit dtype"
+    vectorization: str | None = None
+    checked: bool = False
+    plate_failure: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def sum_rows(t: Tensor | float, p: int, m: int, like: Tensor) -> Tensor:
+    """Sum a log-prob tensor (particle dim at ``-p``) to shape ``(m,)`` in ``like``'s dtype."""
+    if not isinstance(t, Tensor):
+        return like.new_full((m,), float(t))
+    if t.dim() < p:
+        t = t.reshape((1,) * (p - t.dim()) + t.shape)
+    t = t.reshape(t.shape[: t.dim() - p + 1] + (-1,)).sum(-1)
+    return t.to(like.dtype).expand(m)

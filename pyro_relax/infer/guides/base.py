@@ -100,6 +100,8 @@ def pathfinder_start(potential: Potential, owner: str) -> Any:  # noqa: ANN401 -
     """
     from pyro_relax.infer.pathfinder import pathfinder_for_model
 
+    if potential.subsampled:  # a noisy log density: L-BFGS cannot use it
+        return None
     try:
         with warnings.catch_warnings(), poutine.block():
             warnings.simplefilter("ignore", RuntimeWarning)

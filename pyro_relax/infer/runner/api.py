@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GUIDES", "GuideMethod", "fit_guide", "make_guide"]
+__all__ = ["GUIDES", "SUBSAMPLING_GUIDES", "GuideMethod", "fit_guide", "make_guide"]
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,6 +97,10 @@ GUIDES: dict[str, GuideMethod] = {
     "iaf": _svi("iaf", _iaf),
 }
 """The guides of :func:`fit_guide` by name (the CLI offers exactly these)."""
+
+SUBSAMPLING_GUIDES = ("auto", "flow", "normal", "mvn", "iaf")
+"""The guides that train on a model whose plate is subsampled (SVI on mini-batches);
+``auto`` then runs the ``flow`` guide from the feasible point until its ELBO stalls."""
 
 
 def make_guide(
@@ -207,5 +211,24 @@ def fit_guide(
     if init not in ("pathfinder", "feasible"):
         raise ValueError(f"{owner}: expected init 'pathfinder' or 'feasible', got {init!r}")
     check_continuous_model(model)
-    Potential(model).check_inferable(owner)
-    return GUIDES[guide].fit(model, opts)
+    potential = Potential(model)
+    potential.check_inferable(owner)
+    if not potential.subsampled:
+        return GUIDES[guide].fit(model, opts)
+    plates = ", ".join(f"{k!r} ({b} of {n})" for k, (n, b) in potential.subsampled.items())
+    if guide not in SUBSAMPLING_GUIDES:
+        raise ValueError(
+            f"{owner}: the model subsamples the plate {plates}, so its log density is a "
+            f"mini-batch estimate, which guide {guide!r} cannot use; use one of "
+            f"{list(SUBSAMPLING_GUIDES)}"
+        )
+    # mini-batches: SVI only (no Pathfinder, annealing or NeuTra, which need exact densities),
+    # all the steps, the parameters averaged over the second half (noisy gradients); auto
+    # takes lr 0.05 at least: from the feasible start a posterior sd 70 times below the
+    # prior's was reached in 3000 steps (sd ratio 1.01; 2.7 at lr 0.01)
+    lr = max(opts.lr, 0.05) if guide == "auto" else opts.lr
+    opts = opts.but(init="feasible", until_converged=False, average=True, lr=lr)
+    fit = GUIDES["flow" if guide == "auto" else guide].fit(model, opts)
+    fit.extra.update(subsampled=dict(potential.subsampled),
+                     method=f"{fit.name} (mini-batches)")
+    return fit

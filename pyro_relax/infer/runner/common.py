@@ -57,6 +57,7 @@ class FitOptions:
     init: str = "pathfinder"
     until_converged: bool = False
     budget: float = 600.0
+    average: bool = False
 
     def but(self, **changes: Any) -> FitOptions:  # noqa: ANN401 - any of the fields
         """A copy with ``changes`` applied."""

@@ -158,6 +158,13 @@ def run_mcmc(
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {list(KERNELS)}")
     method = KERNELS[kernel]
     sites = check_continuous_model(model)
+    subsampled = Potential(model).subsampled
+    if subsampled:
+        raise ValueError(
+            f"run_mcmc: the model subsamples the plate(s) {sorted(subsampled)}; a kernel needs "
+            "the exact log density: give the plate no subsample_size, or fit a guide on "
+            "mini-batches (fit_guide / pyro-relax fit with auto, flow, normal, mvn or iaf)"
+        )
     start = time.perf_counter()
     extra: dict[str, Any] = {}
     fit = None

@@ -119,7 +119,7 @@ def _svi(
 ) -> LoopStats:
     stats = fit_particles(guide, model, steps, opts.lr, opts.num_particles,
                           until_converged=opts.until_converged, progress=opts.progress,
-                          desc=f"fit {name}")
+                          desc=f"fit {name}", average_from=steps // 2 if opts.average else None)
     for note in stats.notes:
         warnings.warn(f"fit_guide: {note}", RuntimeWarning, stacklevel=4)
     return stats
