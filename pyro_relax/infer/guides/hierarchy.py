@@ -243,7 +243,7 @@ def conditional_prior(
             "conditional_prior: expected global_values as a dict, "
             f"got {type(global_values).__name__}"
         )
-    with torch.no_grad():
+    with torch.no_grad(), poutine.block():  # invisible to any enclosing trace (e.g. an ELBO's)
         trace = poutine.trace(poutine.condition(model, data=global_values)).get_trace(
             *args, **(kwargs or {})
         )

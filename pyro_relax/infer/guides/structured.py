@@ -287,13 +287,40 @@ class AutoHierarchicalGuide(RelaxedGuideMixin, AutoContinuous):
             mean = (target - prior_prec * block.a.detach()) / data_prec
             block.set_data_expert(mean, data_prec.log())
 
+    def _features(self, g: Tensor) -> Tensor:
+        """What the locals see of the globals' draw: ``g - g0``, projected when ``d_g`` is large."""
+        h = g - self._g0
+        return h if self.projection is None else h @ self.projection.transpose(-1, -2)
+
+    def local_conditionals(self, g: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """The Gaussian ``q(u_i | g)`` of each local block, for unconstrained globals ``g``.
+
+        Arguments:
+            g: global coordinates, shape ``batch + (d_g,)`` (in the order of
+                ``structure.global_index``).
+
+        Returns:
+            Per block (in ``structure.blocks`` order), ``(mean, precision)`` of
+            shapes ``batch + (G, m)`` and ``batch + (G, m, m)``.
+        """
+        owner = f"{type(self).__name__}.local_conditionals"
+        d_g = self.structure.global_dim
+        if not isinstance(g, Tensor) or g.dim() < 1 or g.shape[-1] != d_g:
+            got = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
+            raise ValueError(f"{owner}: expected globals of shape (..., {d_g}), got {got}")
+        h = self._features(g.to(self._g0))
+        out = []
+        for block in self.blocks:
+            prec, rhs = block.precision_and_mean(h)
+            mean = torch.linalg.solve(prec, rhs.unsqueeze(-1)).squeeze(-1)
+            out.append((mean, prec))
+        return out
+
     def _draw(self, sample_shape: torch.Size) -> tuple[Tensor, Tensor]:
         like = {"device": self._g0.device, "dtype": self._g0.dtype}
         if self.global_flow is not None:
             g, log_q = self.global_flow().rsample_and_log_q(sample_shape)
-            h = g - self._g0
-            if self.projection is not None:
-                h = h @ self.projection.transpose(-1, -2)
+            h = self._features(g)
         else:
             g = torch.zeros(sample_shape + (0,), **like)
             log_q = torch.zeros(sample_shape, **like)
