@@ -22,6 +22,7 @@ from pyro_relax.infer.guides.conditional import ConditionalGaussianBlock
 from pyro_relax.infer.guides.flow import AutoFlowGuide
 from pyro_relax.infer.guides.hierarchy import conditional_prior, latent_structure
 from pyro_relax.infer.guides.layout import unpack_latent
+from pyro_relax.infer.guides.noncenter import choose_noncentering, loc_scale_sites, noncentered
 from pyro_relax.infer.guides.structured import AutoHierarchicalGuide
 
 F64 = torch.float64
@@ -37,7 +38,10 @@ def _clean_store():
 
 
 def centered_model(y: torch.Tensor, s: torch.Tensor):
-    """``mu ~ N(0, 5)``, ``tau ~ HalfNormal(5)``, ``theta_j ~ N(mu, tau)``, ``y_j ~ N(theta_j, s_j)``."""
+    """The centered hierarchy: ``theta_j ~ N(mu, tau)``, ``y_j ~ N(theta_j, s_j)``.
+
+    With ``mu ~ N(0, 5)`` and ``tau ~ HalfNormal(5)``.
+    """
 
     def model():
         mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 5.0))
@@ -49,25 +53,46 @@ def centered_model(y: torch.Tensor, s: torch.Tensor):
     return model
 
 
-def quadrature(y: torch.Tensor, s: torch.Tensor, n: int = 800):
-    """Posterior means and sds of ``(mu, log tau, theta)`` and ``log Z``, by a grid over (mu, log tau)."""
-    mus = torch.linspace(-25.0, 25.0, n, dtype=F64)
-    lts = torch.linspace(-14.0, 4.5, n, dtype=F64)
-    mu, lt = torch.meshgrid(mus, lts, indexing="ij")
-    tau = lt.exp()
-    lp = dist.Normal(0.0, 5.0).log_prob(mu) + dist.HalfNormal(5.0).log_prob(tau) + lt
-    lp = lp + dist.Normal(mu[..., None], (tau[..., None] ** 2 + s**2).sqrt()).log_prob(y).sum(-1)
-    log_z = torch.logsumexp(lp.flatten(), 0) + math.log((mus[1] - mus[0]) * (lts[1] - lts[0]))
-    w = (lp - lp.max()).exp()
-    w = (w / w.sum())[..., None]
-    prec = 1 / tau[..., None] ** 2 + 1 / s**2
-    m = (mu[..., None] / tau[..., None] ** 2 + y / s**2) / prec
-    first = torch.stack([mu, lt], -1)
-    e_g = (w * first).sum((0, 1))
-    sd_g = ((w * first**2).sum((0, 1)) - e_g**2).sqrt()
-    e_t = (w * m).sum((0, 1))
-    sd_t = ((w * (1 / prec + m**2)).sum((0, 1)) - e_t**2).sqrt()
+def _grid_moments(y, s, mus, lts, chunk: int = 25):
+    """Weighted sums over the (mu, log tau) grid, in chunks of mu rows to bound the memory."""
+    acc = {k: 0.0 for k in ("w", "g", "g2", "t", "t2")}
+    parts = []
+    for i in range(0, mus.numel(), chunk):
+        mu, lt = torch.meshgrid(mus[i:i + chunk], lts, indexing="ij")
+        tau = lt.exp()
+        lp = dist.Normal(0.0, 5.0).log_prob(mu) + dist.HalfNormal(5.0).log_prob(tau) + lt
+        sd = (tau[..., None] ** 2 + s**2).sqrt()
+        parts.append((mu, lt, lp + dist.Normal(mu[..., None], sd).log_prob(y).sum(-1)))
+    top = max(float(lp.max()) for _, _, lp in parts)
+    for mu, lt, lp in parts:
+        w = (lp - top).exp()
+        tau2 = lt.exp()[..., None] ** 2
+        prec = 1 / tau2 + 1 / s**2
+        m = (mu[..., None] / tau2 + y / s**2) / prec
+        first = torch.stack([mu, lt], -1)
+        acc["w"] += w.sum()
+        acc["g"] += (w[..., None] * first).sum((0, 1))
+        acc["g2"] += (w[..., None] * first**2).sum((0, 1))
+        acc["t"] += (w[..., None] * m).sum((0, 1))
+        acc["t2"] += (w[..., None] * (1 / prec + m**2)).sum((0, 1))
+    e_g, e_t = acc["g"] / acc["w"], acc["t"] / acc["w"]
+    sd_g = (acc["g2"] / acc["w"] - e_g**2).sqrt()
+    sd_t = (acc["t2"] / acc["w"] - e_t**2).sqrt()
+    log_z = top + math.log(acc["w"]) + math.log((mus[1] - mus[0]) * (lts[1] - lts[0]))
     return torch.cat([e_g, e_t]), torch.cat([sd_g, sd_t]), float(log_z)
+
+
+def quadrature(y: torch.Tensor, s: torch.Tensor, n: int = 400):
+    """Posterior means and sds of ``(mu, log tau, theta)`` and ``log Z`` on a (mu, log tau) grid.
+
+    A coarse grid finds the posterior's extent, a fine one (``n x n``) integrates.
+    """
+    wide_mu = torch.linspace(-25.0, 25.0, 200, dtype=F64)
+    means, sds, _ = _grid_moments(y, s, wide_mu, torch.linspace(-14.0, 4.5, 200, dtype=F64))
+    lo, hi = means[:2] - 10 * sds[:2], means[:2] + 10 * sds[:2]
+    mus = torch.linspace(float(lo[0]), float(hi[0]), n, dtype=F64)
+    lts = torch.linspace(max(float(lo[1]), -14.0), min(float(hi[1]), 4.5), n, dtype=F64)
+    return _grid_moments(y, s, mus, lts)
 
 
 def fit(guide, steps: int, lr: float, particles: int = 16, seed: int = 0) -> None:
@@ -99,6 +124,7 @@ def summary(guide, means, sds, n: int = 4000, seed: int = 1) -> dict[str, float]
         "sd_err": float((z.std(0) / sds - 1).abs().max()),
         "khat": float(khat),
         "elbo": float(log_w.mean()),
+        "num_params": sum(p.numel() for p in guide.parameters()),
     }
 
 
@@ -263,3 +289,129 @@ def test_importance_weights_are_unbiased_for_the_evidence():
     diag = guide.importance_diagnostics(4000)
     # log_Z_se is the delta-method Monte Carlo error of log mean w (4000 draws)
     assert abs(diag["log_Z"] - log_z) < 4 * diag["log_Z_se"] + 0.02
+
+
+# -- posteriors ----------------------------------------------------------------------
+# Monte Carlo error of the checks below (n = 4000 guide draws): a mean is off by
+# about 1/sqrt(n) = 0.016 posterior sds and an sd ratio by 1/sqrt(2n) = 0.011, so
+# the tolerances are the guide's approximation error (measured, see the report
+# in the commit) plus at least 5 Monte Carlo standard errors.
+
+
+def test_captures_the_centered_eight_schools_funnel():
+    means, sds, log_z = quadrature(EIGHT_Y, EIGHT_S)
+    guide = AutoHierarchicalGuide(centered_model(EIGHT_Y, EIGHT_S))
+    fit(guide, 1500, 0.01)
+    got = summary(guide, means, sds)
+    # measured: mean_err 0.10, sd_err 0.24, khat 0.30, elbo log Z - 0.2
+    assert got["khat"] < 0.7
+    assert got["mean_err"] < 0.25
+    assert got["sd_err"] < 0.4
+    assert got["elbo"] > log_z - 0.5
+
+
+def hierarchical_data(groups: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.empty(groups, dtype=F64).uniform_(math.log(0.3), math.log(3.0), generator=g).exp()
+    theta = 1.0 + 0.5 * torch.randn(groups, generator=g, dtype=F64)
+    return theta + s * torch.randn(groups, generator=g, dtype=F64), s
+
+
+@pytest.mark.slow
+def test_fits_a_200_dim_hierarchical_normal():
+    """198 groups with 0.3 to 3 noise sds: a posterior known in closed form given (mu, tau)."""
+    y, s = hierarchical_data(198)
+    means, sds, log_z = quadrature(y, s)
+    guide = AutoHierarchicalGuide(centered_model(y, s))
+    fit(guide, 1500, 0.02)
+    got = summary(guide, means, sds)
+    # measured: mean_err 0.16 (the worst of 200), sd_err 0.07, khat 0.32, elbo log Z - 0.54
+    assert got["mean_err"] < 0.25
+    assert got["sd_err"] < 0.15
+    assert got["khat"] < 0.7
+    assert got["elbo"] > log_z - 1.0
+
+
+def funnel_data(groups: int = 30, seed: int = 0):
+    """One observation (sd 1) per group around group means with sd 0.2: a strong centered funnel."""
+    g = torch.Generator().manual_seed(seed)
+    theta = 1.0 + 0.2 * torch.randn(groups, generator=g, dtype=F64)
+    s = torch.ones(groups, dtype=F64)
+    return theta + s * torch.randn(groups, generator=g, dtype=F64), s
+
+
+@pytest.mark.slow
+def test_beats_the_unstructured_flow_on_a_centered_funnel():
+    """30 groups, one noisy observation each: the unstructured IAF misses the funnel."""
+    y, s = funnel_data()
+    means, sds, log_z = quadrature(y, s)
+    results = {}
+    for name, make in (("structured", AutoHierarchicalGuide), ("iaf", AutoFlowGuide)):
+        pyro.clear_param_store()
+        guide = make(centered_model(y, s)) if name == "structured" else make(
+            centered_model(y, s), kind="iaf")
+        fit(guide, 1500, 0.01)
+        results[name] = summary(guide, means, sds)
+    ours, iaf = results["structured"], results["iaf"]
+    # measured (fit_particles, same budget): ELBO log Z - 0.36 vs log Z - 1.2; mean_err 0.35 vs 0.74
+    assert ours["elbo"] > iaf["elbo"] + 0.3
+    assert ours["mean_err"] < iaf["mean_err"]
+    assert ours["elbo"] > log_z - 0.7
+
+
+# -- automatic non-centering -----------------------------------------------------------
+
+
+def test_noncentering_finds_and_reparameterizes_the_local_loc_scale_sites():
+    model = centered_model(EIGHT_Y, EIGHT_S)
+    assert loc_scale_sites(model) == ["theta"]
+    other = noncentered(model, ["theta"])
+    guide = AutoHierarchicalGuide(other)
+    guide()
+    assert guide.structure.describe() == (
+        "globals mu, tau (2 dims); plate J: theta_decentered (8 x 1)")
+    # theta is now mu + tau * theta_decentered: a deterministic site of the guide's draws
+    pyro.set_rng_seed(0)
+    tr = poutine.trace(poutine.replay(other, trace=poutine.trace(guide).get_trace())).get_trace()
+    mu, tau, eps = (tr.nodes[n]["value"] for n in ("mu", "tau", "theta_decentered"))
+    assert torch.allclose(tr.nodes["theta"]["value"], mu + tau * eps)
+    with pytest.raises(TypeError, match="sequence of site names"):
+        noncentered(model, "theta")
+
+
+def test_choose_noncentering_keeps_the_higher_elbo_and_says_which_sites():
+    model = centered_model(EIGHT_Y, EIGHT_S)
+    seen = []
+
+    def fake_fit(m):
+        seen.append(m)
+        return -30.0 if m is model else -31.0
+
+    kept = choose_noncentering(model, fake_fit)
+    assert kept.model is model and kept.sites == () and kept.candidates == ("theta",)
+    assert "none (centered kept)" in kept.describe() and len(seen) == 2
+    chosen = choose_noncentering(model, lambda m: -30.0 if m is model else -29.0)
+    assert chosen.sites == ("theta",) and chosen.model is not model
+    assert chosen.describe().startswith("non-centered: theta;")
+    with pytest.raises(ValueError, match="finite margin"):
+        choose_noncentering(model, fake_fit, margin=math.inf)
+
+
+@pytest.mark.slow
+def test_choose_noncentering_with_real_fits_on_eight_schools():
+    """Both forms are bounds on the same evidence; the choice follows the measured ELBOs."""
+    _, _, log_z = quadrature(EIGHT_Y, EIGHT_S)
+
+    def fit_elbo(m):
+        pyro.clear_param_store()
+        guide = AutoFlowGuide(m, kind="iaf")
+        fit(guide, 1500, 0.01)
+        pyro.set_rng_seed(1)
+        z, log_q = guide.sample_unconstrained(4000)
+        return float((guide.log_joint_unconstrained(z) - log_q).mean())
+
+    got = choose_noncentering(centered_model(EIGHT_Y, EIGHT_S), fit_elbo)
+    # the ELBO's Monte Carlo error with 4000 draws is about 0.02 nats
+    assert got.elbo_centered < log_z + 0.05 and got.elbo_noncentered < log_z + 0.05
+    # measured: centered log Z - 0.3, non-centered log Z - 0.05: theta is non-centered
+    assert got.sites == ("theta",)

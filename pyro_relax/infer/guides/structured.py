@@ -73,16 +73,16 @@ _PROBE = 0.5  # the step in a global coordinate when reading the prior's slopes
 
 
 class _StudentTBase(nn.Module):
-    """A standard Student-t base of ``dim`` iid coordinates with ``df`` degrees of freedom."""
+    """A standard Student-t base of ``dim`` iid coordinates; ``df`` per coordinate, learnable."""
 
     def __init__(self, dim: int, df: float, like: Tensor) -> None:
         super().__init__()
-        self.dim = dim
-        self.register_buffer("df", torch.as_tensor(df, device=like.device, dtype=like.dtype))
+        start = torch.full((dim,), math.log(df), device=like.device, dtype=like.dtype)
+        self.log_df = nn.Parameter(start)
 
     def forward(self) -> dist.Distribution:
-        zero = torch.zeros((), device=self.df.device, dtype=self.df.dtype)
-        return dist.StudentT(self.df, zero, zero + 1).expand([self.dim]).to_event(1)
+        df = self.log_df.exp()
+        return dist.StudentT(df, torch.zeros_like(df), torch.ones_like(df)).to_event(1)
 
 
 class AutoHierarchicalGuide(RelaxedGuideMixin, AutoContinuous):
