@@ -69,19 +69,24 @@ from pyro_relax.infer.guides.hierarchy import (
 )
 from pyro_relax.infer.guides.whitening import CholeskyAffineTransform, start_as_identity
 
+_MIN_DF = 3.0  # the Student-t base's degrees of freedom stay above this
 _PROBE = 0.5  # the step in a global coordinate when reading the prior's slopes
 
 
 class _StudentTBase(nn.Module):
-    """A standard Student-t base of ``dim`` iid coordinates; ``df`` per coordinate, learnable."""
+    """A standard Student-t base of ``dim`` iid coordinates; ``df > 3`` per coordinate, learnable.
+
+    (The floor keeps the fourth moment finite: no draw far enough out to
+    overflow the model's density.)
+    """
 
     def __init__(self, dim: int, df: float, like: Tensor) -> None:
         super().__init__()
-        start = torch.full((dim,), math.log(df), device=like.device, dtype=like.dtype)
-        self.log_df = nn.Parameter(start)
+        start = math.log(max(df - _MIN_DF, 1e-3))
+        self.log_df = nn.Parameter(torch.full((dim,), start, device=like.device, dtype=like.dtype))
 
     def forward(self) -> dist.Distribution:
-        df = self.log_df.exp()
+        df = _MIN_DF + self.log_df.exp()
         return dist.StudentT(df, torch.zeros_like(df), torch.ones_like(df)).to_event(1)
 
 
@@ -109,10 +114,11 @@ class AutoHierarchicalGuide(RelaxedGuideMixin, AutoContinuous):
         init_gaussian: ``(loc, scale_tril)`` of a Gaussian approximation of the
             whole unconstrained latent (e.g. Pathfinder's): the globals' flow
             starts at its marginal, the locals at its means and marginal sds.
-        global_df: degrees of freedom of the Student-t base of the globals'
-            flow (heavier tails than the posterior's, e.g. the exponential
-            tail of a group scale's log towards 0, keep importance weights
-            bounded); ``None`` for a standard normal base.
+        global_df: initial degrees of freedom (learned, kept above 3) of the
+            Student-t base of the globals' flow: tails heavier than a
+            Gaussian's follow e.g. the exponential tail of a group scale's
+            log towards 0 and keep importance weights bounded; ``None`` for a
+            standard normal base.
 
     References:
         Ambrogioni et al. Automatic structured variational inference. AISTATS 2021.
@@ -138,7 +144,7 @@ class AutoHierarchicalGuide(RelaxedGuideMixin, AutoContinuous):
         self,
         model: Callable[..., Any],
         *,
-        num_layers: int = 1,
+        num_layers: int = 3,
         hidden: int = 32,
         max_features: int = 16,
         init_loc_fn: Callable[[dict], Tensor] = init_to_median,
@@ -149,6 +155,8 @@ class AutoHierarchicalGuide(RelaxedGuideMixin, AutoContinuous):
         owner = type(self).__name__
         if global_df is not None:
             global_df = check_positive(global_df, "global_df", owner)
+            if global_df <= _MIN_DF:
+                raise ValueError(f"{owner}: expected global_df > {_MIN_DF:g}, got {global_df!r}")
         self._global_df = global_df
         check_model(model, owner)
         self._num_layers = check_int(num_layers, "num_layers", owner, 0)
@@ -206,7 +214,8 @@ class AutoHierarchicalGuide(RelaxedGuideMixin, AutoContinuous):
         like = {"device": loc.device, "dtype": loc.dtype}
         stack: list[Any] = []
         for i in range(self._num_layers if d_g > 1 else 0):
-            stack.append(T.affine_autoregressive(d_g, hidden_dims=[self._hidden] * 2))
+            width = max(self._hidden, d_g)  # Pyro needs hidden widths >= the input size
+            stack.append(T.affine_autoregressive(d_g, hidden_dims=[width, width]))
             if i < self._num_layers - 1:
                 stack.append(T.Permute(torch.arange(d_g - 1, -1, -1, device=loc.device)))
         start_as_identity(stack)
