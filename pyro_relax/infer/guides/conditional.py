@@ -95,21 +95,26 @@ class ConditionalGaussianBlock(nn.Module):
         self.log_l.copy_(torch.where(ok, self.log_l + math.log(2.0), self.log_l))
 
     @torch.no_grad()
-    def set_data_expert(self, loc: Tensor, log_prec: Tensor) -> None:
-        """Start the second expert at a diagonal Gaussian ``N(loc, exp(-log_prec))`` (``(G, m)``).
+    def set_data_expert(self, loc: Tensor, precision: Tensor) -> None:
+        """Start the second expert at ``N(loc, precision^-1)`` (shapes ``(G, m)``, ``(G, m, m)``).
 
-        Entries that are not finite keep their start.
+        Rows whose precision is not positive definite or not finite keep their start.
         """
-        if tuple(loc.shape) != tuple(self.b.shape) or tuple(log_prec.shape) != tuple(self.b.shape):
+        g, m = self.b.shape
+        if tuple(loc.shape) != (g, m) or tuple(precision.shape) != (g, m, m):
             raise ValueError(
-                f"set_data_expert: expected shapes {tuple(self.b.shape)}, "
-                f"got {tuple(loc.shape)} and {tuple(log_prec.shape)}"
+                f"set_data_expert: expected shapes {(g, m)} and {(g, m, m)}, "
+                f"got {tuple(loc.shape)} and {tuple(precision.shape)}"
             )
-        ok = torch.isfinite(loc) & torch.isfinite(log_prec)
-        cap = LOG_PREC_MAX / 3
-        self.b.copy_(torch.where(ok, loc, self.b))
-        self.log_l.copy_(torch.where(ok, log_prec.clamp(-cap, cap), self.log_l))
-        self.r.zero_()
+        chol, info = torch.linalg.cholesky_ex(torch.nan_to_num(precision, nan=-1.0))
+        diag = chol.diagonal(dim1=-2, dim2=-1)
+        ok = (info == 0) & torch.isfinite(loc).all(-1) & (diag > 0).all(-1)
+        ok = ok & (diag.log().abs() < LOG_PREC_MAX / 6).all(-1)
+        safe = torch.where(ok[:, None], diag, torch.ones_like(diag))
+        self.b.copy_(torch.where(ok[:, None], loc, self.b))
+        self.log_l.copy_(torch.where(ok[:, None], 2 * safe.log(), self.log_l))
+        self.l_off.copy_(torch.where(ok[:, None, None], chol / safe.unsqueeze(-2), self.l_off))
+        self.r.masked_fill_(ok, 0.0)
 
     def extra_repr(self) -> str:
         """``groups=G, dim=m, features=k``."""

@@ -201,6 +201,8 @@ class AutoHierarchicalGuide(RelaxedGuideMixin, AutoContinuous):
         )
         if 0 < d_g <= self._max_features and self.blocks:
             self._start_at_prior(loc, gi)
+        if self.blocks:
+            self._start_at_data(loc)
 
     def _global_flow(self, loc: Tensor, tril: Tensor | None, gi: Tensor) -> nn.Module:
         """IAF layers (starting as the identity) under a full-rank affine end at ``loc``.
@@ -264,37 +266,44 @@ class AutoHierarchicalGuide(RelaxedGuideMixin, AutoContinuous):
             loc_slope = ((bl[1:] - bl[0]) / _PROBE).movedim(0, -1)
             prec_slope = ((bp[1:] - bp[0]) / _PROBE).movedim(0, -1)
             block.set_prior_expert(bl[0], loc_slope, bp[0], prec_slope)
-        self._start_at_data(loc)
 
     def _start_at_data(self, loc: Tensor) -> None:
         """Start each block's data expert at a Newton step of the model's density at ``loc``.
 
-        The locals' curvature (the Hessian's diagonal, by one Hessian-vector
-        product per local coordinate) less the prior expert's precision is
-        the data expert's precision; its mean makes the product of the two
-        experts the Newton point (exact for a Gaussian likelihood).
+        The locals' curvature (each member's ``m x m`` Hessian block, by one
+        Hessian-vector product per local coordinate: members are independent
+        given the globals) less the prior expert's precision is the data
+        expert's precision; its mean makes the product of the two experts the
+        Newton point. Exact for a Gaussian likelihood.
         """
         z0 = loc.detach().clone().requires_grad_(True)
+        cols = []
         try:
             (grad,) = torch.autograd.grad(self.log_joint(z0), z0, create_graph=True)
-            curv = torch.zeros_like(loc)
             for j in range(max(b.group_dim for b in self.structure.blocks)):
                 v = torch.zeros_like(loc)
                 for b in self.structure.blocks:
                     if j < b.group_dim:
                         v[b.index[:, j].to(loc.device)] = 1.0
                 (hv,) = torch.autograd.grad(grad, z0, v, retain_graph=True)
-                curv = curv + torch.where(v > 0, -hv, torch.zeros_like(hv))
+                cols.append(-hv.detach())
         except Exception:  # noqa: BLE001 - no second derivative: keep the start
             return
         grad = grad.detach()
         for b, block in zip(self.structure.blocks, self.blocks, strict=True):
             idx = b.index.to(loc.device)
+            curv = torch.stack([c[idx] for c in cols[: b.group_dim]], -1)  # (G, m, m)
+            curv = 0.5 * (curv + curv.transpose(-1, -2))
             prior_prec = block.p.detach().clamp(-LOG_PREC_MAX, LOG_PREC_MAX).exp()
-            data_prec = torch.maximum(curv[idx] - prior_prec, 1e-3 * prior_prec)
-            target = curv[idx].clamp_min(prior_prec) * loc[idx] + grad[idx]
-            mean = (target - prior_prec * block.a.detach()) / data_prec
-            block.set_data_expert(mean, data_prec.log())
+            data_prec = curv - torch.diag_embed(prior_prec)
+            # members with little or no data: a small diagonal data expert instead
+            floor = data_prec.diagonal(dim1=-2, dim2=-1).maximum(1e-3 * prior_prec)
+            bad = torch.linalg.cholesky_ex(data_prec)[1] != 0
+            data_prec = torch.where(bad[:, None, None], torch.diag_embed(floor), data_prec)
+            target = (curv @ loc[idx].unsqueeze(-1)).squeeze(-1) + grad[idx]
+            target = target - prior_prec * block.a.detach()
+            mean = torch.linalg.solve_ex(data_prec, target.unsqueeze(-1))[0].squeeze(-1)
+            block.set_data_expert(mean, data_prec)
 
     def _features(self, g: Tensor) -> Tensor:
         """What the locals see of the globals' draw: ``g - g0``, projected when ``d_g`` is large."""
