@@ -424,7 +424,8 @@ def test_choose_noncentering_with_real_fits_on_eight_schools():
     got = choose_noncentering(centered_model(EIGHT_Y, EIGHT_S), fit_elbo)
     # the ELBO's Monte Carlo error with 4000 draws is about 0.02 nats
     assert got.elbo_centered < log_z + 0.05 and got.elbo_noncentered < log_z + 0.05
-    # measured: centered log Z - 0.3, non-centered log Z - 0.05: theta is non-centered
+    # measured at this seed: the IAF's centered fit diverges (ELBO -inf), the
+    # non-centered one reaches log Z - 0.16: theta is non-centered
     assert got.sites == ("theta",)
 
 
