@@ -462,3 +462,23 @@ def test_guide_starts_exact_for_varying_intercepts_and_slopes():
             [mu_a, 0.0], dtype=F64)).unsqueeze(-1)).squeeze(-1)
         assert torch.allclose(prec[row], true_prec, rtol=1e-6)
         assert torch.allclose(mean[row], true_mean, rtol=1e-6, atol=1e-8)
+
+
+def test_guide_with_an_initial_gaussian_and_with_projected_features():
+    model = centered_model(EIGHT_Y, EIGHT_S)
+    loc = torch.linspace(-1.0, 1.0, 10, dtype=F64)
+    tril = 0.01 * torch.eye(10, dtype=F64)
+    guide = AutoHierarchicalGuide(model, init_gaussian=(loc, tril), global_df=None)
+    z, _ = guide.sample_unconstrained(2000)  # set up inside no_grad: the Newton start still runs
+    # the globals start at N(loc, 0.01^2): within 5 Monte Carlo sds (0.01 / sqrt(2000))
+    assert torch.allclose(z[:, :2].mean(0), loc[:2], atol=5 * 0.01 / math.sqrt(2000))
+    [(mean, _)] = guide.local_conditionals(loc[:2])  # the locals: the exact conditional
+    tau2 = math.exp(2 * float(loc[1]))
+    true_mean = (float(loc[0]) / tau2 + EIGHT_Y / EIGHT_S**2) / (1 / tau2 + 1 / EIGHT_S**2)
+    assert torch.allclose(mean[:, 0], true_mean, rtol=1e-6)
+    pyro.clear_param_store()
+    few = AutoHierarchicalGuide(model, max_features=1)  # two globals seen through one feature
+    z, log_q = few.rsample_unconstrained(4)
+    (few.log_joint(z) - log_q).mean().backward()
+    assert few.projection.shape == (1, 2) and few.projection.grad is not None
+    assert few.blocks[0].A.shape == (8, 1, 1)

@@ -279,14 +279,15 @@ class AutoHierarchicalGuide(RelaxedGuideMixin, AutoContinuous):
         z0 = loc.detach().clone().requires_grad_(True)
         cols = []
         try:
-            (grad,) = torch.autograd.grad(self.log_joint(z0), z0, create_graph=True)
-            for j in range(max(b.group_dim for b in self.structure.blocks)):
-                v = torch.zeros_like(loc)
-                for b in self.structure.blocks:
-                    if j < b.group_dim:
-                        v[b.index[:, j].to(loc.device)] = 1.0
-                (hv,) = torch.autograd.grad(grad, z0, v, retain_graph=True)
-                cols.append(-hv.detach())
+            with torch.enable_grad():  # the first call may come from a no_grad draw
+                (grad,) = torch.autograd.grad(self.log_joint(z0), z0, create_graph=True)
+                for j in range(max(b.group_dim for b in self.structure.blocks)):
+                    v = torch.zeros_like(loc)
+                    for b in self.structure.blocks:
+                        if j < b.group_dim:
+                            v[b.index[:, j].to(loc.device)] = 1.0
+                    (hv,) = torch.autograd.grad(grad, z0, v, retain_graph=True)
+                    cols.append(-hv.detach())
         except Exception:  # noqa: BLE001 - no second derivative: keep the start
             return
         grad = grad.detach()
