@@ -305,11 +305,11 @@ def test_importance_weights_are_unbiased_for_the_evidence():
 def test_captures_the_centered_eight_schools_funnel():
     """Every coordinate's posterior mean and sd, across the funnel, from a 1500-step fit.
 
-    Over seeds 0-7 (this test's loop): worst mean error 0.04-0.19 posterior sds,
-    worst sd error 0.09-0.37, ELBO log Z - 0.08 to - 0.9 (one seed - 1.7: the
-    Student-t tail makes the ELBO's sample mean heavy-tailed), PSIS k-hat
-    0.44-0.89 (the globals' two-dimensional marginal is what is left to fit;
-    the unstructured IAF: see the report in the commit log).
+    Over seeds 0-7 (this test's loop, one IAF layer on the globals): worst mean
+    error 0.08-0.19 posterior sds, worst sd error 0.15-0.41, ELBO log Z - 0.15
+    to - 0.7, PSIS k-hat 0.47-0.94: the globals' two-dimensional funnel-shaped
+    marginal is what is left to fit (with three IAF layers k-hat is 0.44-0.89,
+    median 0.63).
     """
     means, sds, log_z = quadrature(EIGHT_Y, EIGHT_S)
     guide = AutoHierarchicalGuide(centered_model(EIGHT_Y, EIGHT_S))
@@ -334,9 +334,10 @@ def test_fits_a_200_dim_hierarchical_normal():
     y, s = hierarchical_data(198)
     means, sds, log_z = quadrature(y, s)
     guide = AutoHierarchicalGuide(centered_model(y, s))
-    fit(guide, 1500, 0.02)
+    fit(guide, 1500, 0.01)
     got = summary(guide, means, sds)
-    # measured: mean_err 0.16 (the worst of 200), sd_err 0.07, khat 0.32, elbo log Z - 0.54
+    # measured (seeds 0, 1): mean_err 0.16, 0.13 (the worst of 200), sd_err 0.06, 0.05,
+    # khat 0.28, 0.16, elbo log Z - 0.32, - 0.27
     assert got["mean_err"] < 0.25
     assert got["sd_err"] < 0.15
     assert got["khat"] < 0.7

@@ -29,10 +29,24 @@ low-dimensional marginal of the globals, which the flow handles. Sampling is
 globals first, then locals given globals (a triangular map), so ``log q`` is
 exact.
 
+**Start.** The model itself sets the first expert: it runs at the start
+point and with each global coordinate moved, and the slopes of its locals'
+prior ``loc`` and log precision are read off (exact for location-scale priors
+whose loc and log scale are linear in the unconstrained globals). The second
+expert starts at a Newton step: each member's ``m x m`` Hessian block (one
+Hessian-vector product per local coordinate) less the prior precision. For a
+Gaussian likelihood the guide thus starts with the exact conditionals.
+
 Cost: ``O(G (m k + m^2))`` parameters and ``O(G m^3)`` work per draw for ``G``
 plate members of local size ``m`` and ``k = min(d_g, max_features)``
 features of the globals (a learned linear projection when ``d_g`` is larger),
-linear in the latent size; no ``d x d`` factor.
+linear in the latent size; no ``d x d`` factor. The globals' flow costs
+``O(d_g^2 + d_g * hidden)``: the globals are assumed few.
+
+Limits: local blocks are independent given the globals (crossed effects in two
+plates are not coupled); a latent in nested plates is one block per member of
+the plate product, conditioned on the globals only (not on the enclosing
+plate's locals); subsampled plates are not supported (as in ``AutoContinuous``).
 
 Related: Pyro's ``AutoStructured`` (needs a hand-written dependency spec) and
 automatic structured VI (Ambrogioni et al., AISTATS 2021), whose convex
@@ -144,7 +158,7 @@ class AutoHierarchicalGuide(RelaxedGuideMixin, AutoContinuous):
         self,
         model: Callable[..., Any],
         *,
-        num_layers: int = 3,
+        num_layers: int = 1,
         hidden: int = 32,
         max_features: int = 16,
         init_loc_fn: Callable[[dict], Tensor] = init_to_median,
