@@ -483,3 +483,26 @@ def test_guide_with_an_initial_gaussian_and_with_projected_features():
     (few.log_joint(z) - log_q).mean().backward()
     assert few.projection.shape == (1, 2) and few.projection.grad is not None
     assert few.blocks[0].A.shape == (8, 1, 1)
+
+
+def test_nested_locals_start_without_noise_from_their_parents():
+    """Sub-group effects centered on group effects: the prior probe holds the parents fixed."""
+
+    def model():
+        tau = pyro.sample("tau", dist.HalfNormal(torch.tensor(1.0, dtype=F64)))
+        with pyro.plate("group", 3):
+            a = pyro.sample("a", dist.Normal(torch.tensor(0.0, dtype=F64), tau))
+        with pyro.plate("sub", 6):
+            pyro.sample("b", dist.Normal(a.repeat_interleave(2, -1), 0.5))
+
+    pyro.set_rng_seed(0)
+    guide = AutoHierarchicalGuide(model)
+    guide()
+    sub = guide.blocks[1]
+    assert guide.structure.blocks[1].sites == ("b",)
+    # b's prior scale is 0.5 whatever tau: log precision slope 0, and loc slope 0 (a is held)
+    assert torch.allclose(sub.P, torch.zeros_like(sub.P))
+    assert torch.allclose(sub.A, torch.zeros_like(sub.A))
+    assert bool(sub.prior_fixed.all()) and bool(guide.blocks[0].prior_fixed.all())
+    assert torch.allclose(sub.p, torch.full_like(sub.p, math.log(4.0)))
+    assert torch.allclose(guide.blocks[0].P[:, 0, 0], torch.full((3,), -2.0, dtype=F64))

@@ -69,16 +69,22 @@ class ConditionalGaussianBlock(nn.Module):
         self.B = nn.Parameter(torch.zeros(g, m, k, **like))
         self.P = nn.Parameter(torch.zeros(g, m, k, **like))
         self.R = nn.Parameter(torch.zeros(g, k, **like))
+        # entries whose prior expert is the model's exact prior: not trained
+        self.register_buffer("prior_fixed", torch.zeros(g, m, dtype=torch.bool, device=loc.device))
 
     @torch.no_grad()
     def set_prior_expert(
-        self, loc: Tensor, loc_slope: Tensor, log_prec: Tensor, log_prec_slope: Tensor
+        self, loc: Tensor, loc_slope: Tensor, log_prec: Tensor, log_prec_slope: Tensor,
+        exact: Tensor | None = None,
     ) -> None:
         """Start the first expert at a known prior: mean ``loc + loc_slope h``, log precision alike.
 
         Shapes ``(G, m)``, ``(G, m, k)``, ``(G, m)``, ``(G, m, k)``; rows with a
         non-finite entry keep their start. The second expert then carries the
-        initial scale alone.
+        initial scale alone. Entries marked ``exact`` (a ``(G, m)`` bool: the
+        prior *is* this linear form) are fixed: no gradient reaches them, so
+        optimizer noise cannot move them (where the conditional is narrow, in a
+        funnel's neck, a slope off by 1% puts the mean many sds away).
         """
         ok = (torch.isfinite(loc) & torch.isfinite(log_prec)
               & torch.isfinite(loc_slope).all(-1) & torch.isfinite(log_prec_slope).all(-1))
@@ -93,6 +99,8 @@ class ConditionalGaussianBlock(nn.Module):
         self.p.copy_(torch.where(ok, log_prec.clamp(-cap, cap), self.p))
         self.P.copy_(torch.where(ok.unsqueeze(-1), log_prec_slope.clamp(-cap, cap), self.P))
         self.log_l.copy_(torch.where(ok, self.log_l + math.log(2.0), self.log_l))
+        if exact is not None:
+            self.prior_fixed.copy_(ok & exact.to(ok.device))
 
     @torch.no_grad()
     def set_data_expert(self, loc: Tensor, precision: Tensor) -> None:
@@ -125,9 +133,12 @@ class ConditionalGaussianBlock(nn.Module):
         """``(Lambda, mu)`` of shapes ``batch + (G, m, m)`` and ``batch + (G, m)`` for ``h``."""
         h = h.unsqueeze(-2)  # batch + (1, k)
         lin = lambda c, C: c + (C * h.unsqueeze(-2)).sum(-1)  # noqa: E731 - batch + (G, m)
-        mu1 = lin(self.a, self.A)
+        fixed, fixed_k = self.prior_fixed, self.prior_fixed.unsqueeze(-1)
+        keep = lambda f, x: torch.where(f, x.detach(), x)  # noqa: E731 - fixed entries: no grad
+        mu1 = lin(keep(fixed, self.a), keep(fixed_k, self.A))
         mu2 = lin(self.b, self.B)
-        pi1 = lin(self.p, self.P).clamp(-LOG_PREC_MAX, LOG_PREC_MAX).exp()
+        log_pi1 = lin(keep(fixed, self.p), keep(fixed_k, self.P))
+        pi1 = log_pi1.clamp(-LOG_PREC_MAX, LOG_PREC_MAX).exp()
         s2 = (self.r + (self.R * h).sum(-1)).clamp(-LOG_PREC_MAX, LOG_PREC_MAX).exp()
         m = self.a.shape[-1]
         eye = torch.eye(m, device=self.a.device, dtype=self.a.dtype)

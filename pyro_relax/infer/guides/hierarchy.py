@@ -213,18 +213,18 @@ def _loc_scale(fn: Any) -> tuple[Tensor, Tensor] | None:  # noqa: ANN401 - a dis
 
 def conditional_prior(
     model: Callable[..., Any],
-    global_values: dict[str, Tensor],
+    values: dict[str, Tensor],
     args: tuple[Any, ...] = (),
     kwargs: dict[str, Any] | None = None,
 ) -> dict[str, tuple[Tensor, Tensor]]:
-    """The prior ``(loc, scale)`` of each location-scale latent site, given the globals' values.
+    """The prior ``(loc, scale)`` of each location-scale latent site, given other sites' values.
 
-    The model runs once with ``global_values`` (constrained) substituted; the
-    other latent sites are drawn from their priors. For every latent site on
-    the reals whose (unwrapped) distribution has a ``loc`` and a ``scale``
-    (Normal, StudentT, Laplace, Cauchy, ...), both are returned, broadcast
-    to the site's shape. Sites whose prior depends on other locals get the
-    value at that prior draw.
+    The model runs once with ``values`` (constrained, by site name)
+    substituted; the latent sites not in ``values`` are drawn from their
+    priors. For every latent site (given a value or not) on the reals whose
+    (unwrapped) distribution has a ``loc`` and a ``scale`` (Normal, StudentT,
+    Laplace, Cauchy, ...), both are returned, broadcast to the site's shape:
+    the prior of a local given its parents' values.
 
     Example:
         >>> import torch, pyro, pyro.distributions as dist
@@ -237,18 +237,21 @@ def conditional_prior(
         ([1.0, 1.0], [0.5, 0.5])
     """
     if not callable(model):
-        raise TypeError(f"conditional_prior: expected a callable model, got {type(model).__name__}")
-    if not isinstance(global_values, dict):
         raise TypeError(
-            "conditional_prior: expected global_values as a dict, "
-            f"got {type(global_values).__name__}"
+            f"conditional_prior: expected a callable model, got {type(model).__name__}"
+        )
+    if not isinstance(values, dict):
+        raise TypeError(
+            f"conditional_prior: expected values as a dict, got {type(values).__name__}"
         )
     with torch.no_grad(), poutine.block():  # invisible to any enclosing trace (e.g. an ELBO's)
-        trace = poutine.trace(poutine.condition(model, data=global_values)).get_trace(
+        trace = poutine.trace(poutine.condition(model, data=values)).get_trace(
             *args, **(kwargs or {})
         )
     out = {}
-    for name, site in prune_subsample_sites(trace).iter_stochastic_nodes():
+    for name, site in prune_subsample_sites(trace).nodes.items():
+        if site["type"] != "sample" or (site["is_observed"] and name not in values):
+            continue
         found = _loc_scale(site["fn"])
         if found is not None:
             shape = site["value"].shape

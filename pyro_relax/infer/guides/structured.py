@@ -249,20 +249,24 @@ class AutoHierarchicalGuide(RelaxedGuideMixin, AutoContinuous):
     def _start_at_prior(self, loc: Tensor, gi: Tensor) -> None:
         """Start each block's prior expert at the model's prior of the locals given the globals.
 
-        The model runs at the start point and at ``d_g`` points with one
-        global coordinate moved by ``_PROBE`` (unconstrained); the slopes of
+        The model runs at the start point and at ``2 d_g`` points with one
+        global coordinate moved by ``+-_PROBE`` (unconstrained; every local held
+        at its start, so a local whose prior sits on another local gets no
+        noise from redrawing its parent); the slopes of
         the prior's loc and log precision are finite differences (exact for
-        ``Normal(mu, tau)`` in ``(mu, log tau)``).
+        ``Normal(mu, tau)`` in ``(mu, log tau)``). Where the prior is exactly
+        linear (zero second differences) the prior expert is fixed there.
         """
         d_g = gi.numel()
-        rows = loc.expand(d_g + 1, -1).clone()
-        rows[1:, gi] += _PROBE * torch.eye(d_g, device=loc.device, dtype=loc.dtype)
+        steps = torch.cat([torch.eye(d_g), -torch.eye(d_g)]).to(loc) * _PROBE
+        rows = loc.expand(2 * d_g + 1, -1).clone()
+        rows[1:, gi] += steps
         samples = self.unconstrained_to_samples(rows)
         args, kwargs = self.model_args
         flat_loc = torch.full_like(rows, math.nan)
         flat_prec = torch.full_like(rows, math.nan)
-        for r in range(d_g + 1):
-            values = {name: samples[name][r] for name in self.structure.global_sites}
+        for r in range(2 * d_g + 1):
+            values = {name: v[r] for name, v in samples.items()}  # locals stay at the start
             try:
                 prior = conditional_prior(self.raw_model, values, args, kwargs)
             except Exception:  # noqa: BLE001 - a model that cannot run conditioned: keep the start
@@ -276,10 +280,15 @@ class AutoHierarchicalGuide(RelaxedGuideMixin, AutoContinuous):
                 pos += size
         for b, block in zip(self.structure.blocks, self.blocks, strict=True):
             idx = b.index.to(loc.device)
-            bl, bp = flat_loc[:, idx], flat_prec[:, idx]  # (d_g + 1, G, m)
-            loc_slope = ((bl[1:] - bl[0]) / _PROBE).movedim(0, -1)
-            prec_slope = ((bp[1:] - bp[0]) / _PROBE).movedim(0, -1)
-            block.set_prior_expert(bl[0], loc_slope, bp[0], prec_slope)
+            exact = torch.ones(idx.shape, dtype=torch.bool, device=loc.device)
+            slopes = []
+            for f in (flat_loc[:, idx], flat_prec[:, idx]):  # (2 d_g + 1, G, m)
+                up, down = f[1 : d_g + 1], f[d_g + 1 :]
+                slopes.append(((up - down) / (2 * _PROBE)).movedim(0, -1))
+                curvature = (up + down - 2 * f[0]).abs()
+                tol = math.sqrt(torch.finfo(loc.dtype).eps) * (1 + f[0].abs())
+                exact &= (curvature <= tol).all(0)
+            block.set_prior_expert(flat_loc[0, idx], slopes[0], flat_prec[0, idx], slopes[1], exact)
 
     def _start_at_data(self, loc: Tensor) -> None:
         """Start each block's data expert at a Newton step of the model's density at ``loc``.
