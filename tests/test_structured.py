@@ -305,20 +305,19 @@ def test_importance_weights_are_unbiased_for_the_evidence():
 def test_captures_the_centered_eight_schools_funnel():
     """Every coordinate's posterior mean and sd, across the funnel, from a 1500-step fit.
 
-    Over seeds 0-7 (this test's loop, one IAF layer on the globals): worst mean
-    error 0.08-0.19 posterior sds, worst sd error 0.15-0.41, ELBO log Z - 0.15
-    to - 0.7, PSIS k-hat 0.47-0.94: the globals' two-dimensional funnel-shaped
-    marginal is what is left to fit (with three IAF layers k-hat is 0.44-0.89,
-    median 0.63).
+    Over seeds 0-7 (this test's loop): worst mean error 0.05-0.17 posterior sds,
+    worst sd error 0.11-0.40, ELBO log Z - 0.19 to - 0.34, PSIS k-hat 0.21-0.90
+    (median 0.76): the locals are exact given the globals; what is left is
+    the globals' two-dimensional, funnel-shaped marginal.
     """
     means, sds, log_z = quadrature(EIGHT_Y, EIGHT_S)
     guide = AutoHierarchicalGuide(centered_model(EIGHT_Y, EIGHT_S))
     fit(guide, 1500, 0.01)
     got = summary(guide, means, sds)
-    assert got["mean_err"] < 0.3
+    assert got["mean_err"] < 0.25
     assert got["sd_err"] < 0.45
     assert got["khat"] < 1.0
-    assert got["elbo"] > log_z - 1.0
+    assert got["elbo"] > log_z - 0.6
 
 
 def hierarchical_data(groups: int, seed: int = 0):
