@@ -335,9 +335,9 @@ def test_fits_a_200_dim_hierarchical_normal():
     guide = AutoHierarchicalGuide(centered_model(y, s))
     fit(guide, 1500, 0.01)
     got = summary(guide, means, sds)
-    # measured (seeds 0, 1): mean_err 0.16, 0.13 (the worst of 200), sd_err 0.06, 0.05,
-    # khat 0.28, 0.16, elbo log Z - 0.32, - 0.27
-    assert got["mean_err"] < 0.25
+    # measured (seeds 0, 1): mean_err 0.17, 0.22 (the worst of 200), sd_err 0.06, 0.06,
+    # khat 0.07, 0.25, elbo log Z - 0.15, - 0.15
+    assert got["mean_err"] < 0.3
     assert got["sd_err"] < 0.15
     assert got["khat"] < 0.7
     assert got["elbo"] > log_z - 1.0
@@ -364,7 +364,8 @@ def test_beats_the_unstructured_flow_on_a_centered_funnel():
         fit(guide, 1500, 0.01)
         results[name] = summary(guide, means, sds)
     ours, iaf = results["structured"], results["iaf"]
-    # measured (fit_particles, same budget): ELBO log Z - 0.36 vs log Z - 1.2; mean_err 0.35 vs 0.74
+    # measured (this loop, seed 0): ELBO log Z - 0.19 vs - 0.87, mean_err 0.21 vs 0.57, sd_err
+    # 0.35 vs 0.70; but PSIS k-hat 0.94 vs 0.44: the globals' marginal tail is not captured
     assert ours["elbo"] > iaf["elbo"] + 0.3
     assert ours["mean_err"] < iaf["mean_err"]
     assert ours["elbo"] > log_z - 0.7
