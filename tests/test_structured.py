@@ -298,8 +298,8 @@ def test_importance_weights_are_unbiased_for_the_evidence():
 # -- posteriors ----------------------------------------------------------------------
 # Monte Carlo error of the checks below (n = 4000 guide draws): a mean is off by
 # about 1/sqrt(n) = 0.016 posterior sds and an sd ratio by 1/sqrt(2n) = 0.011, so
-# the tolerances are the guide's approximation error (measured, see the report
-# in the commit) plus at least 5 Monte Carlo standard errors.
+# the tolerances are the guide's approximation error (measured over seeds, stated
+# in each test) plus at least 5 Monte Carlo standard errors.
 
 
 def test_captures_the_centered_eight_schools_funnel():
