@@ -246,7 +246,7 @@ def test_guide_starts_exact_on_the_locals_of_a_centered_hierarchy():
 
 def test_guide_runs_under_vectorized_particles_and_float32():
     y, s = EIGHT_Y.float(), EIGHT_S.float()
-    guide = AutoHierarchicalGuide(centered_model(y, s))
+    guide = AutoHierarchicalGuide(centered_model(y, s), dtype=torch.float32)
     loss = Trace_ELBO(num_particles=5, vectorize_particles=True, max_plate_nesting=1)
     value = loss.differentiable_loss(centered_model(y, s), guide)
     value.backward()

@@ -6,7 +6,12 @@ the runs behind the command line: :mod:`pyro_relax.infer.runner`.
 
 from pyro_relax.infer.density import count_parameters, evaluate_nll, fit_density
 from pyro_relax.infer.draws import Verdict, WeightedDraws, verdict
-from pyro_relax.infer.guides import AutoDiffusionGuide, AutoFlowGuide, AutoSNFGuide
+from pyro_relax.infer.guides import (
+    AutoDiffusionGuide,
+    AutoFlowGuide,
+    AutoHierarchicalGuide,
+    AutoSNFGuide,
+)
 from pyro_relax.infer.kernels import MALA, FlowIMH, NeuTraNUTS, neutra
 from pyro_relax.infer.model import Potential
 from pyro_relax.infer.snf_training import (
@@ -21,6 +26,7 @@ __all__ = [
     "MALA",
     "AutoDiffusionGuide",
     "AutoFlowGuide",
+    "AutoHierarchicalGuide",
     "AutoSNFGuide",
     "FlowIMH",
     "NeuTraNUTS",

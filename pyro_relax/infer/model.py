@@ -110,7 +110,8 @@ class Potential:
         self.sites, self.max_plate_nesting = read_layout(self.prototype)
         self.subsampled = {n: (int(v["fn"].size), int(v["fn"].subsample_size))
                            for n, v in self.prototype.nodes.items()
-                           if site_is_subsample(v) and v["fn"].subsample_size < v["fn"].size}
+                           if site_is_subsample(v)
+                           and (v["fn"].subsample_size or v["fn"].size) < v["fn"].size}
         self.latent_dim = sum(site.size for site in self.sites)
         first = next((s for s in self.prototype.nodes.values() if s["type"] == "sample"), None)
         guess = first["value"].device if first is not None else torch.get_default_device()

@@ -133,6 +133,7 @@ class AutoHierarchicalGuide(RelaxedGuideMixin, AutoContinuous):
             Gaussian's follow e.g. the exponential tail of a group scale's
             log towards 0 and keep importance weights bounded; ``None`` for a
             standard normal base.
+        dtype: the dtype of the guide's parameters and latents (``None``: float64).
 
     References:
         Ambrogioni et al. Automatic structured variational inference. AISTATS 2021.
@@ -165,6 +166,7 @@ class AutoHierarchicalGuide(RelaxedGuideMixin, AutoContinuous):
         init_scale: float = 0.1,
         init_gaussian: tuple[Tensor, Tensor] | None = None,
         global_df: float | None = 5.0,
+        dtype: torch.dtype | str | None = None,
     ) -> None:
         owner = type(self).__name__
         if global_df is not None:
@@ -179,7 +181,7 @@ class AutoHierarchicalGuide(RelaxedGuideMixin, AutoContinuous):
         self._init_scale = check_init_scale(init_scale, owner)
         self._structure: LatentStructure | None = None
         super().__init__(model, init_loc_fn=init_loc_fn)
-        self._init_relaxed(model, init_gaussian)
+        self._init_relaxed(model, init_gaussian, dtype)
 
     @property
     def structure(self) -> LatentStructure:

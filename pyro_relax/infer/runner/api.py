@@ -20,6 +20,7 @@ from pyro.infer.autoguide import (
 from pyro_relax.core.checks import check_int, check_positive
 from pyro_relax.infer.guides.base import check_dtype
 from pyro_relax.infer.guides.layout import check_continuous_model
+from pyro_relax.infer.guides.structured import AutoHierarchicalGuide
 from pyro_relax.infer.model import Potential
 from pyro_relax.infer.runner.auto import fit_auto
 from pyro_relax.infer.runner.common import FitOptions, FitResult
@@ -78,6 +79,7 @@ _DESCRIPTIONS = {
     "flow-ais": "the flow guide followed by annealed importance sampling in its base space",
     "snf": "a stochastic normalizing flow (flow + Langevin blocks in its base space)",
     "diffusion": "a controlled diffusion (PIS) guide with a whitening output layer",
+    "structured": "globals by a small flow, each plate member's locals Gaussian given them",
     "fab": "a flow trained by FAB (alpha=2 divergence, AIS + replay buffer): several modes",
     "normal": "Pyro's AutoDiagonalNormal (mean field)",
     "mvn": "Pyro's AutoMultivariateNormal (full-rank Gaussian)",
@@ -91,6 +93,7 @@ GUIDES: dict[str, GuideMethod] = {
     "flow-ais": GuideMethod(_DESCRIPTIONS["flow-ais"], fit_flow_ais),
     "snf": GuideMethod(_DESCRIPTIONS["snf"], fit_snf, make_snf_guide),
     "diffusion": _svi("diffusion", make_diffusion_guide, whitened=True),
+    "structured": _svi("structured", AutoHierarchicalGuide),
     "fab": GuideMethod(_DESCRIPTIONS["fab"], fit_fab),
     "normal": _svi("normal", AutoDiagonalNormal),
     "mvn": _svi("mvn", AutoMultivariateNormal),
