@@ -1,8 +1,9 @@
 """Autoguides for any Pyro model: flows, stochastic flows, diffusions, hierarchical.
 
-The hierarchical guide reads the model's plates (globals, then locals given them). All are Pyro ``AutoContinuous`` guides returning their path sample as a
-Delta with its log-density estimate, so ``Trace_ELBO`` optimizes the
-auxiliary-variable (path-weight) bound (see :mod:`pyro_relax.infer.guides.base`).
+The hierarchical guide reads the model's plates (globals, then locals given them).
+All are Pyro ``AutoContinuous`` guides returning their path sample as a Delta with
+its log-density estimate, so ``Trace_ELBO`` optimizes the auxiliary-variable
+(path-weight) bound (see :mod:`pyro_relax.infer.guides.base`).
 """
 
 from pyro_relax.infer.guides.base import RelaxedGuideMixin
