@@ -226,7 +226,7 @@ class FlowDistribution(TorchDistribution):
         log_q = self._base_log_prob(z)
         with validation(False):
             for layer, rank in zip(self.layers, self._data_ranks, strict=True):
-                z, s = layer.decode(z, self._ctx(layer))
+                z, s = layer.decode_unchecked(z, self._ctx(layer))
                 log_q = log_q - self._per_event(s, z, rank)
         return z, log_q
 
@@ -310,7 +310,7 @@ class FlowDistribution(TorchDistribution):
         with validation(False):
             for layer, rank in zip(reversed(self.layers), reversed(self._data_ranks), strict=True):
                 x = z
-                z, v = layer.encode(z, self._ctx(layer))
+                z, v = layer.encode_unchecked(z, self._ctx(layer))
                 total = total + self._per_event(v, x, rank)
         return self._check_result(
             self._base_log_prob(z) + total, value, "FlowDistribution.log_prob"
