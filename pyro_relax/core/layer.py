@@ -297,9 +297,11 @@ class RelaxedLayer(nn.Module, ABC):
             for what, value in (("output", out), ("contribution", contribution)):
                 if not bool(torch.isfinite(value).all()):
                     big = float(t.abs().max())
+                    cause = "overflows this layer" if big > 1e4 else (
+                        "lies on the edge of this layer's domain, or overflows it")
                     raise ValueError(
                         f"{name}: expected a finite {what}, got NaN or inf for finite input "
-                        f"of magnitude up to {big:.3g} (the input overflows this layer)"
+                        f"of magnitude up to {big:.3g} (the input {cause})"
                     )
         return out, contribution
 
