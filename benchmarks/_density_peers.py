@@ -28,7 +28,7 @@ from pyro_relax.surjections.abs import AbsSurjection
 from pyro_relax.surjections.augment import AugmentSurjection
 from pyro_relax.surjections.sort import SortSurjection
 from pyro_relax.transforms.actnorm import ActNorm
-from pyro_relax.transforms.stacks import coupling_stack
+from pyro_relax.transforms.stacks import density_stack
 
 PEER_DATASETS: tuple[str, ...] = ("two_moons", "checkerboard", "eight_gaussians", "rings")
 # the SurVAE stacks and the data sets whose symmetry they use (augment fits any data)
@@ -48,7 +48,7 @@ class PeersConfig:
     num_layers: int = 8
     hidden: int = 64
     bins: int = 8
-    our_bins: int | None = None  # None: the default of coupling_stack
+    our_bins: int | None = None  # None: the default of density_stack
     bound: float = 5.0
     n_train: int = 50_000
     n_test: int = 20_000
@@ -61,7 +61,7 @@ class PeersConfig:
 
 def _ours(cfg: PeersConfig, dim: int = 2) -> list:
     kw = {} if cfg.our_bins is None else {"count_bins": cfg.our_bins}
-    return coupling_stack(dim, cfg.num_layers, cfg.hidden, bound=cfg.bound, **kw)
+    return density_stack(dim, cfg.num_layers, cfg.hidden, bound=cfg.bound, **kw)
 
 
 def peer_models(cfg: PeersConfig, ds: str) -> dict[str, Callable[[], nn.Module]]:

@@ -702,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers-datasets", type=str, default=",".join(PEER_DATASETS),
                    help="comma-separated data sets of --peers")
     p.add_argument("--peers-bins", type=int, default=None,
-                   help="bins of our stack in --peers (default: coupling_stack's)")
+                   help="bins of our stack in --peers (default: density_stack's)")
     p.add_argument("--no-survae", dest="survae", action="store_false",
                    help="--peers without the SurVAE stacks")
     for f in dataclasses.fields(Config):

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["FlipTransform", "coupling_stack", "identity_spline", "spline_coupling"]
+__all__ = [
+    "DENSITY_BINS",
+    "FlipTransform",
+    "coupling_stack",
+    "density_stack",
+    "identity_spline",
+    "spline_coupling",
+]
 
 import math
 
@@ -14,8 +21,13 @@ from torch import Tensor
 
 from pyro_relax.core.checks import check_positive_int
 from pyro_relax.transforms.actnorm import ActNorm
+from pyro_relax.transforms.rqs import RQSCoupling
 
 _MIN_DERIVATIVE = 1e-3  # Pyro's spline adds it to softplus of the unnormalized derivatives
+
+DENSITY_BINS = 15
+"""Bins of :func:`density_stack`: at 8 layers of 2 x 64 units in 2-D, 57,184 parameters
+against the 58,736 of zuko's NSF with its 8 bins (``benchmarks/density.py --peers``)."""
 
 
 class FlipTransform(T.Transform):
@@ -94,7 +106,7 @@ def identity_spline(dim: int, count_bins: int = 8, bound: float = 4.0) -> T.Spli
     Example:
         >>> import torch
         >>> x = torch.linspace(-5.0, 5.0, 7).unsqueeze(-1)
-        >>> torch.allclose(identity_spline(1)(x), x, atol=1e-5)
+        >>> torch.allclose(identity_spline(1)(x), x, atol=1e-3)  # Pyro: slopes 1 - 1e-3 at the ends
         True
     """
     spline = T.Spline(dim, count_bins=count_bins, bound=bound)
@@ -167,3 +179,46 @@ def coupling_stack(
         if i < num_layers - 1:
             layers.append(FlipTransform())
     return layers
+
+
+def density_stack(
+    dim: int,
+    num_layers: int = 8,
+    hidden: int = 64,
+    count_bins: int = DENSITY_BINS,
+    bound: float = 5.0,
+) -> list[torch.distributions.Transform | RQSCoupling]:
+    """The default stack for density estimation: rational-quadratic couplings, cheap ``log_prob``.
+
+    ``num_layers`` :class:`~pyro_relax.transforms.RQSCoupling` layers that take
+    turns at which half conditions the other (no permutation between them).
+    ``log_prob`` (every training step) runs the splines' closed form and
+    sampling the quadratic root, as zuko's NSF does; written as one pass
+    without Pyro's ``Transform`` machinery. Measured on the peers' 2-D protocol
+    (``benchmarks/density.py --peers``, one thread), against the rational-linear
+    splines run backwards of :func:`coupling_stack`'s default: the step takes
+    0.77x zuko's time at 15 bins (Pyro's couplings: 1.09x at 8 bins), and the
+    conditioner outputs saved (``3K - 1`` per entry instead of ``4K - 1``) pay
+    for :data:`DENSITY_BINS` bins, which narrow the NLL gap on the sharp-edged
+    sets (checkerboard, rings) within zuko's parameter count.
+
+    Arguments:
+        dim: event size (1 gives identity-started elementwise splines under an
+            ``ActNorm``, see :func:`coupling_stack`).
+        num_layers: coupling layers.
+        hidden: width of the two hidden layers of each conditioner.
+        count_bins: spline bins.
+        bound: spline tail bound (identity outside ``[-bound, bound]``).
+
+    Example:
+        >>> from pyro_relax.distributions import Flow
+        >>> flow = Flow((2,), density_stack(2))
+        >>> sum(p.numel() for p in flow.parameters())
+        57184
+    """
+    check_positive_int(dim, "dim", "density_stack")
+    check_positive_int(num_layers, "num_layers", "density_stack")
+    if dim == 1:
+        return coupling_stack(1, num_layers, hidden, count_bins=count_bins, bound=bound)
+    return [RQSCoupling(dim, hidden, count_bins, bound, swap=i % 2 == 1)
+            for i in range(num_layers)]
