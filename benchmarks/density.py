@@ -701,6 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"test points of --peers (default {PeersConfig.n_test})")
     p.add_argument("--peers-datasets", type=str, default=",".join(PEER_DATASETS),
                    help="comma-separated data sets of --peers")
+    p.add_argument("--peers-lr", type=float, default=PeersConfig.lr,
+                   help=f"Adam learning rate of every model in --peers (default {PeersConfig.lr})")
     p.add_argument("--peers-bins", type=int, default=None,
                    help="bins of our stack in --peers (default: density_stack's)")
     p.add_argument("--no-survae", dest="survae", action="store_false",
@@ -777,12 +779,14 @@ def _main_peers(args: argparse.Namespace, cfg: Config) -> int:
     """``--peers``: the peers' protocol, one data set per worker, one thread each."""
     names = tuple(v.strip() for v in args.peers_datasets.split(",") if v.strip())
     bad = [n for n in names if n not in PEER_DATASETS]
-    if bad or not names or args.peers_steps < 1 or args.peers_n_test < 1:
+    if (bad or not names or args.peers_steps < 1 or args.peers_n_test < 1
+            or not (math.isfinite(args.peers_lr) and args.peers_lr > 0)):
         print(f"density.py: error: expected --peers-datasets from {list(PEER_DATASETS)} and "
-              f"positive --peers-steps and --peers-n-test, got {list(names)}, "
-              f"{args.peers_steps}, {args.peers_n_test}", file=sys.stderr)
+              f"positive --peers-steps, --peers-n-test and --peers-lr, got {list(names)}, "
+              f"{args.peers_steps}, {args.peers_n_test}, {args.peers_lr}", file=sys.stderr)
         return 2
     pcfg = PeersConfig(steps=args.peers_steps, n_test=args.peers_n_test, datasets=names,
+                       lr=args.peers_lr,
                        our_bins=args.peers_bins, survae=args.survae, seed=cfg.seed)
     print(f"density benchmark --peers: {pcfg}")
     start = time.perf_counter()
@@ -792,7 +796,8 @@ def _main_peers(args: argparse.Namespace, cfg: Config) -> int:
         shutdown_pools()
     print_table(
         f"Peers' 2-D protocol ({pcfg.steps} steps, batch {pcfg.batch_size}, {pcfg.num_layers} "
-        f"layers, 2 x {pcfg.hidden} hidden, bound {pcfg.bound}, {pcfg.n_test} test points; "
+        f"layers, 2 x {pcfg.hidden} hidden, bound {pcfg.bound}, lr {pcfg.lr:g} (cosine), "
+        f"{pcfg.n_test} test points; "
         f"thread CPU seconds per 100 steps, alternated in one loop; gap = test NLL - true NLL)",
         out["rows"],
         [Column("dataset", "dataset"), Column("model", "model"), Column("params", "params"),

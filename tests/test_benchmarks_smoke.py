@@ -286,3 +286,4 @@ def test_peers_protocol_runs_and_summarizes(tmp_path, capsys):
     assert summary["zuko NSF"]["median_time_vs_zuko"] == 1.0
     assert "time / zuko" in capsys.readouterr().out
     assert density.main(["--peers", "--peers-datasets", "moons"]) == 2
+    assert density.main(["--peers", "--peers-lr", "0"]) == 2
