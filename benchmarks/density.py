@@ -18,8 +18,17 @@ Sections (``--sections``, all by default):
   number. When it is above 1, a cProfile breakdown says where our step spends
   its time, and two "what-if" stacks of Pyro couplings show what closes the gap.
 
+``--peers`` runs instead the peers' 2-D protocol (``_density_peers.py``): 2000
+steps, batch 512, 8 coupling layers of 2 x 64 hidden units, bound 5, 20k test
+points; our default stack, zuko's NSF (8 bins), normflows' NSF where installed
+and the SurVAE stacks (abs, sort, augment) on the data sets whose symmetry they
+use, alternated step by step in one process on one thread. It reports CPU
+seconds per 100 steps, parameters, test NLL and the gap to the true NLL, per data
+set and summarized as the median step-time ratio to zuko and the mean gap.
+
 Usage::
 
+    python benchmarks/density.py --peers      # the peers' protocol: about 15 CPU minutes
     python benchmarks/density.py              # full run: about 4 minutes on 2 idle cores
     python benchmarks/density.py --quick      # about a minute
     python benchmarks/density.py --json out.json --sections toy,zuko
@@ -83,6 +92,7 @@ from _common import (  # noqa: E402
     shutdown_pools,
     write_json,
 )
+from _density_peers import PEER_DATASETS, PeersConfig, run_peers  # noqa: E402
 
 TOY_MODELS: tuple[str, ...] = ("spline", "affine", "abs", "sort", "max", "augment")
 SECTIONS: tuple[str, ...] = ("toy", "sets", "digits", "zuko")
@@ -683,6 +693,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of {','.join(sorted(datasets.DATASETS))}")
     p.add_argument("--models", type=str, default=None,
                    help=f"comma-separated subset of {','.join(TOY_MODELS)} (spline required)")
+    p.add_argument("--peers", action="store_true",
+                   help="run the peers' 2-D protocol (ours vs zuko NSF) instead of the sections")
+    p.add_argument("--peers-steps", type=int, default=PeersConfig.steps,
+                   help=f"steps of --peers (default {PeersConfig.steps})")
+    p.add_argument("--peers-n-test", type=int, default=PeersConfig.n_test,
+                   help=f"test points of --peers (default {PeersConfig.n_test})")
+    p.add_argument("--peers-datasets", type=str, default=",".join(PEER_DATASETS),
+                   help="comma-separated data sets of --peers")
+    p.add_argument("--peers-lr", type=float, default=PeersConfig.lr,
+                   help=f"Adam learning rate of every model in --peers (default {PeersConfig.lr})")
+    p.add_argument("--peers-bins", type=int, default=None,
+                   help="bins of our stack in --peers (default: density_stack's)")
+    p.add_argument("--no-survae", dest="survae", action="store_false",
+                   help="--peers without the SurVAE stacks")
     for f in dataclasses.fields(Config):
         if f.name in ("sections", "datasets", "models"):
             continue
@@ -725,6 +749,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     torch.set_num_threads(cfg.threads)
+    if args.peers:
+        return _main_peers(args, cfg)
     start = time.perf_counter()
     print(f"density benchmark ({'quick' if args.quick else 'default'}): "
           f"sections {','.join(cfg.sections)}, device {cfg.device}, "
@@ -745,6 +771,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\ntotal time {results['total_seconds']:.0f} s")
     if args.json is not None:
         write_json(args.json, results)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _main_peers(args: argparse.Namespace, cfg: Config) -> int:
+    """``--peers``: the peers' protocol, one data set per worker, one thread each."""
+    names = tuple(v.strip() for v in args.peers_datasets.split(",") if v.strip())
+    bad = [n for n in names if n not in PEER_DATASETS]
+    if (bad or not names or args.peers_steps < 1 or args.peers_n_test < 1
+            or not (math.isfinite(args.peers_lr) and args.peers_lr > 0)):
+        print(f"density.py: error: expected --peers-datasets from {list(PEER_DATASETS)} and "
+              f"positive --peers-steps, --peers-n-test and --peers-lr, got {list(names)}, "
+              f"{args.peers_steps}, {args.peers_n_test}, {args.peers_lr}", file=sys.stderr)
+        return 2
+    pcfg = PeersConfig(steps=args.peers_steps, n_test=args.peers_n_test, datasets=names,
+                       lr=args.peers_lr,
+                       our_bins=args.peers_bins, survae=args.survae, seed=cfg.seed)
+    print(f"density benchmark --peers: {pcfg}")
+    start = time.perf_counter()
+    try:
+        out = run_peers(pcfg, lambda f, jobs: parallel_map(f, jobs, cfg.workers, 1))
+    finally:
+        shutdown_pools()
+    print_table(
+        f"Peers' 2-D protocol ({pcfg.steps} steps, batch {pcfg.batch_size}, {pcfg.num_layers} "
+        f"layers, 2 x {pcfg.hidden} hidden, bound {pcfg.bound}, lr {pcfg.lr:g} (cosine), "
+        f"{pcfg.n_test} test points; "
+        f"thread CPU seconds per 100 steps, alternated in one loop; gap = test NLL - true NLL)",
+        out["rows"],
+        [Column("dataset", "dataset"), Column("model", "model"), Column("params", "params"),
+         Column("cpu_s_per_100", "CPU s/100", ".2f"), Column("time_vs_zuko", "/ zuko", ".2f"),
+         Column("test_nll", "test NLL", ".3f"), Column("true_nll", "true NLL", ".3f"),
+         Column("gap", "gap", ".3f")],
+    )
+    print_table("Summary (median step-time ratio to zuko over the data sets, mean gap)",
+                out["summary"],
+                [Column("model", "model"), Column("datasets", "sets"), Column("params", "params"),
+                 Column("median_time_vs_zuko", "time / zuko", ".2f"),
+                 Column("mean_gap", "mean gap", ".3f"), Column("max_gap", "max gap", ".3f")])
+    out["config"] = dataclasses.asdict(pcfg)
+    out["total_seconds"] = time.perf_counter() - start
+    print(f"\ntotal time {out['total_seconds']:.0f} s")
+    if args.json is not None:
+        write_json(args.json, out)
         print(f"wrote {args.json}")
     return 0
 

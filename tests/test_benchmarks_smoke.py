@@ -266,3 +266,24 @@ def test_inference_nuts_cap_and_bad_options() -> None:
                  ["--merge", "/no/such/file.json"], ["--json", "/no/such/folder/x.json"]):
         with pytest.raises(SystemExit):
             inference.main(["--quick", *argv])
+
+
+def test_peers_protocol_runs_and_summarizes(tmp_path, capsys):
+    pytest.importorskip("zuko")
+    out = tmp_path / "peers.json"
+    argv = ["--peers", "--peers-steps", "2", "--peers-n-test", "64", "--workers", "1",
+            "--peers-datasets", "rings,two_moons", "--json", str(out)]
+    assert density.main(argv) == 0
+    result = json.loads(out.read_text())
+    models = {(r["dataset"], r["model"]) for r in result["rows"]}
+    # ours and zuko everywhere; abs and sort only where the data has their symmetry
+    assert {("rings", m) for m in ("pyro-relax", "zuko NSF", "abs", "sort", "augment")} <= models
+    assert ("two_moons", "abs") not in models and ("two_moons", "augment") in models
+    for r in result["rows"]:
+        assert r["cpu_s_per_100"] > 0 and math.isfinite(r["true_nll"])
+        assert r["gap"] == pytest.approx(r["test_nll"] - r["true_nll"])
+    summary = {s["model"]: s for s in result["summary"]}
+    assert summary["zuko NSF"]["median_time_vs_zuko"] == 1.0
+    assert "time / zuko" in capsys.readouterr().out
+    assert density.main(["--peers", "--peers-datasets", "moons"]) == 2
+    assert density.main(["--peers", "--peers-lr", "0"]) == 2

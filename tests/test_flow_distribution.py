@@ -186,3 +186,12 @@ def test_layer_with_smaller_event_dim_sums_over_the_rest():
     assert flow().rsample_and_log_q(torch.Size((5,)))[1].shape == (5,)
     with pytest.raises(ValueError, match="FlowDistribution: SortSurjection has event_dim 2"):
         Flow((3,), [SortSurjection(event_dim=2)])()
+
+
+def test_abs_flow_at_zero_names_the_domain_edge_not_an_overflow():
+    """Issue 23: at x = 0 the softplus under abs has no finite density; the message said the
+    data "overflows" the flow."""
+    flow = Flow((2,), [T.SoftplusTransform(), AbsSurjection()])
+    with pytest.raises(ValueError, match="edge of a layer's domain") as info:
+        flow.log_prob(torch.zeros(3, 2))
+    assert "data point [0] = [0.0, 0.0]" in str(info.value)

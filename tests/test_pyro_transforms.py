@@ -301,3 +301,19 @@ def test_elementwise_transform_with_vector_parameters_runs_on_whole_events() -> 
     torch.testing.assert_close(d.log_prob(x), expected.log_prob(x))
     assert d.sample((5,)).shape == (5, 3)
     assert layer.event_dim == 0 and d.layers[0].wrapped is affine
+
+
+def test_as_transform_of_abs_refuses_nan_with_validation_on():
+    """Issue 23: the forward call of ``as_transform(AbsSurjection())`` passed NaN through."""
+    import pyro_relax
+    from pyro_relax.distributions import as_transform
+    from pyro_relax.surjections import AbsSurjection
+
+    t = as_transform(AbsSurjection())
+    bad = torch.tensor([[float("nan"), 1.0]])
+    with pytest.raises(ValueError, match=r"as_transform\(AbsSurjection\): expected finite"):
+        t(bad)
+    with pytest.raises(ValueError, match="expected finite"):
+        t.inv(bad)
+    with pyro_relax.validation(False):
+        assert t(bad).isnan().any()

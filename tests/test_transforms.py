@@ -307,3 +307,51 @@ def test_image_stack_with_pyro_spline_coupling():
         y = z
     torch.testing.assert_close(lp, base.log_prob(y) - total)
     torch.testing.assert_close(FlowDistribution(base, parts).log_prob(x), lp)
+
+
+def test_rqs_spline_matches_pyros_rational_quadratic_spline():
+    """``rqs_forward`` is Pyro's quadratic spline, except the slope at the box's two ends: 1
+    here (continuous with the identity tails), ``1 - 1e-3`` in Pyro, which moves the outer
+    bins by at most about 1e-3 of their height."""
+    from pyro.distributions.transforms.spline import ConditionedSpline
+
+    from pyro_relax.transforms.rqs import rqs_forward, rqs_inverse
+
+    g = torch.Generator().manual_seed(0)
+    w, h, d = (torch.randn(500, 3, k, generator=g, dtype=torch.float64) for k in (7, 7, 6))
+    x = 3 * torch.randn(500, 3, generator=g, dtype=torch.float64)
+    params = (torch.softmax(w, -1), torch.softmax(h, -1), torch.nn.functional.softplus(d), None)
+    ref = ConditionedSpline(params, bound=4.0, order="quadratic")
+    y, ld = rqs_forward(x, w, h, d, 4.0)
+    torch.testing.assert_close(y, ref(x), atol=5e-3, rtol=0)
+    torch.testing.assert_close(ld, ref.log_abs_det_jacobian(x, ref(x)), atol=5e-3, rtol=0)
+    outside = x.abs() > 4.0
+    assert bool(outside.any()) and torch.equal(y[outside], x[outside])  # identity tails
+    x2, ld2 = rqs_inverse(y, w, h, d, 4.0)
+    torch.testing.assert_close(x2, x, atol=1e-10, rtol=0)
+    torch.testing.assert_close(ld2, -ld, atol=1e-10, rtol=0)
+
+
+def test_density_stack_has_no_more_parameters_than_zukos_nsf():
+    from pyro_relax.distributions import Flow
+    from pyro_relax.transforms import density_stack
+
+    ours = sum(p.numel() for p in Flow((2,), density_stack(2)).parameters())
+    zuko = pytest.importorskip("zuko")
+    nsf = zuko.flows.NSF(features=2, transforms=8, hidden_features=[64, 64], bins=8)
+    assert ours == 57184 <= sum(p.numel() for p in nsf.parameters()) == 58736
+    names = [type(t).__name__ for t in density_stack(1, num_layers=2)]
+    assert names == ["Spline", "Spline", "ActNorm"]
+
+
+def test_rqs_coupling_refuses_bad_sizes():
+    from pyro_relax.transforms import RQSCoupling
+
+    with pytest.raises(ValueError, match=r"expected an int dim >= 2, got 1"):
+        RQSCoupling(1)
+    with pytest.raises(ValueError, match="count_bins >= 2, got 1"):
+        RQSCoupling(2, count_bins=1)
+    with pytest.raises(ValueError, match="expected bound > 0"):
+        RQSCoupling(2, bound=-1.0)
+    with pytest.raises(TypeError, match="expected a bool swap"):
+        RQSCoupling(2, swap=1)

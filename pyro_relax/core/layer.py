@@ -221,6 +221,50 @@ class RelaxedLayer(nn.Module, ABC):
             return self._empty_result(t, self.latent_shape if encoding else self.data_shape)
         return self._checked_call(self._encode if encoding else self._decode, t, context, side)
 
+    def encode_unchecked(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`encode` without the input and output checks, for inner calls of a stack.
+
+        A stack whose entry point has validated its input (``FlowDistribution``
+        checks the data once per call) runs its layers through this, so no layer
+        re-validates what the entry point checked: no dtype, shape or finiteness
+        checks, no domain check, no output check. An empty batch still gives empty
+        outputs, and torch's shape errors still become a ``ValueError`` naming the
+        layer. A subclass that overrides :meth:`encode` itself (to record
+        statistics, say) is called through its :meth:`encode`.
+
+        Example:
+            >>> import torch
+            >>> from pyro_relax.surjections import AbsSurjection
+            >>> z, v = AbsSurjection().encode_unchecked(torch.tensor([[-1.0, 2.0]]))
+            >>> z
+            tensor([[1., 2.]])
+        """
+        if type(self).encode is not RelaxedLayer.encode:
+            return self.encode(x, context)
+        return self._unchecked("encode", x, context)
+
+    def decode_unchecked(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`decode` without the input and output checks (see :meth:`encode_unchecked`)."""
+        if type(self).decode is not RelaxedLayer.decode:
+            return self.decode(z, context)
+        return self._unchecked("decode", z, context)
+
+    def _unchecked(
+        self, side: str, t: Tensor, context: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        encoding = side == "encode"
+        if t.dim() >= self.event_dim and self._empty_batch(t):
+            return self._empty_result(t, self.latent_shape if encoding else self.data_shape)
+        try:
+            return (self._encode if encoding else self._decode)(t, context)
+        except (torch.OutOfMemoryError, NotImplementedError):
+            raise
+        except (RuntimeError, IndexError) as exc:
+            raise ValueError(
+                f"{type(self).__name__}.{side}: cannot map an input of shape {tuple(t.shape)} "
+                f"and dtype {t.dtype} (event_dim {self.event_dim}): {exc}"
+            ) from exc
+
     def _checked_call(
         self,
         fn: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]],
@@ -253,9 +297,11 @@ class RelaxedLayer(nn.Module, ABC):
             for what, value in (("output", out), ("contribution", contribution)):
                 if not bool(torch.isfinite(value).all()):
                     big = float(t.abs().max())
+                    cause = "overflows this layer" if big > 1e4 else (
+                        "lies on the edge of this layer's domain, or overflows it")
                     raise ValueError(
                         f"{name}: expected a finite {what}, got NaN or inf for finite input "
-                        f"of magnitude up to {big:.3g} (the input overflows this layer)"
+                        f"of magnitude up to {big:.3g} (the input {cause})"
                     )
         return out, contribution
 

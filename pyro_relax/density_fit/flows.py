@@ -13,7 +13,7 @@ import torch
 from pyro_relax.distributions.flow import Flow
 
 FLOWS: dict[str, str] = {
-    "spline": "rational-quadratic spline couplings (exact)",
+    "spline": "rational-quadratic spline couplings, density_stack (exact)",
     "affine": "affine (RealNVP) couplings (exact)",
     "abs": "splines, softplus and the abs surjection (exact; sign-symmetric data)",
     "sort": "splines, an ordered map and the sort surjection (exact; exchangeable columns)",
@@ -23,7 +23,7 @@ FLOWS: dict[str, str] = {
     "vdequantize": "as dequantize with learned (variational) dequantization noise (a bound)",
 }
 """The flow kinds of ``--flow`` and their one-line descriptions."""
-FORMAT = "pyro-relax-density/1"
+FORMAT = "pyro-relax-density/2"
 """The format tag of a saved ``model.pt``."""
 
 
@@ -45,21 +45,22 @@ def build_flow(kind: str, dim: int, *, num_layers: int = 4, hidden: int = 64, ex
         VariationalDequantization,
     )
     from pyro_relax.transforms import ActNorm
-    from pyro_relax.transforms.stacks import coupling_stack
+    from pyro_relax.transforms.stacks import coupling_stack, density_stack
 
     if kind not in FLOWS:
         raise ValueError(f"expected --flow one of {sorted(FLOWS)}, got {kind!r}")
     if kind in ("sort", "max") and dim < 2:
         raise ValueError(f"--flow {kind} needs data with at least 2 columns, got {dim}")
     small = (max(8, hidden // 2),)
-    stack = coupling_stack(dim, num_layers, hidden, kind="affine" if kind == "affine" else "spline")
+    stack = (coupling_stack(dim, num_layers, hidden, kind="affine") if kind == "affine"
+             else density_stack(dim, num_layers, hidden))
     layers: dict[str, Any] = {
         "spline": lambda: ((dim,), stack),
         "affine": lambda: ((dim,), stack),
         "abs": lambda: ((dim,), [*stack, ActNorm(dim), T.SoftplusTransform(), AbsSurjection()]),
         "sort": lambda: ((dim,), [*stack, ActNorm(dim), T.OrderedTransform(), SortSurjection()]),
         "max": lambda: ((dim,), [*stack, ActNorm(dim), MaxSurjection(dim, hidden=small)]),
-        "augment": lambda: ((dim + extra,), [*coupling_stack(dim + extra, num_layers, hidden),
+        "augment": lambda: ((dim + extra,), [*density_stack(dim + extra, num_layers, hidden),
                                              AugmentSurjection(dim, extra, hidden=small)]),
         "dequantize": lambda: ((dim,), [*stack, ActNorm(dim), T.SigmoidTransform(),
                                         UniformDequantization(num_bins)]),

@@ -234,9 +234,14 @@ def _plot_density(flow: Flow, train: Tensor, path: Path, particles: int) -> None
     import matplotlib.pyplot as plt
 
     lo, hi = train.min(0).values, train.max(0).values
-    pad = 0.1 * (hi - lo)
-    g0 = torch.linspace(float(lo[0] - pad[0]), float(hi[0] + pad[0]), 80)
-    g1 = torch.linspace(float(lo[1] - pad[1]), float(hi[1] + pad[1]), 80)
+    lattice = bool(flow.layers) and flow.layers[-1].takes_integers
+    if lattice:
+        # a dequantized flow has a mass on the integers, not a density: plot it on the lattice
+        g0, g1 = (_lattice(float(lo[i]), float(hi[i])) for i in (0, 1))
+    else:
+        pad = 0.1 * (hi - lo)
+        g0 = torch.linspace(float(lo[0] - pad[0]), float(hi[0] + pad[0]), 80)
+        g1 = torch.linspace(float(lo[1] - pad[1]), float(hi[1] + pad[1]), 80)
     grid = torch.stack(torch.meshgrid(g0, g1, indexing="xy"), -1).reshape(-1, 2).to(train)
     d = flow()
     lp = d.log_prob(grid) if d.exact else d.log_prob_iw(grid, min(particles, 16))
@@ -245,10 +250,20 @@ def _plot_density(flow: Flow, train: Tensor, path: Path, particles: int) -> None
     shown = train[:2000].cpu()
     axes[0].scatter(shown[:, 0], shown[:, 1], s=2)
     axes[0].set_title("data")
-    axes[1].pcolormesh(g0, g1, lp.exp().reshape(80, 80).cpu(), shading="auto")
+    axes[1].pcolormesh(g0, g1, lp.exp().reshape(len(g1), len(g0)).cpu(), shading="auto")
     axes[1].set_title("model density")
     axes[2].scatter(samples[:, 0], samples[:, 1], s=2, color="C1")
     axes[2].set_title("model samples")
-    axes[0].set(xlim=(float(g0[0]), float(g0[-1])), ylim=(float(g1[0]), float(g1[-1])))
+    m = 0.5 if lattice else 0.0  # the lattice's cells reach half a step past its ends
+    axes[0].set(xlim=(float(g0[0]) - m, float(g0[-1]) + m),
+                ylim=(float(g1[0]) - m, float(g1[-1]) + m))
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+def _lattice(lo: float, hi: float, most: int = 120) -> Tensor:
+    """The integers from ``lo`` to ``hi`` (at most ``most`` of them, evenly thinned)."""
+    values = torch.arange(math.floor(lo), math.ceil(hi) + 1, dtype=torch.get_default_dtype())
+    if values.numel() > most:
+        values = values[torch.linspace(0, values.numel() - 1, most).round().long()]
+    return values

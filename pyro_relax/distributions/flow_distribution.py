@@ -71,6 +71,18 @@ def context_size(layer: RelaxedLayer) -> int | None:
     return 0
 
 
+def _where(bad: Tensor, value: Tensor) -> str:
+    """Say which finite data point got a NaN or ``+inf`` log-density, and what that means."""
+    index = tuple(int(i) for i in bad.nonzero()[0])
+    point = value[index] if len(index) <= value.dim() else value
+    shown = [round(float(v), 4) for v in point.reshape(-1)[:4]]
+    big = float(value.abs().max()) if value.numel() else 0.0
+    return (f"got NaN or +inf at the finite data point {list(index)} = {shown}: it lies on "
+            f"the edge of a layer's domain (0 before a softplus or a log, say), where the "
+            f"density is infinite or undefined, or it overflows a layer (largest magnitude in "
+            f"the data {big:.3g})")
+
+
 class FlowDistribution(TorchDistribution):
     r"""The distribution of ``x = layer_K(... layer_1(z))`` with ``z ~ base``.
 
@@ -226,7 +238,7 @@ class FlowDistribution(TorchDistribution):
         log_q = self._base_log_prob(z)
         with validation(False):
             for layer, rank in zip(self.layers, self._data_ranks, strict=True):
-                z, s = layer.decode(z, self._ctx(layer))
+                z, s = layer.decode_unchecked(z, self._ctx(layer))
                 log_q = log_q - self._per_event(s, z, rank)
         return z, log_q
 
@@ -280,12 +292,10 @@ class FlowDistribution(TorchDistribution):
     def _check_result(self, lp: Tensor, value: Tensor, name: str) -> Tensor:
         """Refuse a NaN or ``+inf`` log-density (``-inf``, zero density, is a value)."""
         if validation_enabled() and lp.device.type != "meta":
-            if bool((torch.isnan(lp) | (lp == math.inf)).any()):
-                big = float(value.abs().max()) if value.numel() else 0.0
-                raise ValueError(
-                    f"{name}: expected a log-density in [-inf, inf), got NaN or +inf for finite "
-                    f"data of magnitude up to {big:.3g} (the data overflows the flow)"
-                )
+            bad = torch.isnan(lp) | (lp == math.inf)
+            if bool(bad.any()):
+                where = _where(bad, value)
+                raise ValueError(f"{name}: expected a log-density in [-inf, inf), {where}")
         return lp
 
     def log_prob(self, value: Tensor) -> Tensor:
@@ -310,7 +320,7 @@ class FlowDistribution(TorchDistribution):
         with validation(False):
             for layer, rank in zip(reversed(self.layers), reversed(self._data_ranks), strict=True):
                 x = z
-                z, v = layer.encode(z, self._ctx(layer))
+                z, v = layer.encode_unchecked(z, self._ctx(layer))
                 total = total + self._per_event(v, x, rank)
         return self._check_result(
             self._base_log_prob(z) + total, value, "FlowDistribution.log_prob"

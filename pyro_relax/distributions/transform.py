@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.distributions import Transform
 
 from pyro_relax.core import RelaxedLayer, validation
+from pyro_relax.core.checks import check_finite
 from pyro_relax.distributions.adapter import TransformLayer
 
 
@@ -57,6 +58,8 @@ class LayerTransform(Transform):
         self._last: tuple[Tensor, Tensor, Tensor] | None = None  # (z, x, S = -V)
 
     def _call(self, z: Tensor) -> Tensor:
+        # NaN and inf are refused (with validation on); the range of the layer is not checked
+        check_finite(z, f"as_transform({type(self.layer).__name__})")
         with validation(False):  # as FlowDistribution samples: z need not lie in f's range
             x, s = self.layer.decode(z, self.context)
         self._last = (z, x, s)
