@@ -228,3 +228,12 @@ def test_dequantized_2d_integers_write_their_plot(tmp_path, kind):
                            "--layers", "1", "--hidden", "8", "--particles", "2",
                            "--out", str(out)])
     assert (out / "density.png").is_file() and math.isfinite(metrics["test_nll"])
+
+
+def test_a_one_row_file_is_told_how_many_rows_it_needs():
+    """Issue 23: a one-row file said 'got -1 of 1 points'."""
+    import pytest
+    import torch
+
+    with pytest.raises(ValueError, match=r"got 0 of 1 point \(1 go to validation and 1 to test"):
+        split_data(torch.zeros(1, 2), 0.1, 0.1, 0)

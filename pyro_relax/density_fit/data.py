@@ -125,8 +125,10 @@ def split_data(x: Tensor, val_fraction: float, test_fraction: float,
     n = x.shape[0]
     n_val, n_test = max(1, int(n * val_fraction)), max(1, int(n * test_fraction))
     if n - n_val - n_test < 8:
-        raise ValueError(f"expected at least 8 training points after the split, got "
-                         f"{n - n_val - n_test} of {n} points")
+        left = max(n - n_val - n_test, 0)
+        raise ValueError(f"expected at least 8 training points after the split, got {left} "
+                         f"of {n} point{'s' if n != 1 else ''} ({n_val} go to validation and "
+                         f"{n_test} to test; the data needs at least {8 + n_val + n_test} rows)")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     x = x[perm.to(x.device)]
     return x[n_val + n_test:], x[:n_val], x[n_val:n_val + n_test]
