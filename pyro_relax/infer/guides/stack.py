@@ -151,9 +151,10 @@ def build_flow_layers(
         else:  # couplings: parameters and time linear in d at a fixed width
             stack = coupling_stack(latent_dim, num_layers, hidden,
                                    "affine" if kind == "iaf" else kind)
-        if isinstance(init_scale_tril, Tensor):
-            check_allocation(8.0 * 3 * latent_dim**2, f"a {latent_dim} x {latent_dim} whitening "
-                             "factor with its gradients", "build_flow_layers")
+        if init_scale_tril is not None:
+            if isinstance(init_scale_tril, Tensor):  # a dense factor (d^2 parameters)
+                check_allocation(8.0 * 3 * latent_dim**2, f"a {latent_dim} x {latent_dim} "
+                                 "whitening factor with its gradients", "build_flow_layers")
             # zero-initialized conditioners: the guide starts at the whitening Gaussian
             start_as_identity(stack)
             stack.append(make_whitening(init_loc, init_scale_tril))
