@@ -147,8 +147,9 @@ def verdict(draws: WeightedDraws, advice: str = "") -> Verdict:
     n, d = draws.num_draws, max(draws.latent_dim, 1)
     needed = max(MIN_PSIS_DRAWS, MIN_DRAWS_PER_DIM * d)
     if n < needed:
-        return Verdict("too few draws", math.nan,
-                       f"{n} draws are too few for a k-hat in {d} dimensions (need {needed})",
+        why = (f"{n} draws, fewer than {MIN_PSIS_DRAWS} draws: no k-hat" if n < MIN_PSIS_DRAWS
+               else f"{n} draws are too few for a k-hat in {d} dimensions (need {needed})")
+        return Verdict("too few draws", math.nan, why,
                        advice or f"draw at least {needed} (--num-samples)")
     lw = draws.log_weights.to(torch.float64)
     if not bool(torch.isfinite(lw).any()):

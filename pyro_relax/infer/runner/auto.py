@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pyro_relax._progress import interactive
 from pyro_relax.core.checks import check_int, check_positive
 from pyro_relax.diagnostics.psis import KHAT_GOOD, KHAT_RELIABLE
 from pyro_relax.infer.draws import MIN_DRAWS_PER_DIM, Verdict, WeightedDraws, verdict
@@ -169,8 +170,9 @@ def fit_auto(
     extra: dict[str, Any] = {}
     if khat >= KHAT_RELIABLE:
         start = time.perf_counter()
+        # Pyro's MCMC bar is a live bar only: in a log it stays off (one line per stage)
         res = run_mcmc(model, "neutra", num_samples=num_check, warmup_steps=num_check // 2,
-                       seed=seed, progress=progress, guide=fit)
+                       seed=seed, progress=progress and interactive(), guide=fit)
         draws = {k: v.reshape((-1,) + v.shape[2:]) for k, v in res.samples.items()}
         fit.stages.append({"stage": "neutra", "seconds": time.perf_counter() - start,
                            "draws": num_check})
