@@ -10,7 +10,8 @@ from __future__ import annotations
 __all__ = ["KERNELS", "KernelMethod", "pathfinder_preconditioner", "run_mcmc"]
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,20 @@ class KernelMethod:
     description: str
     build: KernelBuilder
     proposal: str | None = None
+
+
+@contextmanager
+def _chain_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """Torch's default dtype set to ``dtype`` for one chain's run (``None``: left alone)."""
+    if dtype is None:
+        yield
+        return
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def pathfinder_preconditioner(
@@ -180,14 +195,16 @@ def run_mcmc(
             fit = with_annealing(fit, 10, f"run_mcmc: {kernel}")
         extra["guide_final_elbo"] = fit.elbo[-1]
         extra["guide_seconds"] = fit.seconds
-    # torch's default dtype is left alone: the chain runs in the model's own dtypes (a
-    # guide-based kernel's proposals in the guide's); the draws come back in the caller's dtype
+    # a guide-based kernel's chain runs in the guide's dtype (float64: NeuTra's NUTS in
+    # float32 adapted tiny steps and hit its tree depth); torch's default dtype is set for
+    # the run only and restored on return or error; the draws come in the caller's dtype
     out_dtype = torch.get_default_dtype()
     pyro.set_rng_seed(seed)
-    k, back = method.build(model, fit, seed)
-    mcmc = MCMC(k, num_samples=num_samples, warmup_steps=warmup_steps,
-                num_chains=num_chains, disable_progbar=not progress)
-    mcmc.run()
+    with _chain_dtype(fit.dtype if fit is not None else None):
+        k, back = method.build(model, fit, seed)
+        mcmc = MCMC(k, num_samples=num_samples, warmup_steps=warmup_steps,
+                    num_chains=num_chains, disable_progbar=not progress)
+        mcmc.run()
     samples = mcmc.get_samples(group_by_chain=True)
     if back is not None:
         flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
