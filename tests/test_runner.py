@@ -44,7 +44,8 @@ def test_tables_hold_descriptions_and_functions():
     assert GUIDES["auto"].default_steps == 5000 and GUIDES["flow"].default_steps == 2000
     assert KERNELS["ais-imh"].proposal == "flow-ais" and KERNELS["nuts"].proposal is None
     lightning = pytest.importorskip("pyro_relax.lightning")
-    assert set(lightning.GUIDE_NAMES) == {"normal", "mvn", "iaf", "flow", "snf", "diffusion"}
+    assert set(lightning.GUIDE_NAMES) == {"normal", "mvn", "iaf", "flow", "snf", "diffusion",
+                                          "structured"}
 
 
 def test_cli_offers_exactly_the_tables():
